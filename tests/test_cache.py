@@ -1,0 +1,51 @@
+import json
+
+import pytest
+
+from ubtlib import cache
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("UBT_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def _stage(calls, value, **parts):
+    def compute(folder):
+        calls.append(value)
+        (folder / "value.json").write_text(json.dumps(value))
+    return cache.cached("demo", ("cache",), compute, lambda f: json.loads((f / "value.json").read_text()),
+                        **parts)
+
+
+def test_hit_reuses_and_changed_parameter_recomputes(tmp_cache):
+    calls = []
+    assert _stage(calls, 1, a=1) == 1
+    assert _stage(calls, 2, a=1) == 1  # same key: served from the cache, not recomputed
+    assert _stage(calls, 3, a=2) == 3  # changed parameter: recomputed
+    assert calls == [1, 3]
+
+
+def test_key_covers_code_and_versions(tmp_cache):
+    digest, desc = cache.cache_key("demo", ("cache",), a=1)
+    assert desc["code"] == cache.source_hash("cache") and "torch" in desc and "open_clip" in desc
+    assert cache.cache_key("demo", ("cache", "world"), a=1)[0] != digest  # other code, other key
+
+
+def test_failed_compute_leaves_nothing_behind(tmp_cache):
+    def boom(folder):
+        (folder / "partial").write_text("half")
+        raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError):
+        cache.cached("demo", ("cache",), boom, lambda f: None, a=9)
+    assert not any(p.name.startswith(".") or (p / "partial").exists()
+                   for p in (tmp_cache / "demo").iterdir())
+    calls = []
+    assert _stage(calls, 5, a=9) == 5 and calls == [5]
+
+
+def test_write_json_is_atomic(tmp_path):
+    cache.write_json(tmp_path / "x.json", {"a": 1})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temporary file left over

@@ -1,0 +1,58 @@
+"""Every chapter executed at the smoke profile through papermill, then one clean book build."""
+import json
+import shutil
+import nbformat
+import pytest
+
+from ubtlib import cli
+
+from conftest import ROOT
+
+CHAPTERS = cli.chapters()
+
+
+@pytest.fixture(scope="module")
+def book(tmp_path_factory):
+    """A copy of the book's sources in a temporary folder, to execute and build into."""
+    root = tmp_path_factory.mktemp("book")
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy(ROOT / name, root / name)
+    shutil.copytree(ROOT / "book", root / "book", ignore=shutil.ignore_patterns("chapters", "_build"))
+    return root
+
+
+def test_there_are_chapters():
+    assert "01_pocket_world" in CHAPTERS
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_chapter_runs_at_smoke(chapter, book):
+    out = cli.run_chapter(chapter, {"profile": "smoke"}, book / "book" / "chapters", progress=False)
+    nb = nbformat.read(out, as_version=4)
+    assert any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    assert nb.metadata["papermill"]["parameters"]["profile"] == "smoke"
+    record = json.loads((out.parent / f"{chapter}.json").read_text())
+    assert record["provenance"]["profile"] == "smoke"
+    assert record["parameters"]["profile"] == "smoke" and record["results"]
+    assert {"torch", "open_clip", "ubtlib"} <= set(record["provenance"]["versions"])
+
+
+def test_unknown_chapter_parameter_is_refused_before_running(book):
+    with pytest.raises(SystemExit, match="has no parameter 'sed'.*seed"):
+        cli.run_chapter(CHAPTERS[0], {"sed": 3}, book / "book" / "chapters", progress=False)
+
+
+def test_bad_parameter_value_fails_the_chapter(book, tmp_path):
+    import papermill
+    with pytest.raises(papermill.PapermillExecutionError, match="profile='pockett'"):
+        cli.run_chapter(CHAPTERS[0], {"profile": "pockett"}, tmp_path, progress=False)
+
+
+def test_clean_book_build_has_no_warnings(book):
+    """After the chapters above: jupyter-book build --all -W, as `make book` does."""
+    missing = [c for c in CHAPTERS if not (book / "book" / "chapters" / f"{c}.ipynb").exists()]
+    assert not missing, f"chapters not executed: {missing}"
+    cli.build_book(book)  # raises CalledProcessError on any warning (-W)
+    html = (book / "_build" / "html" / "book" / "chapters" / "01_pocket_world.html").read_text()
+    assert "zero-shot" in html and "<img" in html
+    assert (book / "_build" / "html" / "index.html").exists()

@@ -1,0 +1,95 @@
+"""A content-addressed cache for the pipeline's stages (world, pre-trained model, ...).
+
+An entry's key is a hash of everything that affects its result: the stage's configs, the
+source code of the modules that compute it, and the torch / open_clip versions. A changed
+parameter or a changed line of code therefore misses the cache instead of serving a stale
+result. Entries are written to a temporary folder and renamed into place, so an interrupted
+run never leaves a half-written entry behind.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Callable, TypeVar
+
+import open_clip
+import torch
+
+T = TypeVar("T")
+_PACKAGE = pathlib.Path(__file__).resolve().parent
+
+
+def cache_root() -> pathlib.Path:
+    """$UBT_CACHE_DIR, else `.cache/` in the checkout, else ~/.cache/ubtbook."""
+    if os.environ.get("UBT_CACHE_DIR"):
+        return pathlib.Path(os.environ["UBT_CACHE_DIR"])
+    checkout = _PACKAGE.parent
+    if (checkout / "pyproject.toml").exists():
+        return checkout / ".cache"
+    return pathlib.Path.home() / ".cache" / "ubtbook"
+
+
+def source_hash(*modules: str) -> str:
+    """Hash of the named ubtlib modules' source (e.g. "world", "train")."""
+    h = hashlib.sha256()
+    for m in sorted(modules):
+        h.update((_PACKAGE / f"{m}.py").read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _jsonable(x):
+    if dataclasses.is_dataclass(x):
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(x).items()}
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def cache_key(stage: str, modules: tuple, **parts) -> tuple[str, dict]:
+    desc = {"stage": stage, "code": source_hash(*modules), "torch": torch.__version__,
+            "open_clip": open_clip.__version__, **_jsonable(parts)}
+    digest = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:20]
+    return digest, desc
+
+
+def cached(stage: str, modules: tuple, compute: Callable[[pathlib.Path], None],
+           load: Callable[[pathlib.Path], T], **parts) -> T:
+    """Return `load(folder)` for the entry keyed by (stage, modules' code, parts).
+
+    On a miss `compute(tmp_folder)` writes the entry's files; the folder is renamed into place
+    only after it returns, together with a key.json describing what made it.
+    """
+    digest, desc = cache_key(stage, modules, **parts)
+    folder = cache_root() / stage / digest
+    if (folder / "key.json").exists():
+        return load(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{digest}.", dir=folder.parent))
+    try:
+        compute(tmp)
+        (tmp / "key.json").write_text(json.dumps(desc, indent=1, sort_keys=True))
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another process finished the same entry first: keep theirs
+            if not (folder / "key.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return load(folder)
+
+
+def write_json(path: pathlib.Path, obj) -> None:
+    """Write JSON atomically (temporary file in the same folder, then rename)."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(_jsonable(obj), f, indent=1, sort_keys=True)
+    os.replace(tmp, path)

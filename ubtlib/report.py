@@ -1,0 +1,88 @@
+"""Provenance, result files, glue and figure stamps: how a run's numbers reach the book.
+
+Every chapter ends by calling `publish(chapter, profile, params, results)`: the numbers are
+glued into the page (myst-nb) and saved with the parameters and provenance that made them to
+`<chapter>.json` next to the executed notebook.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+
+import open_clip
+import torch
+
+from .cache import write_json
+
+
+def hardware(device: torch.device | str | None = None) -> str:
+    """A short description of where the numbers were computed, e.g. 'CPU x2 (x86_64)'."""
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    return f"CPU x{torch.get_num_threads()} threads, {os.cpu_count()} cores ({platform.machine()})"
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=pathlib.Path(__file__).parent, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance(profile, device=None) -> dict:
+    from . import __version__
+    return {
+        "profile": profile.name, "seed": profile.seed, "hardware": hardware(device),
+        "device": str(device) if device is not None else None,
+        "versions": {"ubtlib": __version__, "python": platform.python_version(),
+                     "torch": torch.__version__, "open_clip": open_clip.__version__},
+        "git_commit": _git_commit(), "platform": platform.platform(),
+        "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def stamp_text(prov: dict) -> str:
+    return f"profile={prov['profile']} · seed={prov['seed']} · {prov['hardware']}"
+
+
+def stamp(fig, prov: dict) -> None:
+    """Write profile, seed and hardware into the bottom-right corner of a figure."""
+    fig.text(0.995, 0.005, stamp_text(prov), ha="right", va="bottom", fontsize=7, color="0.4")
+
+
+def publish(chapter: str, profile, params: dict, results: dict, prov: dict,
+            out_dir: str | os.PathLike = ".") -> pathlib.Path:
+    """Glue every scalar in `results` and save everything to `<out_dir>/<chapter>.json`.
+
+    Scalars are glued under their own key (nested dicts as `outer_inner`), for use as
+    {glue:text}`key:.1f` in the chapter's text.
+    """
+    record = {"chapter": chapter, "parameters": params,
+              "profile_config": dataclasses.asdict(profile), "provenance": prov,
+              "results": results}
+    path = pathlib.Path(out_dir) / f"{chapter}.json"
+    write_json(path, record)
+    if "ipykernel" in sys.modules:  # in a notebook: glue for the rendered page
+        from myst_nb import glue
+        for key, value in _flat(results):
+            glue(key, value, display=False)
+        from IPython.display import Markdown
+        glue("stamp", Markdown(stamp_text(prov)), display=False)  # {glue:md}`stamp`
+    return path
+
+
+def _flat(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            yield from _flat(v, key + "_")
+        elif isinstance(v, (int, float, str)) and not isinstance(v, bool):
+            yield key, v
