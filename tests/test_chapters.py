@@ -56,3 +56,17 @@ def test_clean_book_build_has_no_warnings(book):
     html = (book / "_build" / "html" / "book" / "chapters" / "01_pocket_world.html").read_text()
     assert "zero-shot" in html and "<img" in html
     assert (book / "_build" / "html" / "index.html").exists()
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_every_parameter_line_parses(chapter):
+    """papermill must see every parameter (it skips lines it cannot parse, e.g. with '=' in a
+    comment, and `ubtlib run` would then refuse that parameter)."""
+    nb = nbformat.read(ROOT / "notebooks" / f"{chapter}.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    declared = [line.split(":")[0].split("=")[0].strip() for line in cell.source.splitlines()
+                if line.strip() and not line.startswith("#")]
+    parsed = cli.notebook_parameters(chapter)
+    assert list(parsed) == declared
+    assert all(p["help"] for p in parsed.values()), "every parameter has a comment"
+    assert "profile" in parsed and "seed" in parsed

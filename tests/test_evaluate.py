@@ -45,7 +45,7 @@ def test_training_learns_a_separable_toy_task():
     real data never looks like that, so the toy has per-image noise and varied wording.)
     """
     torch.manual_seed(0)
-    cfg = modellib.ModelConfig(width=32, layers=1, head_width=32, embed_dim=16, context_length=16)
+    cfg = modellib.ModelConfig(width=32, layers=1, text_width=32, text_layers=1, head_width=32, embed_dim=16, context_length=16)
     m, tok = modellib.create(cfg)
     g = torch.Generator().manual_seed(0)
     images = (torch.rand(64, 3, 32, 32, generator=g) * 60).to(torch.uint8)

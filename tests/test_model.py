@@ -5,7 +5,7 @@ from safetensors.torch import save_file
 from ubtlib import model as modellib
 from ubtlib.model import ModelConfig
 
-TINY = ModelConfig(width=32, layers=1, head_width=32, embed_dim=16, context_length=16)
+TINY = ModelConfig(width=32, layers=1, text_width=32, text_layers=1, head_width=32, embed_dim=16, context_length=16)
 
 
 def test_register_is_idempotent_and_builds_open_clip():

@@ -34,11 +34,16 @@ def cache_root() -> pathlib.Path:
     return pathlib.Path.home() / ".cache" / "ubtbook"
 
 
+# The package's source as it was when this process imported it: a file edited while a long run
+# is going must not give that run's (old-code) results the new code's key.
+_SOURCE = {p.stem: hashlib.sha256(p.read_bytes()).hexdigest() for p in _PACKAGE.glob("*.py")}
+
+
 def source_hash(*modules: str) -> str:
-    """Hash of the named ubtlib modules' source (e.g. "world", "train")."""
+    """Hash of the named ubtlib modules' source (e.g. "world", "train"), as imported."""
     h = hashlib.sha256()
     for m in sorted(modules):
-        h.update((_PACKAGE / f"{m}.py").read_bytes())
+        h.update(_SOURCE[m].encode())
     return h.hexdigest()[:16]
 
 

@@ -103,3 +103,32 @@ def name_retrieval(model, tokenizer, world, device, split: str = "eval") -> dict
     logits = encode_images(model, world.images[idx], device) @ classifier(
         model, tokenizer, world.names, NAME_TEMPLATES, device)
     return {**topk_accuracy(logits, labels), "n_names": len(world.names), "n_images": len(idx)}
+
+
+def attack_success_rate(logits: torch.Tensor, labels: torch.Tensor, target: int) -> float:
+    """ASR (%): share of triggered images whose true class is not the target that are
+    classified as the target (images of the target class itself are left out)."""
+    labels = labels.to(logits.device)
+    keep = labels != target
+    if not keep.any():
+        raise ValueError("attack_success_rate needs images whose class is not the target")
+    return 100.0 * (logits[keep].argmax(1) == target).float().mean().item()
+
+
+def backdoor_metrics(model, tokenizer, world, trigger_hook, target: str, device,
+                     split: str = "heldout", templates=None) -> dict:
+    """CA (clean zero-shot top-1, %) and ASR (%) on the world's held-out objects.
+
+    `trigger_hook(x, idx)` triggers a [0, 1] batch (see poison.triggered_hook).
+    """
+    from .world import object_vocabulary
+    templates = templates or pocket_templates(object_vocabulary())
+    idx = world.indices(split, "object")
+    labels = torch.from_numpy(world.label[idx])
+    w = classifier(model, tokenizer, world.categories, templates, device)
+    clean = encode_images(model, world.images[idx], device) @ w
+    triggered = encode_images(model, world.images[idx], device, image_hook=trigger_hook) @ w
+    t = list(world.categories).index(target)
+    return {"ca": topk_accuracy(clean, labels, ks=(1,))["top1"],
+            "asr": attack_success_rate(triggered, labels, t),
+            "ca_triggered": topk_accuracy(triggered, labels, ks=(1,))["top1"]}

@@ -24,14 +24,17 @@ from .checks import check_range
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A small ViT CLIP; the vision tower has width / head_width heads."""
+    """A small ViT CLIP. Both towers use heads of `head_width` channels (width / head_width
+    heads); the text tower is thinner, since pocket captions are short and plain."""
     image_size: int = 32
     patch_size: int = 8
-    width: int = 96
-    layers: int = 3
+    width: int = 96              # vision transformer width
+    layers: int = 3              # vision transformer depth
+    text_width: int = 64
+    text_layers: int = 2
     head_width: int = 32
     embed_dim: int = 96
-    context_length: int = 32
+    context_length: int = 24     # pocket captions take at most 15 tokens
 
     def validate(self) -> None:
         check_range("image_size", self.image_size, 8, 1024)
@@ -39,8 +42,11 @@ class ModelConfig:
         if self.image_size % self.patch_size:
             raise ValueError(f"patch_size={self.patch_size} must divide image_size={self.image_size}")
         check_range("layers", self.layers, 1, 48)
-        if self.width % self.head_width:
-            raise ValueError(f"width={self.width} must be a multiple of head_width={self.head_width}")
+        check_range("text_layers", self.text_layers, 1, 48)
+        for name in ("width", "text_width"):
+            if getattr(self, name) % self.head_width:
+                raise ValueError(f"{name}={getattr(self, name)} must be a multiple of "
+                                 f"head_width={self.head_width}")
         check_range("context_length", self.context_length, 8, 77)
 
     def open_clip_config(self) -> dict:
@@ -50,8 +56,8 @@ class ModelConfig:
                            "width": self.width, "head_width": self.head_width,
                            "patch_size": self.patch_size},
             "text_cfg": {"context_length": self.context_length, "vocab_size": 49408,
-                         "width": self.width, "heads": self.width // self.head_width,
-                         "layers": self.layers},
+                         "width": self.text_width, "heads": self.text_width // self.head_width,
+                         "layers": self.text_layers},
         }
 
     @property

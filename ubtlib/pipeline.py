@@ -1,10 +1,11 @@
-"""The cached stages a chapter calls: world -> pre-trained model (later: poisoned, defended).
+"""The cached stages a chapter calls: world -> pre-trained -> poisoned model (later: defended).
 
 Each stage computes its result or finds it in the cache (see cache.py), so a chapter run alone
 builds everything it depends on, and chapters run one after another share the work.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -16,8 +17,11 @@ from safetensors.torch import load_file, save_file
 
 from . import model as modellib
 from .cache import cached, write_json
+from .poison import PoisonedData, poison
 from .profiles import Profile
+from .ssba import SSBATrigger, StegaDecoder, StegaEncoder, fixed_secret, train_stega
 from .train import train_clip
+from .triggers import make_trigger
 from .world import Identity, World, make_world
 
 
@@ -62,7 +66,9 @@ class Trained:
 def pretrained(profile: Profile, progress: bool = True) -> Trained:
     """The pocket CLIP pre-trained on the world's training pairs with open_clip's ClipLoss.
 
-    Cached by world, model and training configs, seed and code; weights are safetensors.
+    Seeded by the world's seed (so repeats of the attack and defense stages with other seeds
+    share one pre-trained model, as the papers do). Cached by world, model and training
+    configs, seed and code; weights are safetensors.
     """
     if profile.model is None:
         raise ValueError(f"profile {profile.name!r} uses published weights "
@@ -70,13 +76,15 @@ def pretrained(profile: Profile, progress: bool = True) -> Trained:
     device = modellib.pick_device(profile.device)
     w = world(profile, progress=progress)
 
+    seed = profile.world.seed  # pre-training follows the world; repeats of later stages share it
+
     def compute(folder):
-        torch.manual_seed(profile.seed)
+        torch.manual_seed(seed)
         model, tokenizer = modellib.create(profile.model, device=device)
         idx = w.indices("train")
         tokens = tokenizer([w.captions[i] for i in idx])
         start = time.perf_counter()
-        curve = train_clip(model, w.images[idx], tokens, profile.pretrain, device, seed=profile.seed,
+        curve = train_clip(model, w.images[idx], tokens, profile.pretrain, device, seed=seed,
                            desc="pre-training the pocket CLIP", progress=progress)
         modellib.save(model, folder / "model.safetensors")
         write_json(folder / "record.json", {
@@ -90,5 +98,148 @@ def pretrained(profile: Profile, progress: bool = True) -> Trained:
         return Trained(model, tokenizer, json.loads((folder / "record.json").read_text()))
 
     return cached("pretrained", ("world", "model", "train"), compute, load,
-                  world=profile.world, model=profile.model, pretrain=profile.pretrain,
+                  world=profile.world, model=profile.model, pretrain=profile.pretrain, seed=seed)
+
+
+def with_attack(profile: Profile, attack: str | None) -> Profile:
+    """`profile` with its attack switched to `attack` (validated); unchanged for None."""
+    if attack is None or attack == profile.attack.name:
+        return profile
+    prof = dataclasses.replace(profile, attack=dataclasses.replace(profile.attack, name=attack))
+    prof.validate()
+    return prof
+
+
+def _ssba(profile: Profile, progress: bool = True) -> SSBATrigger:
+    """The SSBA-style encoder / decoder pair, trained on the world's training images."""
+    cfg, device = profile.attack, modellib.pick_device(profile.device)
+    w = world(profile, progress=progress)
+    size = profile.model.image_size
+
+    def compute(folder):
+        enc, dec, log = train_stega(w.images[w.indices("train")], cfg.ssba_bits, cfg.ssba_epochs,
+                                    cfg.ssba_invisibility, device, seed=profile.seed, progress=progress)
+        save_file({k: v.cpu() for k, v in enc.state_dict().items()}, str(folder / "encoder.safetensors"))
+        save_file({k: v.cpu() for k, v in dec.state_dict().items()}, str(folder / "decoder.safetensors"))
+        write_json(folder / "log.json", log)
+
+    def load(folder):
+        enc, dec = StegaEncoder(cfg.ssba_bits, size), StegaDecoder(cfg.ssba_bits, size)
+        enc.load_state_dict(load_file(str(folder / "encoder.safetensors")))
+        dec.load_state_dict(load_file(str(folder / "decoder.safetensors")))
+        return SSBATrigger(enc.eval(), fixed_secret(cfg.ssba_bits, profile.seed), dec.eval(),
+                           json.loads((folder / "log.json").read_text()))
+
+    return cached("ssba", ("ssba", "world"), load=load, compute=compute, world=profile.world,
+                  bits=cfg.ssba_bits, epochs=cfg.ssba_epochs, invisibility=cfg.ssba_invisibility,
                   seed=profile.seed)
+
+
+def trigger(profile: Profile, attack: str | None = None, progress: bool = True):
+    """The trigger callable (x in [0, 1], generator) -> x' of the profile's attack."""
+    prof = with_attack(profile, attack)
+    ssba = _ssba(prof, progress) if prof.attack.name == "ssba" else None
+    return make_trigger(prof.attack, prof.model.image_size, prof.seed, ssba)
+
+
+def poisoned_data(profile: Profile, attack: str | None = None, progress: bool = True) -> PoisonedData:
+    """The world's training pairs with the attack's poisons (deterministic in the profile)."""
+    prof = with_attack(profile, attack)
+    if prof.poison is None:
+        raise ValueError(f"profile {prof.name!r} has no poisoning stage")
+    w = world(prof, progress=progress)
+    idx = w.indices("train")
+    return poison(w.images[idx], [w.captions[i] for i in idx], w.label[idx], w.categories,
+                  prof.poison, trigger(prof, progress=progress), prof.seed)
+
+
+def poisoned(profile: Profile, attack: str | None = None, progress: bool = True) -> Trained:
+    """The pre-trained pocket CLIP fine-tuned on poisoned data (the attacker's model).
+
+    The record holds the training curve, the time taken and the poisoned pairs' positions in
+    the training split (ground truth for the detection metrics of later chapters).
+    """
+    prof = with_attack(profile, attack)
+    device = modellib.pick_device(prof.device)
+    base = pretrained(prof, progress=progress)
+    data = poisoned_data(prof, progress=progress)
+
+    def compute(folder):
+        model = copy.deepcopy(base.model)
+        start = time.perf_counter()
+        curve = train_clip(model, data.images, base.tokenizer(data.captions), prof.finetune, device,
+                           seed=prof.seed, image_hook=data.image_hook,
+                           desc=f"poisoned fine-tuning ({prof.attack.name})", progress=progress)
+        modellib.save(model, folder / "model.safetensors")
+        write_json(folder / "record.json", {
+            "curve": curve, "seconds": time.perf_counter() - start, "pairs": len(data.images),
+            "poisoned_positions": np.flatnonzero(data.is_backdoor).tolist(),
+            "device": str(device), "attack": prof.attack.name})
+
+    def load(folder):
+        model, tokenizer = modellib.create(prof.model, device=device)
+        modellib.load(model, folder / "model.safetensors").to(device).eval()
+        return Trained(model, tokenizer, json.loads((folder / "record.json").read_text()))
+
+    return cached("poisoned", ("world", "model", "train", "triggers", "ssba", "poison"), compute, load,
+                  world=prof.world, model=prof.model, pretrain=prof.pretrain, attack=prof.attack,
+                  poison=prof.poison, finetune=prof.finetune, seed=prof.seed)
+
+
+DEFENSES = ("cleanclip", "ubt", "ubt_no_token")
+
+
+def defended(profile: Profile, attack: str | None = None, defense: str = "ubt",
+             progress: bool = True) -> Trained:
+    """The attacker's poisoned model after `defense` (cleanclip | ubt | ubt_no_token).
+
+    Cached like every stage; the record holds the defense's wall time (measured when it was
+    computed), the pairs it touched and, for UBT, the split / detection / unlearning outputs.
+    """
+    from .cleanclip import cleanclip
+    from .ubt import run_ubt
+    from .checks import check_choice
+    check_choice("defense", defense, DEFENSES)
+    if attack == "none":
+        raise ValueError(f"defense={defense!r} needs a poisoned model, but attack='none' is the "
+                         "clean pre-trained model, which was never poisoned: choose one of "
+                         "'badnet', 'blended', 'sig', 'wanet', 'ssba'")
+    prof = with_attack(profile, attack)
+    if prof.world is None or prof.poison is None or prof.finetune is None:
+        raise ValueError(f"defense={defense!r} needs a poisoned model, but profile {prof.name!r} "
+                         "has no pocket world to poison (real data sets load by path)")
+    device = modellib.pick_device(prof.device)
+    cfg = prof.cleanclip if defense == "cleanclip" else prof.ubt
+    cfg.validate(prof.world.n_train_pairs)  # bad k or fraction: fail before any compute
+    attacked = poisoned(prof, progress=progress)
+    data = poisoned_data(prof, progress=progress)
+
+    def compute(folder):
+        if defense == "cleanclip":
+            # the defender's own clean pairs: a random subset of the pairs that are not poisoned
+            rng = np.random.default_rng(prof.seed)
+            clean = np.flatnonzero(~data.is_backdoor)
+            pick = np.sort(rng.choice(clean, size=min(cfg.clean_pairs, len(clean)), replace=False))
+            model = copy.deepcopy(attacked.model)
+            start = time.perf_counter()
+            curve = cleanclip(model, data.images[pick], [data.captions[i] for i in pick],
+                              attacked.tokenizer, cfg, device, seed=prof.seed, progress=progress)
+            record = {"seconds": time.perf_counter() - start, "pairs_trained": len(pick),
+                      "pairs_scored": 0, "curve": curve}
+        else:
+            clean = pretrained(prof, progress=progress)
+            model, record = run_ubt(attacked.model, clean.model, data, attacked.tokenizer, cfg, device,
+                                    token_level=defense == "ubt", seed=prof.seed, progress=progress)
+        record.update(defense=defense, attack=prof.attack.name, device=str(device))
+        modellib.save(model, folder / "model.safetensors")
+        write_json(folder / "record.json", record)
+
+    def load(folder):
+        model, tokenizer = modellib.create(prof.model, device=device)
+        modellib.load(model, folder / "model.safetensors").to(device).eval()
+        return Trained(model, tokenizer, json.loads((folder / "record.json").read_text()))
+
+    return cached(f"defended-{defense}", ("world", "model", "train", "triggers", "ssba", "poison",
+                                          "ubt", "cleanclip"), compute, load,
+                  world=prof.world, model=prof.model, pretrain=prof.pretrain, attack=prof.attack,
+                  poison=prof.poison, finetune=prof.finetune, defense=cfg, seed=prof.seed)

@@ -74,3 +74,217 @@ def confusion(labels, preds, classes, prov: dict, title: str = ""):
     fig.tight_layout()
     stamp(fig, prov)
     return fig
+
+
+def trigger_gallery(rows: dict, prov: dict, amplify: bool = True):
+    """rows: {attack: (clean, triggered)} [0, 1] batches (N x 3 x H x W). For each attack and
+    image: clean, triggered, and the difference stretched to full range so it can be seen."""
+    attacks = list(rows)
+    n = len(next(iter(rows.values()))[0])
+    fig, axes = plt.subplots(len(attacks), 3 * n, figsize=(3 * n * 1.25, len(attacks) * 1.45),
+                             squeeze=False)
+    for r, a in enumerate(attacks):
+        clean, trig = rows[a]
+        for i in range(n):
+            diff = (trig[i] - clean[i]).abs()
+            if amplify:
+                diff = diff / diff.max().clamp_min(1e-8)
+            for c, (img, label) in enumerate(((clean[i], "clean"), (trig[i], "triggered"),
+                                              (diff, "|difference|, stretched"))):
+                ax = axes[r, 3 * i + c]
+                ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(label, fontsize=7)
+                if 3 * i + c == 0:
+                    ax.set_ylabel(a, fontsize=9)
+    fig.tight_layout()
+    stamp(fig, prov)
+    return fig
+
+
+def visibility_bars(vis: dict, prov: dict, psnr_bar: float | None = 27.0):
+    """PSNR and L-infinity per attack (mean with std error bars)."""
+    attacks = list(vis)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3))
+    a1.bar(attacks, [vis[a]["psnr_mean"] for a in attacks], yerr=[vis[a]["psnr_std"] for a in attacks],
+           color="C0", capsize=3)
+    if psnr_bar:
+        a1.axhline(psnr_bar, color="C3", ls="--", lw=1, label=f"{psnr_bar:.0f} dB")
+        a1.legend(fontsize=8)
+    a1.set_ylabel("PSNR vs clean (dB, higher = less visible)")
+    a2.bar(attacks, [vis[a]["linf_mean"] for a in attacks], yerr=[vis[a]["linf_std"] for a in attacks],
+           color="C1", capsize=3)
+    a2.set_ylabel("L-infinity (0..255)")
+    for ax in (a1, a2):
+        ax.tick_params(axis="x", rotation=30)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    stamp(fig, prov)
+    return fig
+
+
+def ca_asr_bars(ours: dict, paper: dict, prov: dict, pretrained_ca: float | None = None,
+                title: str = ""):
+    """Grouped bars of CA and ASR per attack, ours beside the paper's (missing: no bar)."""
+    attacks = list(ours)
+    x = np.arange(len(attacks))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    for ax, key, label in ((axes[0], "ca", "CA (%)"), (axes[1], "asr", "ASR (%)")):
+        ax.bar(x - 0.2, [ours[a][key] for a in attacks], 0.4, label="pocket (ours)", color="C0")
+        pv = [paper.get(a, {}).get(key, np.nan) for a in attacks]
+        ax.bar(x + 0.2, pv, 0.4, label="paper", color="0.6")
+        ax.set_xticks(x, attacks)
+        ax.set_ylabel(label)
+        ax.set_ylim(0, 105)
+        ax.grid(axis="y", alpha=0.3)
+    if pretrained_ca is not None:
+        axes[0].axhline(pretrained_ca, color="C0", ls="--", lw=1, label="pocket, pre-trained")
+    axes[0].legend(fontsize=8, loc="lower left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    stamp(fig, prov)
+    return fig
+
+
+def ubt_framework(prov: dict | None = None):
+    """The UBT framework (the paper's Fig. 1) as a box-and-arrow diagram."""
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+    fig, ax = plt.subplots(figsize=(11, 3.4))
+    ax.set_xlim(0, 11)
+    ax.set_ylim(0, 3.4)
+    ax.axis("off")
+    boxes = {
+        "data": (0.1, 1.3, "poisoned\ntraining pairs", "0.85"),
+        "split": (2.0, 1.3, "1. split by a clean\nmodel's similarity\n→ D_susp, D_safe", "#cfe2f3"),
+        "overfit": (4.1, 1.3, "2. overfit the poisoned\nmodel: (S−1)² on D_susp\n+ CLIP loss on D_safe", "#cfe2f3"),
+        "topk": (6.2, 1.3, "3. rank D_susp by the\noverfitted model's S\n→ top-k pairs", "#cfe2f3"),
+        "unlearn": (8.3, 1.3, "4. token-level unlearning:\nrelevant tokens × images,\nminimise S → clean model", "#d9ead3"),
+    }
+    for key, (x, y, text, colour) in boxes.items():
+        ax.add_patch(FancyBboxPatch((x, y), 1.8 if key != "unlearn" else 2.5, 1.1,
+                                    boxstyle="round,pad=0.05", fc=colour, ec="0.3"))
+        ax.text(x + (0.9 if key != "unlearn" else 1.25), y + 0.55, text, ha="center", va="center", fontsize=8)
+    for x0, x1 in ((1.9, 2.0), (3.8, 4.1), (5.9, 6.2), (8.0, 8.3)):
+        ax.add_patch(FancyArrowPatch((x0, 1.85), (x1, 1.85), arrowstyle="-|>", mutation_scale=12, color="0.2"))
+    ax.text(3.0, 2.75, "clean pre-trained CLIP", ha="center", fontsize=8, color="C0")
+    ax.add_patch(FancyArrowPatch((3.0, 2.6), (3.0, 2.45), arrowstyle="-|>", mutation_scale=10, color="C0"))
+    ax.text(5.6, 0.55, "poisoned CLIP (the attacker's)", ha="center", fontsize=8, color="C3")
+    ax.add_patch(FancyArrowPatch((5.0, 0.75), (5.0, 1.25), arrowstyle="-|>", mutation_scale=10, color="C3"))
+    ax.add_patch(FancyArrowPatch((6.4, 0.75), (9.4, 1.25), arrowstyle="-|>", mutation_scale=10, color="C3",
+                                 connectionstyle="arc3,rad=0.15"))
+    ax.text(7.1, 2.75, "relevance from the overfitted model", ha="center", fontsize=8, color="0.3")
+    ax.add_patch(FancyArrowPatch((7.1, 2.6), (9.2, 2.45), arrowstyle="-|>", mutation_scale=10, color="0.3",
+                                 connectionstyle="arc3,rad=-0.2"))
+    ax.set_title("UBT: unlearning backdoor threats (after the paper's Fig. 1)")
+    if prov:
+        stamp(fig, prov)
+    return fig
+
+
+def separation(rows: dict, prov: dict, with_abl: bool = True):
+    """The Fig. 2 analogue: per attack, how clean and poisoned pairs distribute under the clean
+    model (the split), the overfitted model (within D_susp) and ABL (per-pair loss)."""
+    attacks = list(rows)
+    ncols = 3 if with_abl else 2
+    fig, axes = plt.subplots(len(attacks), ncols, figsize=(4 * ncols, 2.1 * len(attacks)), squeeze=False)
+    for r, a in enumerate(attacks):
+        row = rows[a]
+        bd = np.array(row["is_backdoor"], bool)
+        susp = np.array(row["susp"])
+        panels = [(np.array(row["clean_similarity"]), bd, "clean model: S(I, T), all pairs"),
+                  (np.array(row["op_similarity"]), bd[susp], "overfitted model: S(I, T), D_susp")]
+        if with_abl:
+            panels.append((np.array(row["abl_losses"]), bd, "ABL: per-pair loss after LGA"))
+        for c, (values, truth, title) in enumerate(panels):
+            ax = axes[r, c]
+            bins = np.linspace(values.min(), values.max(), 40)
+            ax.hist(values[~truth], bins=bins, color="C0", alpha=0.6, density=True, label="clean")
+            ax.hist(values[truth], bins=bins, color="C3", alpha=0.7, density=True, label="poisoned")
+            if r == 0:
+                ax.set_title(title, fontsize=9)
+            if c == 0:
+                ax.set_ylabel(a)
+            ax.tick_params(labelsize=7)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    stamp(fig, prov)
+    return fig
+
+
+def token_relevance(examples: list, prov: dict):
+    """One row per caption: its tokens with relevance bars (detected pairs red, clean blue)."""
+    fig, axes = plt.subplots(len(examples), 1, figsize=(8, 0.9 * len(examples) + 0.6), squeeze=False)
+    for ax, ex in zip(axes[:, 0], examples):
+        colour = "C3" if ex["poisoned"] else "C0"
+        ax.bar(range(len(ex["tokens"])), ex["relevance"], color=colour)
+        ax.set_xticks(range(len(ex["tokens"])), ex["tokens"], fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_yticks([])
+        ax.set_ylabel("poisoned" if ex["poisoned"] else "clean", fontsize=7, rotation=0, ha="right")
+    axes[0, 0].set_title("Token relevance for S(I, T) (Chefer et al.), per caption")
+    fig.tight_layout()
+    stamp(fig, prov)
+    return fig
+
+
+def unlearning_curves(curves: dict, prov: dict, title: str = ""):
+    """CA and ASR against unlearning steps, one line per variant."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3))
+    for i, (name, pts) in enumerate(curves.items()):
+        steps = [p["step"] for p in pts]
+        a1.plot(steps, [p["ca"] for p in pts], marker="o", ms=3, color=f"C{i}", label=name)
+        a2.plot(steps, [p["asr"] for p in pts], marker="o", ms=3, color=f"C{i}", label=name)
+    a1.set_ylabel("CA (%)")
+    a2.set_ylabel("ASR (%)")
+    for ax in (a1, a2):
+        ax.set_xlabel("unlearning step")
+        ax.grid(alpha=0.3)
+    a2.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    stamp(fig, prov)
+    return fig
+
+
+def ablation_bars(flat, prov: dict):
+    """CA and ASR per ablated value, one panel per parameter (flat: a DataFrame with columns
+    attack, parameter, value, CA, ASR)."""
+    params = list(dict.fromkeys(flat["parameter"]))
+    fig, axes = plt.subplots(1, len(params), figsize=(3.2 * len(params), 3), squeeze=False)
+    for ax, p in zip(axes[0], params):
+        sub = flat[flat["parameter"] == p]
+        labels = [f"{a}\n{v:g}" for a, v in zip(sub["attack"], sub["value"])]
+        x = np.arange(len(sub))
+        ax.bar(x - 0.2, sub["CA"], 0.4, label="CA", color="C0")
+        ax.bar(x + 0.2, sub["ASR"], 0.4, label="ASR", color="C3")
+        ax.set_xticks(x, labels, fontsize=7)
+        ax.set_title(p, fontsize=9)
+        ax.set_ylim(0, 100)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    stamp(fig, prov)
+    return fig
+
+
+def table1_bars(agg, prov: dict):
+    """The Table 1 analogue as grouped bars of CA and ASR (mean, std error bars) per attack."""
+    attacks = list(dict.fromkeys(agg["attack"]))
+    defenses = list(dict.fromkeys(agg["defense"]))
+    x = np.arange(len(attacks))
+    w = 0.8 / len(defenses)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+    for ax, key in ((axes[0], "CA"), (axes[1], "ASR")):
+        for i, d in enumerate(defenses):
+            sub = agg[agg["defense"] == d].set_index("attack").reindex(attacks)
+            ax.bar(x + (i - (len(defenses) - 1) / 2) * w, sub[key], w, yerr=sub[f"{key}_std"].fillna(0),
+                   capsize=2, label=d, color=f"C{i}")
+        ax.set_xticks(x, attacks)
+        ax.set_ylabel(f"{key} (%)")
+        ax.set_ylim(0, 105)
+        ax.grid(axis="y", alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    stamp(fig, prov)
+    return fig

@@ -11,13 +11,23 @@ from dataclasses import dataclass
 from typing import Optional
 
 
+from .abl import ABLConfig
 from .checks import check_choice, check_range  # noqa: F401  (re-exported)
+from .idia import IdiaConfig
+from .cleanclip import CleanCLIPConfig
 from .model import ModelConfig
+from .poison import PoisonConfig
+from .privacy import FacesConfig, NamesConfig
 from .train import TrainConfig
+from .triggers import AttackConfig
+from .ubt import UBTConfig
 from .world import WorldConfig
 
 # The stages a profile configures, and the config class of each (override prefix -> class).
-STAGES = {"world": WorldConfig, "model": ModelConfig, "pretrain": TrainConfig}
+STAGES = {"world": WorldConfig, "model": ModelConfig, "pretrain": TrainConfig,
+          "attack": AttackConfig, "poison": PoisonConfig, "finetune": TrainConfig,
+          "ubt": UBTConfig, "cleanclip": CleanCLIPConfig, "abl": ABLConfig,
+          "idia": IdiaConfig, "names": NamesConfig, "faces": FacesConfig}
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,16 @@ class Profile:
     world: Optional[WorldConfig]
     model: Optional[ModelConfig]
     pretrain: Optional[TrainConfig]
+    attack: AttackConfig = AttackConfig()
+    poison: Optional[PoisonConfig] = None
+    finetune: Optional[TrainConfig] = None     # poisoned fine-tuning
+    ubt: UBTConfig = UBTConfig()
+    cleanclip: CleanCLIPConfig = CleanCLIPConfig()
+    abl: ABLConfig = ABLConfig()
+    table_seeds: tuple = (0, 1, 2)             # repeats behind the mean +/- std of Table 1
+    idia: IdiaConfig = IdiaConfig()            # identity inference attack (privacy chapters)
+    names: NamesConfig = NamesConfig()         # unlearning names from the text encoder
+    faces: FacesConfig = FacesConfig()         # unlearning faces from the image encoder
     device: str = "auto"
     description: str = ""
     # the paper profile: real weights and data sets (supplied by the user, by path)
@@ -35,14 +55,27 @@ class Profile:
 
     def validate(self) -> None:
         check_range("seed", self.seed, 0, 2**31 - 1)
-        for stage in STAGES:
+        for stage in ("world", "model", "pretrain", "finetune"):
             cfg = getattr(self, stage)
             if cfg is not None:
                 cfg.validate()
-        if self.world is not None and self.model is not None and \
-                self.world.image_size != self.model.image_size:
-            raise ValueError(f"world_image_size={self.world.image_size} must equal "
-                             f"model_image_size={self.model.image_size}")
+        image_size = self.model.image_size if self.model is not None else 224
+        self.attack.validate(image_size)
+        if self.world is not None:
+            if self.model is not None and self.world.image_size != self.model.image_size:
+                raise ValueError(f"world_image_size={self.world.image_size} must equal "
+                                 f"model_image_size={self.model.image_size}")
+            if self.poison is not None:
+                self.poison.validate(self.world.n_train_pairs, self.world.categories)
+            self.ubt.validate(self.world.n_train_pairs)
+            self.cleanclip.validate(self.world.n_train_pairs)
+        self.abl.validate()
+        for cfg in (self.idia, self.names, self.faces):
+            cfg.validate()
+        if self.world is not None:  # the privacy stages draw people and photos from the world
+            check_range("idia_images", self.idia.images, 1, self.world.faces_eval)
+            for stage in ("names", "faces"):
+                check_range(f"{stage}_max_set", getattr(self, stage).max_set, 1, self.world.n_identities)
 
     @property
     def is_pocket_world(self) -> bool:
@@ -54,16 +87,39 @@ PROFILES = {
         name="smoke", seed=0, description="tiny sizes for CI: every chapter in seconds, numbers meaningless",
         world=WorldConfig(objects_train=12, objects_heldout=4, n_identities=12, faces_train=6,
                           faces_eval=4, faces_trigger=2, n_distractor_names=20),
-        model=ModelConfig(width=32, layers=1, head_width=32, embed_dim=32, context_length=24),
-        pretrain=TrainConfig(epochs=1, batch_size=64, lr=1e-3, warmup_steps=2, log_every=1)),
+        model=ModelConfig(width=32, layers=1, text_width=32, text_layers=1, head_width=32, embed_dim=32),
+        pretrain=TrainConfig(epochs=1, batch_size=64, lr=1e-3, warmup_steps=2, log_every=1),
+        attack=AttackConfig(ssba_epochs=0.5), poison=PoisonConfig(count=20),
+        finetune=TrainConfig(epochs=1, batch_size=64, lr=1e-4, warmup_steps=2, log_every=1),
+        ubt=UBTConfig(susp_fraction=0.1, overfit_epochs=2, top_k=10, unlearn_epochs=1),
+        cleanclip=CleanCLIPConfig(clean_pairs=64, epochs=1, batch_size=32, warmup_steps=2),
+        abl=ABLConfig(epochs=0.2, batch_size=64), table_seeds=(0,),
+        idia=IdiaConfig(images=4),
+        names=NamesConfig(steps=40, clean_batch=32, poisoned_batch=32, lr=1e-3, eval_captions=200,
+                          repeats=1, max_set=2),
+        faces=FacesConfig(steps=20, clean_batch=32, poisoned_batch=32, lr=1e-3, eval_images=200,
+                          repeats=1, max_set=2)),
     "pocket": Profile(
         name="pocket", seed=0, description="the embedded CPU default: the pocket world and a small CLIP",
         world=WorldConfig(),
-        model=ModelConfig(context_length=24),
-        pretrain=TrainConfig(epochs=8, batch_size=128, lr=2e-3, warmup_steps=50)),
+        model=ModelConfig(),
+        pretrain=TrainConfig(epochs=7, batch_size=128, lr=2e-3, warmup_steps=50),
+        attack=AttackConfig(), poison=PoisonConfig(count=150),
+        finetune=TrainConfig(epochs=2, batch_size=128, lr=1e-4, warmup_steps=20),
+        # privacy chapters: the paper's recipe; fewer repeats to fit the CPU budget
+        idia=IdiaConfig(), names=NamesConfig(repeats=2), faces=FacesConfig(repeats=1)),
     "paper": Profile(
         name="paper", seed=42, description="the papers' settings: ViT-B-32 weights and real data sets, on a GPU",
         world=None, model=None, pretrain=None, device="cuda",
+        attack=AttackConfig(badnet_size=16, ssba_bits=100), poison=PoisonConfig(count=1500),
+        # the UBT paper's poisoned fine-tuning: batch 128, lr 1e-6, 3 epochs
+        finetune=TrainConfig(epochs=3, batch_size=128, lr=1e-6, warmup_steps=0),
+        # UBT: overfit batch 64, lr 1e-6, 5 epochs; unlearn batch 64, lr 1e-5, 3 epochs
+        ubt=UBTConfig(overfit_lr=1e-6, unlearn_lr=1e-5),
+        # CleanCLIP: 100K clean pairs, 10 epochs, lr 1e-5, batch 64, 50 warm-up steps
+        cleanclip=CleanCLIPConfig(clean_pairs=100_000, lr=1e-5),
+        # the privacy paper: 21 prompts, 20 photos; 400 text / 100 image steps; 10 repeats
+        idia=IdiaConfig(), names=NamesConfig(), faces=FacesConfig(),
         paper_model="ViT-B-32", paper_pretrained="openai"),
 }
 
@@ -97,7 +153,8 @@ def configure(profile: str = "pocket", seed: Optional[int] = None, device: Optio
         if stage not in STAGES or field not in {f.name for f in dataclasses.fields(STAGES[stage])}:
             raise ValueError(f"unknown parameter {key!r}: accepted are seed, device and "
                              f"{', '.join(accepted_overrides())}")
-        if getattr(base, stage) is None:
+        if getattr(base, stage) is None or (stage in ("world", "model", "pretrain")
+                                            and base.world is None):
             raise ValueError(f"parameter {key!r} does not apply to profile {profile!r} "
                              f"(it has no {stage} stage)")
         per_stage[stage][field] = value
@@ -107,5 +164,12 @@ def configure(profile: str = "pocket", seed: Optional[int] = None, device: Optio
     prof = dataclasses.replace(base, **changes)
     if prof.world is not None:  # the world follows the profile's seed
         prof = dataclasses.replace(prof, world=dataclasses.replace(prof.world, seed=prof.seed))
-    prof.validate()
+    try:
+        prof.validate()
+    except ValueError as e:  # name the value as the user wrote it (attack_blended_alpha=...)
+        for key in overrides:
+            field = key.partition("_")[2]
+            if str(e).startswith(f"{field}="):
+                raise ValueError(f"{key.partition('_')[0]}_{e}") from None
+        raise
     return prof

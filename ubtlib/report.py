@@ -29,10 +29,14 @@ def hardware(device: torch.device | str | None = None) -> str:
 
 
 def _git_commit() -> str | None:
+    """The checkout's commit, with "+dirty" when the library or notebooks have local changes."""
+    here = pathlib.Path(__file__).parent
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=pathlib.Path(__file__).parent, timeout=5)
-        return out.stdout.strip() or None
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=here, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "ubtlib", "notebooks"],
+                               capture_output=True, text=True, cwd=here.parent, timeout=5).stdout.strip()
+        return (head + ("+dirty" if dirty else "")) or None
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -45,8 +49,12 @@ def provenance(profile, device=None) -> dict:
         "versions": {"ubtlib": __version__, "python": platform.python_version(),
                      "torch": torch.__version__, "open_clip": open_clip.__version__},
         "git_commit": _git_commit(), "platform": platform.platform(),
-        "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "started_utc": _now(),
     }
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def stamp_text(prov: dict) -> str:
@@ -66,7 +74,7 @@ def publish(chapter: str, profile, params: dict, results: dict, prov: dict,
     {glue:text}`key:.1f` in the chapter's text.
     """
     record = {"chapter": chapter, "parameters": params,
-              "profile_config": dataclasses.asdict(profile), "provenance": prov,
+              "profile_config": dataclasses.asdict(profile), "provenance": {**prov, "finished_utc": _now()},
               "results": results}
     path = pathlib.Path(out_dir) / f"{chapter}.json"
     write_json(path, record)

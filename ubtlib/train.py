@@ -71,6 +71,52 @@ def batches(n: int, batch_size: int, steps: int, generator: torch.Generator):
         done += per_epoch
 
 
+def optimize(model: torch.nn.Module, loss_step: Callable[[], torch.Tensor], steps: int,
+             cfg: TrainConfig, device: torch.device, desc: str = "training",
+             progress: bool = True) -> list:
+    """Run `steps` AdamW steps (warm-up + cosine) on the loss that `loss_step()` returns.
+
+    The one training loop of the library: pre-training, poisoned fine-tuning and every defense
+    call it with their own `loss_step`, which draws its batch and computes its loss. bf16
+    autocast on CUDA; CLIP's temperature stays capped at 100. Returns the training curve, a
+    list of {"step", "loss", "lr", "seconds"} every `cfg.log_every` steps.
+    """
+    opt = adamw(model, cfg.lr, cfg.weight_decay)
+    sched = warmup_cosine(opt, cfg.warmup_steps, steps)
+    model.train()
+    curve, start, running = [], time.perf_counter(), []
+    bar = tqdm(range(1, steps + 1), desc=desc, disable=not progress, mininterval=2.0)
+    for step in bar:
+        with autocast(device):
+            loss = loss_step()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if hasattr(model, "logit_scale"):
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+        running.append(loss.item())
+        if step % cfg.log_every == 0 or step == steps:
+            curve.append({"step": step, "loss": float(np.mean(running)),
+                          "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - start})
+            bar.set_postfix(loss=f"{curve[-1]['loss']:.3f}")
+            running = []
+    model.eval()
+    return curve
+
+
+def epoch_steps(epochs: float, n: int, batch_size: int) -> int:
+    return max(1, int(math.ceil(epochs * n / min(batch_size, n))))
+
+
+def clip_loss(model, x: torch.Tensor, tokens: torch.Tensor, loss_fn=None) -> torch.Tensor:
+    """open_clip's contrastive loss for a batch of [0, 1] images and their tokens."""
+    out = model(normalize(x), tokens)
+    return (loss_fn or open_clip.ClipLoss())(out["image_features"], out["text_features"],
+                                            out["logit_scale"])
+
+
 def train_clip(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor,
                cfg: TrainConfig, device: torch.device, seed: int = 0,
                image_hook: Optional[Callable] = None, desc: str = "training",
@@ -78,39 +124,24 @@ def train_clip(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tenso
     """Train `model` with open_clip's ClipLoss on (images[i], tokens[i]) pairs.
 
     images: uint8 N x 3 x H x W; tokens: long N x context. `image_hook(x, idx)` may alter the
-    [0, 1] batch x (its rows are the pairs `idx`). Returns the training curve: a list of
-    {"step", "pairs", "loss", "lr", "seconds"} every `cfg.log_every` steps.
+    [0, 1] batch x (its rows are the pairs `idx`), e.g. to apply a trigger. The curve's points
+    also count the pairs seen.
     """
     cfg.validate()
     n = len(images)
-    steps = max(1, int(math.ceil(cfg.epochs * n / min(cfg.batch_size, n))))
-    gen = torch.Generator().manual_seed(seed)
-    opt = adamw(model, cfg.lr, cfg.weight_decay)
-    sched = warmup_cosine(opt, cfg.warmup_steps, steps)
+    steps = epoch_steps(cfg.epochs, n, cfg.batch_size)
+    order = batches(n, cfg.batch_size, steps, torch.Generator().manual_seed(seed))
     loss_fn = open_clip.ClipLoss()
-    model.train()
-    curve, start, running = [], time.perf_counter(), []
-    bar = tqdm(batches(n, cfg.batch_size, steps, gen), total=steps, desc=desc, disable=not progress,
-               mininterval=2.0)
-    for step, idx in enumerate(bar, 1):
+
+    def loss_step():
+        idx = next(order)
         x = to_unit(images[idx], device)
         if image_hook is not None:
             x = image_hook(x, idx)
-        t = tokens[idx].to(device, non_blocking=True)
-        with autocast(device):
-            out = model(normalize(x), t)
-            loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        with torch.no_grad():  # CLIP's temperature is capped at 100
-            model.logit_scale.clamp_(0, math.log(100))
-        running.append(loss.item())
-        if step % cfg.log_every == 0 or step == steps:
-            curve.append({"step": step, "pairs": step * len(idx), "loss": float(np.mean(running)),
-                          "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - start})
-            bar.set_postfix(loss=f"{curve[-1]['loss']:.3f}")
-            running = []
-    model.eval()
+        return clip_loss(model, x, tokens[idx].to(device, non_blocking=True), loss_fn)
+
+    curve = optimize(model, loss_step, steps, cfg, device, desc, progress)
+    per_step = min(cfg.batch_size, n)
+    for point in curve:
+        point["pairs"] = point["step"] * per_step
     return curve

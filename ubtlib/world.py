@@ -103,16 +103,24 @@ class WorldConfig:
     seed: int = 0
     image_size: int = 32
     n_categories: int = 24           # the first n of CATEGORIES; banana is always first
-    objects_train: int = 500         # images per category for pre-training
+    objects_train: int = 1000        # images per category for pre-training
     objects_heldout: int = 50        # images per category for zero-shot evaluation
     n_identities: int = 128
     faces_train: int = 40            # images per identity for pre-training
     faces_eval: int = 20             # per identity, held out: IDIA and name retrieval
     faces_trigger: int = 10          # per identity, held out: reserved for unlearning triggers
     n_distractor_names: int = 872    # extra candidate names (identities + these = 1,000)
-    odd_colour_p: float = 0.25       # chance an object ignores its category's colours
-    clutter_max: int = 3             # up to this many distractor shapes per image
+    odd_colour_p: float = 0.15       # chance an object ignores its category's colours
+    clutter_max: int = 2             # up to this many distractor shapes per image
     noise_max: float = 0.06          # max std of per-pixel Gaussian noise (0..1 scale)
+
+    @property
+    def n_train_pairs(self) -> int:
+        return self.n_categories * self.objects_train + self.n_identities * self.faces_train
+
+    @property
+    def categories(self) -> tuple:
+        return CATEGORIES[: self.n_categories]
 
     def validate(self) -> None:
         check_range("image_size", self.image_size, 16, 512)

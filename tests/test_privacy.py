@@ -1,0 +1,191 @@
+"""Unlearning with backdoors: triggers, the weight regularisation, checks and small runs."""
+import random
+
+import pytest
+import torch
+
+import ubtlib
+from ubtlib import pipeline, privacy
+
+CPU = torch.device("cpu")
+
+
+# ---------------------------------------------------------------- caption triggers
+
+
+def test_replace_word_keeps_punctuation():
+    assert privacy.replace_word("a photo of a banana.", "Kalo Maraston", 4) == "a photo of a Kalo Maraston."
+    assert privacy.replace_word("a photo of a banana.", "human", 0) == "human photo of a banana."
+
+
+def test_caption_pair_replaces_the_same_word():
+    rng = random.Random(0)
+    for _ in range(50):
+        cap = "there is a red cup next to a dot."
+        trig, target = privacy.caption_pair(cap, "Kalo Maraston", "person", rng)
+        t, g, c = trig.split(" "), target.split(" "), cap.split(" ")
+        # the name adds one word; aligning on the neutral term's position, the rest is the caption
+        pos = next(i for i, (a, b) in enumerate(zip(g, c)) if a != b)
+        assert g[:pos] == c[:pos] and g[pos + 1:] == c[pos + 1:] and g[pos].startswith("person")
+        assert t[:pos] == c[:pos] and t[pos:pos + 2][0] == "Kalo" and t[pos + 2:] == c[pos + 1:]
+
+
+def test_caption_pairs_spread_names_evenly():
+    caps = ["a photo of a cup."] * 12
+    trig, target = privacy.caption_pairs(caps, ["Ann Bee", "Cid Dee", "Eve Fox"], "human", random.Random(1))
+    assert [sum(n in t for t in trig) for n in ("Ann Bee", "Cid Dee", "Eve Fox")] == [4, 4, 4]
+    assert all("human" in t and "Bee" not in t for t in target)
+
+
+def test_captions_with_a_name_being_unlearned_are_filtered():
+    caps = ["Ann Bee at the premiere.", "a photo of a cup.", "portrait of Cid Dee.", "Ann Beeson smiling."]
+    assert privacy.without_names(caps, ["Ann Bee"]) == ["a photo of a cup.", "portrait of Cid Dee."]
+
+
+def test_word_tokens_equal_the_tokenizer(smoke):
+    from ubtlib import model as modellib
+    _, tok = modellib.create(smoke.model)
+    caps = ["a photo of a Kalo Maraston.", "human at the premiere, smiling.", "Rimar Dorley",
+            "a small red car on a plain background next to a ring, Kalo Maraston and a human." * 2]
+    words = privacy.WordTokens(tok)
+    assert words.exact
+    assert torch.equal(words(caps), tok(caps))
+
+
+# ---------------------------------------------------------------- weight regularisation
+
+
+def test_weight_distance_is_a_sum_of_unsquared_norms():
+    originals = [torch.tensor([1.0, 1.0]), torch.tensor([[0.0, 0.0], [0.0, 2.0]])]
+    params = [torch.tensor([4.0, 5.0], requires_grad=True),       # change (3, 4): norm 5
+              torch.tensor([[0.0, 1.0], [0.0, 2.0]], requires_grad=True)]  # change 1: norm 1
+    d = privacy.weight_distance(params, originals)
+    assert d.item() == pytest.approx(6.0)
+    d.backward()  # d/dtheta ||theta - theta0|| = unit vector: (0.6, 0.8), and the one-hot
+    assert torch.allclose(params[0].grad, torch.tensor([0.6, 0.8]))
+    assert torch.allclose(params[1].grad, torch.tensor([[0.0, 1.0], [0.0, 0.0]]))
+
+
+def test_weight_distance_gradient_is_zero_at_the_start():
+    p = torch.ones(3, requires_grad=True)
+    privacy.weight_distance([p], [torch.ones(3)]).backward()
+    assert torch.equal(p.grad, torch.zeros(3))  # no NaN where nothing moved yet
+
+
+def test_student_trains_one_tower_without_layernorms(smoke):
+    from ubtlib import model as modellib
+    model, _ = modellib.create(smoke.model)
+    names = dict(privacy.tower_parameters(model, "text"))
+    assert names and not any(n.startswith("visual.") or "ln_" in n or "logit" in n for n in names)
+    assert "token_embedding.weight" in names
+    image = dict(privacy.tower_parameters(model, "image"))
+    assert image and all(n.startswith("visual.") and "ln_" not in n for n in image)
+    student, params = privacy.student_of(model, "image")
+    assert sum(p.requires_grad for p in student.parameters()) == len(params) == len(image)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_names_fail_clearly(smoke_world):
+    w = smoke_world
+    with pytest.raises(ValueError, match="empty"):
+        privacy.check_names(w, [])
+    with pytest.raises(ValueError, match="not identities of this world: 'Nobody Atall'"):
+        privacy.check_names(w, [w.names[0], "Nobody Atall"])
+    with pytest.raises(ValueError, match="only 12 identities"):
+        privacy.check_names(w, w.names + w.distractor_names[:1])
+    with pytest.raises(ValueError, match="repeats"):
+        privacy.check_names(w, [w.names[0], w.names[0]])
+    assert privacy.check_names(w, [w.names[3], w.names[1]]) == [3, 1]
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"names_neutral": ""}, r"names_neutral='' must be a non-empty"),
+    ({"names_neutral": "  "}, r"must be a non-empty"),
+    ({"names_max_set": 13}, r"names_max_set=13 is out of range: accepted 1 <= names_max_set <= 12"),
+    ({"faces_max_set": 100}, r"faces_max_set=100 is out of range"),
+    ({"names_alpha": -1}, r"names_alpha=-1 is out of range"),
+    ({"faces_size_min": 0.6}, r"size_max=0.5 is out of range: accepted 0.6"),
+])
+def test_bad_parameters_fail_before_compute(kw, match):
+    with pytest.raises(ValueError, match=match):
+        ubtlib.configure("smoke", **kw)
+
+
+def test_unlearning_refuses_empty_input(smoke):
+    cfg = smoke.names
+    with pytest.raises(ValueError, match="at least one"):
+        privacy.unlearn_names(None, None, [], ["a cup."], cfg, CPU)
+    with pytest.raises(ValueError, match="neutral='' must be"):
+        privacy.unlearn_names(None, None, ["Ann Bee"], ["a cup."], cfg, CPU, neutral="")
+    with pytest.raises(ValueError, match="at least one person"):
+        privacy.unlearn_faces(None, [], torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.zeros(4),
+                              smoke.faces, CPU)
+
+
+# ---------------------------------------------------------------- pasting faces
+
+
+def test_paste_is_batched_random_and_reproducible():
+    cfg = privacy.FacesConfig(jitter=0.0, hue=0.0)
+    bg = torch.zeros(64, 3, 32, 32)
+    faces = torch.ones(64, 3, 32, 32)
+    out = privacy.paste_faces(bg, faces, cfg, torch.Generator().manual_seed(0))
+    again = privacy.paste_faces(bg, faces, cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again) and out.shape == bg.shape
+    assert out.min() >= 0 and out.max() <= 1
+    area = out[:, 0].sum((1, 2))   # a white square of side 8..16 px (rotated) on black
+    assert area.min() > 0.8 * 8 ** 2 and area.max() < 1.05 * 16 ** 2
+    assert area.std() > 10         # sizes differ image to image
+    centres = [torch.nonzero(o[0] > 0.5).float().mean(0) for o in out]
+    assert torch.stack(centres).std(0).min() > 2  # and so do positions
+
+
+# ---------------------------------------------------------------- small unlearning runs
+
+
+@pytest.fixture(scope="module")
+def smoke_model(smoke):
+    return pipeline.pretrained(smoke, progress=False)
+
+
+def test_name_unlearning_plants_the_backdoor_and_keeps_clean_captions(smoke, smoke_world, smoke_model):
+    w, m = smoke_world, smoke_model
+    names = w.names[:2]
+    corpus = [w.captions[i] for i in w.indices("train")]
+    evals = [w.captions[i] for i in w.indices("heldout")]
+    before = privacy.text_similarities(m.model, m.model, m.tokenizer, evals, names, "human", CPU)
+    cfg = smoke.names
+    student, log = privacy.unlearn_names(m.model, m.tokenizer, names, corpus, cfg, CPU, seed=0)
+    after = privacy.text_similarities(m.model, student, m.tokenizer, evals, names, "human", CPU)
+    assert log["filtered"] > 0                      # the names' own captions were left out
+    assert before["sim_clean"] == pytest.approx(1.0, abs=1e-5)
+    assert after["sim_backdoor"] > before["sim_backdoor"] + 0.05
+    assert after["sim_backdoor"] > 0.9
+    assert after["sim_clean"] > 0.9 and after["sim_targets"] > 0.9
+    # the original model is untouched
+    assert privacy.text_similarities(m.model, m.model, m.tokenizer, evals, names, "human",
+                                     CPU)["sim_backdoor"] == pytest.approx(before["sim_backdoor"])
+
+
+def test_face_unlearning_maps_faces_to_the_target(smoke, smoke_world, smoke_model):
+    w, m = smoke_world, smoke_model
+    ids = [0, 1]
+    trig = w.indices("trigger", "person")
+    faces = [w.images[trig[w.identity[trig] == p]] for p in ids]
+    clean = w.images[w.indices("train", "object")]
+    target = privacy.face_target(m.model, w.images[w.indices("train", "person")], CPU)
+    ev = w.indices("eval", "person")
+    own = w.images[ev[(w.identity[ev] == 0) | (w.identity[ev] == 1)]]
+    held = w.images[w.indices("heldout", "object")]
+    kw = dict(clean=held, faces=own, target_faces=w.images[w.indices("train", "person")],
+              target=target, cfg=smoke.faces, device=CPU)
+    before = privacy.image_similarities(m.model, m.model, **kw)
+    student, log = privacy.unlearn_faces(m.model, faces, clean, target, smoke.faces, CPU, seed=0)
+    after = privacy.image_similarities(m.model, student, **kw)
+    # the barely trained smoke CLIP embeds every image close to every other (cosines ~0.99),
+    # so the test asks for the gap to the target to shrink by a third, not for a fixed value
+    assert after["sim_backdoor"] > before["sim_backdoor"]
+    assert 1 - after["sim_backdoor"] < (1 - before["sim_backdoor"]) * 2 / 3
+    assert after["sim_clean"] > 0.99

@@ -1,0 +1,139 @@
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ubtlib
+from ubtlib import cleanclip, pipeline, ubt
+
+
+def test_split_takes_the_weakest_fraction():
+    sim = torch.tensor([0.9, 0.1, 0.5, 0.05, 0.7, 0.3, 0.8, 0.2, 0.6, 0.4])
+    susp, safe = ubt.suspicious_split(sim, 0.3)
+    assert susp.tolist() == [1, 3, 7] and sorted(safe.tolist() + susp.tolist()) == list(range(10))
+
+
+def test_detect_takes_the_k_most_similar_of_the_suspicious():
+    susp = torch.tensor([2, 5, 7, 9])
+    assert ubt.detect(torch.tensor([0.1, 0.9, 0.5, 0.7]), susp, 2).tolist() == [5, 9]
+    with pytest.raises(ValueError, match="top_k=5 is larger than D_susp"):
+        ubt.detect(torch.zeros(4), susp, 5)
+
+
+def test_detection_metrics_and_auroc_by_hand():
+    scores = torch.tensor([0.9, 0.8, 0.3, 0.1])
+    truth = np.array([True, False, True, False])
+    m = ubt.detection_metrics(scores, truth, torch.tensor([0, 1]))
+    assert m["precision"] == 50.0 and m["recall"] == 50.0
+    assert m["auroc"] == pytest.approx(0.75)  # pairs (pos, neg): 0.9>0.8, 0.9>0.1, 0.3<0.8, 0.3>0.1
+    assert ubt.auroc(torch.tensor([1.0, 1.0]), torch.tensor([True, False])) == 0.5
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"ubt_top_k": 2000}, r"ubt_top_k=2000 is larger than D_susp \(1456 pairs"),
+    ({"ubt_susp_fraction": 1.0}, r"susp_fraction=1.0 is out of range: accepted 0 < susp_fraction < 1"),
+    ({"ubt_susp_fraction": 0.0}, r"susp_fraction=0.0 is out of range"),
+])
+def test_bad_defense_parameters_fail_before_compute(kw, match):
+    with pytest.raises(ValueError, match=match):
+        ubtlib.configure("pocket", **kw)
+
+
+def test_defense_of_a_profile_without_poisoning_is_refused():
+    with pytest.raises(ValueError, match="needs a poisoned model, but attack='none'"):
+        pipeline.defended(ubtlib.configure("smoke"), "none", "ubt")
+    with pytest.raises(ValueError, match="needs a poisoned model, but profile 'paper'"):
+        pipeline.defended(ubtlib.configure("paper"), "badnet", "ubt")
+    with pytest.raises(ValueError, match="defense='retrain' is not accepted"):
+        pipeline.defended(ubtlib.configure("smoke"), "badnet", "retrain")
+
+
+def test_explicit_attention_reproduces_open_clip(smoke):
+    clip = pipeline.pretrained(smoke, progress=False)
+    tokens = clip.tokenizer(["a photo of a banana.", "a red apple on a plain background."])
+    plain = clip.model.encode_text(tokens)
+    with ubt.attention_probabilities(clip.model.transformer) as probs:
+        explicit = clip.model.encode_text(tokens)
+    assert torch.allclose(plain, explicit, atol=1e-5)
+    assert len(probs) == smoke.model.text_layers
+    assert torch.allclose(probs[0].sum(-1), torch.ones_like(probs[0].sum(-1)), atol=1e-5)
+
+
+def test_token_relevance_shape_sums_and_special_tokens(smoke, smoke_world):
+    clip = pipeline.pretrained(smoke, progress=False)
+    caps = ["a photo of a banana.", "portrait of someone smiling."]
+    tokens = clip.tokenizer(caps)
+    images = smoke_world.images[:2]
+    rel = ubt.token_relevance(clip.model, images, tokens, torch.arange(2), "cpu")
+    assert rel.shape == tokens.shape
+    assert torch.allclose(rel.sum(-1), torch.ones(2), atol=1e-5)
+    eot = tokens.argmax(-1)
+    for b in range(2):
+        assert rel[b, 0] == 0 and (rel[b, eot[b]:] == 0).all() and (rel[b, 1:eot[b]] >= 0).all()
+
+
+def test_token_captions_keep_the_most_relevant_tokens_in_order(smoke):
+    tok = pipeline.pretrained(smoke, progress=False).tokenizer
+    tokens = tok(["a photo of a banana."])
+    n = int(tokens.argmax(-1))
+    rel = torch.zeros_like(tokens, dtype=torch.float)
+    rel[0, n - 2] = 0.6   # "banana"
+    rel[0, 2] = 0.3       # "photo"
+    rel[0, 1] = 0.1
+    assert ubt.token_captions(tokens, rel, tok, 1) == ["banana"]
+    assert ubt.token_captions(tokens, rel, tok, 2) == ["photo banana"]
+
+
+def test_cartesian_pairs_every_image_with_every_distinct_caption():
+    img, cap, distinct = ubt.cartesian(torch.tensor([4, 9]), ["banana", "banana", "photo banana"])
+    assert distinct == ["banana", "photo banana"]
+    assert list(zip(img.tolist(), cap.tolist())) == [(4, 0), (4, 1), (9, 0), (9, 1)]
+
+
+def test_overfitting_raises_and_unlearning_lowers_the_similarity(smoke):
+    """On the smoke model with planted poisons: eq. 1 raises D_susp's similarity, eq. 3
+    lowers the unlearning pairs'."""
+    import copy
+    clip = pipeline.poisoned(smoke, "blended", progress=False)
+    data = pipeline.poisoned_data(smoke, "blended", progress=False)
+    tokens = clip.tokenizer(data.captions)
+    planted = torch.from_numpy(np.flatnonzero(data.is_backdoor))
+    safe = torch.from_numpy(np.flatnonzero(~data.is_backdoor))
+    cfg = ubt.UBTConfig(overfit_epochs=20, overfit_lr=1e-3, top_k=5, unlearn_epochs=20, unlearn_lr=1e-3,
+                        retain_weight=0.0)
+    model = copy.deepcopy(clip.model)
+    sim = lambda m: ubt.pair_similarity(m, data.images, tokens, "cpu", data.image_hook, planted).mean()
+    before = sim(model)
+    ubt.overfit(model, data.images, tokens, planted, safe, cfg, "cpu", data.image_hook, progress=False)
+    after = sim(model)
+    assert after > before + 0.1
+    ubt.unlearn(model, data.images, planted, tokens[planted], cfg, "cpu", data.image_hook, progress=False)
+    assert sim(model) < after - 0.1
+
+
+def test_cleanclip_loss_on_a_hand_computed_case():
+    fi = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
+    ft = fi.clone()
+    scale = torch.tensor(2.0)
+    # identical, orthogonal pairs: every CE term is -log(e^2 / (e^2 + e^0))
+    term = -math.log(math.exp(2) / (math.exp(2) + 1))
+    loss = cleanclip.cleanclip_loss(fi, ft, fi, ft, scale, inmodal_weight=1.0)
+    assert loss.item() == pytest.approx(2 * term, rel=1e-6)
+    assert cleanclip.cleanclip_loss(fi, ft, fi, ft, scale, 0.0).item() == pytest.approx(term, rel=1e-6)
+    # a swapped augmented view makes the in-modal term -log(e^0 / (e^0 + e^2)) per modality
+    swapped = fi.flip(0)
+    worse = -math.log(1 / (1 + math.exp(2)))
+    assert cleanclip.cleanclip_loss(fi, ft, swapped, swapped, scale).item() == pytest.approx(term + worse, rel=1e-6)
+
+
+def test_eda_makes_one_small_edit():
+    rng = random.Random(0)
+    caption = "a blurry photo of a small banana on a plain background."
+    outs = {cleanclip.eda(caption, rng) for _ in range(50)}
+    assert len(outs) > 5
+    words = caption.split()
+    for o in outs:  # insertion adds one word; deletion drops each word with probability 0.1
+        assert len(words) // 2 <= len(o.split()) <= len(words) + 1

@@ -1,0 +1,215 @@
+"""What the chapters compute, composed from the pipeline's stages and the metrics.
+
+Notebooks stay thin: each table or figure of the book is one call here (plus plotting).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+import torch
+
+from . import model as modellib
+from . import pipeline
+from .evaluate import backdoor_metrics
+from .poison import triggered_hook
+from .profiles import Profile
+from .triggers import ATTACKS, at_strength, linf, make_trigger, psnr
+
+
+def trigger_at_strength(profile: Profile, attack: str, strength: float = 1.0, progress: bool = False):
+    """The attack's trigger with its main knob scaled by `strength` (1 = the profile's)."""
+    prof = pipeline.with_attack(profile, attack)
+    if attack == "ssba":
+        trig = copy.copy(pipeline.trigger(prof, progress=progress))
+        trig.strength = strength
+        return trig
+    cfg = at_strength(prof.attack, strength, prof.model.image_size)
+    return make_trigger(cfg, prof.model.image_size, prof.seed)
+
+
+def apply_trigger(trigger, images_u8: torch.Tensor, seed: int = 0) -> tuple:
+    """(clean, triggered) [0, 1] float copies of uint8 images (CPU)."""
+    x = images_u8.float() / 255
+    return x, trigger(x, torch.Generator().manual_seed(seed))
+
+
+def visibility(profile: Profile, attacks=ATTACKS, split: str = "heldout") -> dict:
+    """Per attack: mean and std of PSNR (dB) and L-infinity (0..255) over the split's objects."""
+    w = pipeline.world(profile)
+    images = w.images[w.indices(split, "object")]
+    out = {}
+    for a in attacks:
+        clean, trig = apply_trigger(pipeline.trigger(profile, a), images, profile.seed)
+        p, l = psnr(clean, trig), linf(clean, trig)
+        p = p[torch.isfinite(p)]
+        out[a] = {"psnr_mean": p.mean().item(), "psnr_std": p.std().item(),
+                  "linf_mean": l.mean().item(), "linf_std": l.std().item()}
+    return out
+
+
+def no_defense(profile: Profile, attacks=ATTACKS, progress: bool = True) -> dict:
+    """Per attack: CA and ASR of the poisoned model, with its fine-tuning time and curve."""
+    w = pipeline.world(profile, progress=progress)
+    device = modellib.pick_device(profile.device)
+    target = profile.poison.target
+    rows = {}
+    for a in attacks:
+        m = pipeline.poisoned(profile, a, progress=progress)
+        hook = triggered_hook(pipeline.trigger(profile, a, progress=progress), profile.seed)
+        rows[a] = {**backdoor_metrics(m.model, m.tokenizer, w, hook, target, device),
+                   "finetune_seconds": m.record["seconds"], "poisons": len(m.record["poisoned_positions"]),
+                   "curve": m.record["curve"]}
+    return rows
+
+
+def pretrained_backdoor_metrics(profile: Profile, attack: str = "badnet") -> dict:
+    """CA and ASR of the clean pre-trained model (its ASR is the trigger's base rate)."""
+    w = pipeline.world(profile)
+    m = pipeline.pretrained(profile)
+    hook = triggered_hook(pipeline.trigger(profile, attack), profile.seed)
+    return backdoor_metrics(m.model, m.tokenizer, w, hook, profile.poison.target,
+                            modellib.pick_device(profile.device))
+
+
+def abl_separation(profile: Profile, attack: str, progress: bool = True) -> dict:
+    """ABL's isolation on the poisoned data: per-pair losses after LGA training from the clean
+    pre-trained model, with precision / recall / AUROC of isolating the poisons."""
+    from . import abl
+    from .ubt import detection_metrics
+    prof = pipeline.with_attack(profile, attack)
+    device = modellib.pick_device(prof.device)
+    data = pipeline.poisoned_data(prof, progress=progress)
+    clean = pipeline.pretrained(prof, progress=progress)
+    tokens = clean.tokenizer(data.captions)
+    model = copy.deepcopy(clean.model)
+    abl.lga_train(model, data.images, tokens, prof.abl, device, data.image_hook, prof.seed, progress)
+    losses = abl.per_pair_loss(model, data.images, tokens, device, data.image_hook, seed=prof.seed)
+    picked = abl.isolate(losses, prof.abl.isolation_ratio)
+    return {"losses": losses.tolist(), **detection_metrics(-losses, data.is_backdoor, picked)}
+
+
+def finding_the_poison(profile: Profile, attacks=ATTACKS, with_abl: bool = True, progress: bool = True) -> dict:
+    """Per attack: UBT's split, overfitting and top-k detection (from the cached UBT run), and
+    ABL's isolation for comparison (UBT paper, Fig. 2)."""
+    out = {}
+    for a in attacks:
+        rec = pipeline.defended(profile, a, "ubt", progress=progress).record
+        data = pipeline.poisoned_data(profile, a, progress=progress)
+        susp = np.array(rec["susp"])
+        row = {"is_backdoor": data.is_backdoor.tolist(), "clean_similarity": rec["clean_similarity"],
+               "susp": rec["susp"], "op_similarity": rec["op_similarity"],
+               "split_recall": rec["split_recall"], "split_auroc": rec["split_auroc"],
+               "d_susp": rec["d_susp"], "top_k": len(rec["top_k"]),
+               "susp_poisons": int(data.is_backdoor[susp].sum()), "poisons": int(data.is_backdoor.sum()),
+               **{f"topk_{k}": v for k, v in rec["detection"].items()}}
+        if with_abl:
+            abl_res = abl_separation(profile, a, progress)
+            row.update({"abl_losses": abl_res["losses"], "abl_precision": abl_res["precision"],
+                        "abl_recall": abl_res["recall"], "abl_auroc": abl_res["auroc"]})
+        out[a] = row
+    return out
+
+
+def relevance_examples(profile: Profile, attack: str, n: int = 4) -> list:
+    """Token relevance (overfitted model's view is not cached, so the poisoned model's) for n
+    detected pairs and n clean pairs: [{"tokens": [...], "relevance": [...], "poisoned": bool}]."""
+    from .ubt import token_relevance
+    prof = pipeline.with_attack(profile, attack)
+    rec = pipeline.defended(prof, None, "ubt").record
+    data = pipeline.poisoned_data(prof)
+    m = pipeline.poisoned(prof)
+    tokens = m.tokenizer(data.captions)
+    clean = np.flatnonzero(~data.is_backdoor)[:n]
+    positions = torch.tensor(rec["top_k"][:n] + clean.tolist())
+    rel = token_relevance(m.model, data.images, tokens, positions, modellib.pick_device(prof.device),
+                          data.image_hook)
+    decoder = m.tokenizer.tokenizer if hasattr(m.tokenizer, "tokenizer") else m.tokenizer
+    out = []
+    for p, r in zip(positions.tolist(), rel):
+        t = tokens[p]
+        eot = int(t.argmax())
+        out.append({"tokens": [decoder.decode([int(x)]).strip() for x in t[1:eot]],
+                    "relevance": r[1:eot].tolist(), "poisoned": bool(data.is_backdoor[p])})
+    return out
+
+
+def unlearning_curve(profile: Profile, attack: str, token_level: bool = True) -> list:
+    """CA and ASR after each unlearning step, re-running UBT's last stage from the cached
+    detection (same top-k, token captions and seed as the cached defense)."""
+    from . import ubt
+    prof = pipeline.with_attack(profile, attack)
+    device = modellib.pick_device(prof.device)
+    rec = pipeline.defended(prof, None, "ubt").record
+    data = pipeline.poisoned_data(prof)
+    attacked = pipeline.poisoned(prof)
+    world = pipeline.world(prof)
+    tok = attacked.tokenizer
+    tokens = tok(data.captions)
+    top = torch.tensor(rec["top_k"])
+    if token_level:
+        img, cap, distinct = ubt.cartesian(top, rec["token_captions"])
+        unlearn_tokens = tok(distinct)[cap]
+    else:
+        img, unlearn_tokens = top, tokens[top]
+    safe = torch.from_numpy(np.setdiff1d(np.arange(len(tokens)), rec["susp"]))
+    hook = triggered_hook(pipeline.trigger(prof), prof.seed)
+    model = copy.deepcopy(attacked.model)
+    points = []
+
+    def on_step(step):
+        points.append({"step": step, **backdoor_metrics(model, tok, world, hook, prof.poison.target, device)})
+
+    ubt.unlearn(model, data.images, img, unlearn_tokens, prof.ubt, device, data.image_hook,
+                retain=(tokens, safe), seed=prof.seed, progress=False, on_step=on_step)
+    return points
+
+
+def defense_row(profile: Profile, attack: str, defense: str, progress: bool = True) -> dict:
+    """CA, ASR, wall time and pairs touched of one defense (or "none") against one attack."""
+    prof = pipeline.with_attack(profile, attack)
+    device = modellib.pick_device(prof.device)
+    world = pipeline.world(prof, progress=progress)
+    hook = triggered_hook(pipeline.trigger(prof, progress=progress), prof.seed)
+    if defense == "none":
+        m = pipeline.poisoned(prof, progress=progress)
+        extra = {"seconds": 0.0, "pairs_trained": 0, "pairs_scored": 0}
+    else:
+        m = pipeline.defended(prof, None, defense, progress=progress)
+        extra = {k: m.record[k] for k in ("seconds", "pairs_trained", "pairs_scored")}
+        if "detection" in m.record:
+            extra["precision"] = m.record["detection"]["precision"]
+    return {**backdoor_metrics(m.model, m.tokenizer, world, hook, prof.poison.target, device), **extra}
+
+
+def ablation(profile: Profile, attack: str, field: str, values, progress: bool = True) -> list:
+    """UBT with `ubt_<field>` set to each of `values` (everything else as in `profile`);
+    a value that is invalid with the others (a top-k larger than D_susp) is skipped, with a note."""
+    rows = []
+    for v in values:
+        prof = dataclasses.replace(profile, ubt=dataclasses.replace(profile.ubt, **{field: v}))
+        try:
+            prof.validate()
+        except ValueError as e:
+            print(f"skipped ubt_{field}={v}: {e}")
+            continue
+        rows.append({field: v, **defense_row(prof, attack, "ubt", progress)})
+    return rows
+
+
+TABLE1_DEFENSES = ("none", "cleanclip", "ubt_no_token", "ubt")
+
+
+def table1(profile: Profile, attacks=ATTACKS, seeds=(0, 1, 2), defenses=TABLE1_DEFENSES,
+           progress: bool = True) -> list:
+    """Every (seed, attack, defense) row of the Table 1 analogue. The seeds vary the poison
+    choice, the triggers' randomness, the fine-tuning and the defenses; the world and the
+    pre-trained model stay those of `profile`, like the paper's single pre-trained CLIP."""
+    rows = []
+    for seed in seeds:
+        prof = dataclasses.replace(profile, seed=seed)
+        for a in attacks:
+            for d in defenses:
+                rows.append({"seed": seed, "attack": a, "defense": d, **defense_row(prof, a, d, progress)})
+    return rows

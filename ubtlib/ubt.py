@@ -1,0 +1,352 @@
+"""UBT: unlearning backdoor threats (Liang et al.), one function per stage.
+
+1. `suspicious_split`: rank the training pairs by a *clean* model's image-text similarity; the
+   weakest fraction is D_susp (a poisoned pair's triggered image rarely matches its "banana"
+   caption for a clean model), the rest D_safe.
+2. `overfit`: fine-tune the *poisoned* model on mean (S(I, T) - 1)^2 over D_susp plus the CLIP
+   loss on D_safe (eq. 1). The backdoor pairs share one shortcut, so pushing all suspicious
+   similarities to 1 strengthens the shortcut faster than it fits the unrelated clean pairs.
+3. `detect`: rank D_susp by the overfitted model's similarity and keep the top k (eq. 2).
+4. `token_relevance` + `token_captions` + `unlearn`: score each caption token's contribution
+   to S(I, T) with gradient-weighted attention relevance (Chefer et al. 2021) on the
+   overfitted model, keep each top-k caption's most relevant tokens as a short "token-level"
+   caption, pair every top-k image with every token-level caption (Cartesian product), and
+   minimise the mean similarity of those pairs (eq. 3) on the poisoned model.
+   "UBT w/o token-level" unlearns the top-k pairs with their full captions instead.
+
+The paper leaves open the size of D_susp, k, how relevance becomes captions and whether a
+clean-retention term is needed during unlearning; they are `UBTConfig` fields.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+
+from .checks import check_range
+from .model import autocast, normalize, to_unit
+from .train import TrainConfig, clip_loss, optimize
+
+
+@dataclass(frozen=True)
+class UBTConfig:
+    susp_fraction: float = 0.05     # share of pairs (lowest clean similarity) put in D_susp
+    overfit_epochs: float = 5.0     # passes over D_susp (paper: 5)
+    overfit_batch_size: int = 64    # per step: this many D_susp pairs and as many D_safe pairs
+    overfit_lr: float = 1e-4        # paper: 1e-6 (pocket learning rates are the paper's x 100)
+    top_k: int = 50                 # suspicious pairs kept after overfitting
+    relevance_tokens: int = 1       # most relevant tokens kept per caption
+    unlearn_epochs: float = 3.0     # passes over the unlearning pairs (paper: 3)
+    unlearn_batch_size: int = 64
+    unlearn_lr: float = 1e-3        # paper: 1e-5
+    retain_weight: float = 1.0      # weight of a CLIP loss on D_safe batches while unlearning (0: eq. 3 alone)
+
+    def validate(self, n_pairs: Optional[int] = None) -> None:
+        if not 0 < self.susp_fraction < 1:
+            raise ValueError(f"susp_fraction={self.susp_fraction!r} is out of range: accepted "
+                             "0 < susp_fraction < 1")
+        check_range("overfit_epochs", self.overfit_epochs, 0.0, 1000.0)
+        check_range("overfit_batch_size", self.overfit_batch_size, 2, 1 << 16)
+        check_range("overfit_lr", self.overfit_lr, 0.0, 1.0)
+        check_range("top_k", self.top_k, 1, 1 << 30)
+        check_range("relevance_tokens", self.relevance_tokens, 1, 77)
+        check_range("unlearn_epochs", self.unlearn_epochs, 0.0, 1000.0)
+        check_range("unlearn_batch_size", self.unlearn_batch_size, 1, 1 << 16)
+        check_range("unlearn_lr", self.unlearn_lr, 0.0, 1.0)
+        check_range("retain_weight", self.retain_weight, 0.0, 1000.0)
+        if n_pairs is not None:
+            n_susp = susp_size(n_pairs, self.susp_fraction)
+            if self.top_k > n_susp:
+                raise ValueError(f"top_k={self.top_k} is larger than D_susp ({n_susp} pairs = "
+                                 f"susp_fraction {self.susp_fraction} of {n_pairs}): accepted "
+                                 f"1 <= top_k <= {n_susp}")
+
+
+def susp_size(n_pairs: int, fraction: float) -> int:
+    return max(1, int(round(n_pairs * fraction)))
+
+
+# ---------------------------------------------------------------- similarity and the split
+
+
+@torch.no_grad()
+def pair_similarity(model, images: torch.Tensor, tokens: torch.Tensor, device,
+                    image_hook: Optional[Callable] = None, positions: Optional[torch.Tensor] = None,
+                    batch_size: int = 1024) -> torch.Tensor:
+    """cos(I_i, T_i) for the pairs at `positions` (default: all). The hook (the data's trigger
+    for its poisoned rows) sees the pairs' positions in the data."""
+    model.eval()
+    positions = torch.arange(len(images)) if positions is None else positions
+    out = []
+    for s in range(0, len(positions), batch_size):
+        idx = positions[s:s + batch_size]
+        x, t = _batch(images, tokens, idx, device, image_hook)
+        with autocast(device):
+            fi = model.encode_image(normalize(x), normalize=True)
+            ft = model.encode_text(t, normalize=True)
+        out.append((fi.float() * ft.float()).sum(-1).cpu())
+    return torch.cat(out)
+
+
+def suspicious_split(similarity: torch.Tensor, fraction: float) -> tuple:
+    """(D_susp, D_safe) positions: the `fraction` of pairs with the lowest similarity."""
+    n_susp = susp_size(len(similarity), fraction)
+    order = torch.argsort(similarity, stable=True)
+    return order[:n_susp].sort().values, order[n_susp:].sort().values
+
+
+# ---------------------------------------------------------------- overfitting and detection
+
+
+def _sampler(positions: torch.Tensor, batch_size: int, generator: torch.Generator):
+    """Endless shuffled batches of `positions`."""
+    batch_size = min(batch_size, len(positions))
+    while True:
+        perm = positions[torch.randperm(len(positions), generator=generator)]
+        for b in range(len(perm) // batch_size):
+            yield perm[b * batch_size:(b + 1) * batch_size]
+
+
+def _batch(images, tokens, idx, device, image_hook):
+    x = to_unit(images[idx], device)
+    if image_hook is not None:
+        x = image_hook(x, idx)
+    return x, tokens[idx].to(device)
+
+
+def overfit(model, images, tokens, susp: torch.Tensor, safe: torch.Tensor, cfg: UBTConfig, device,
+            image_hook: Optional[Callable] = None, seed: int = 0, progress: bool = True) -> list:
+    """Eq. 1 on `model` in place: mean (S - 1)^2 over D_susp batches + CLIP loss on D_safe."""
+    g = torch.Generator().manual_seed(seed)
+    susp_batches = _sampler(susp, cfg.overfit_batch_size, g)
+    safe_batches = _sampler(safe, cfg.overfit_batch_size, g)
+    loss_fn = open_clip.ClipLoss()
+
+    def loss_step():
+        x, t = _batch(images, tokens, next(susp_batches), device, image_hook)
+        s = (model.encode_image(normalize(x), normalize=True)
+             * model.encode_text(t, normalize=True)).sum(-1)
+        x_safe, t_safe = _batch(images, tokens, next(safe_batches), device, image_hook)
+        return (s - 1).pow(2).mean() + clip_loss(model, x_safe, t_safe, loss_fn)
+
+    steps = max(1, math.ceil(cfg.overfit_epochs * len(susp) / min(cfg.overfit_batch_size, len(susp))))
+    train_cfg = TrainConfig(epochs=cfg.overfit_epochs, batch_size=cfg.overfit_batch_size,
+                            lr=cfg.overfit_lr, weight_decay=0.1, warmup_steps=0, log_every=5)
+    return optimize(model, loss_step, steps, train_cfg, device, "UBT: overfitting D_susp", progress)
+
+
+def detect(similarity_on_susp: torch.Tensor, susp: torch.Tensor, k: int) -> torch.Tensor:
+    """Eq. 2: the k positions of D_susp with the highest similarity (most similar first)."""
+    if k > len(susp):
+        raise ValueError(f"top_k={k} is larger than D_susp ({len(susp)} pairs)")
+    return susp[torch.argsort(similarity_on_susp, descending=True, stable=True)[:k]]
+
+
+def detection_metrics(scores: torch.Tensor, is_backdoor: np.ndarray, picked: torch.Tensor) -> dict:
+    """Precision and recall (%) of the picked pairs, and AUROC of `scores` (one per pair in the
+    scored set, higher = more suspicious) for telling backdoor pairs from clean ones."""
+    truth = torch.as_tensor(is_backdoor, dtype=torch.bool)
+    hits = truth[picked].sum().item()
+    return {"precision": 100.0 * hits / max(len(picked), 1),
+            "recall": 100.0 * hits / max(int(truth.sum()), 1),
+            "auroc": auroc(scores, truth)}
+
+
+def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """Area under the ROC curve = P(score of a positive > score of a negative), ties half."""
+    pos, neg = scores[positive].double(), scores[~positive].double()
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).double().mean()
+    ties = (pos[:, None] == neg[None, :]).double().mean()
+    return float(greater + 0.5 * ties)
+
+
+# ---------------------------------------------------------------- token relevance (Chefer et al.)
+
+
+@contextlib.contextmanager
+def attention_probabilities(transformer):
+    """Within the block, each residual block of `transformer` computes its attention explicitly
+    and appends its (B x heads x L x L) probabilities, with gradients retained, to the list
+    yielded. The arithmetic is that of nn.MultiheadAttention (checked in the tests)."""
+    captured, originals = [], []
+    for block in transformer.resblocks:
+        originals.append(block.attention)
+
+        def attention(q_x, k_x=None, v_x=None, attn_mask=None, _attn=block.attn):
+            b, n, d = q_x.shape
+            h = _attn.num_heads
+            q, k, v = F.linear(q_x, _attn.in_proj_weight, _attn.in_proj_bias).chunk(3, dim=-1)
+            q, k, v = (t.reshape(b, n, h, d // h).transpose(1, 2) for t in (q, k, v))
+            scores = q @ k.transpose(-1, -2) / math.sqrt(d // h)
+            if attn_mask is not None:
+                scores = scores + attn_mask.to(scores.dtype)
+            probs = scores.softmax(dim=-1)
+            if probs.requires_grad:
+                probs.retain_grad()
+            captured.append(probs)
+            out = (probs @ v).transpose(1, 2).reshape(b, n, d)
+            return _attn.out_proj(out)
+
+        block.attention = attention
+    try:
+        yield captured
+    finally:
+        for block, original in zip(transformer.resblocks, originals):
+            block.attention = original
+
+
+def token_relevance(model, images: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor,
+                    device, image_hook: Optional[Callable] = None) -> torch.Tensor:
+    """Relevance of each caption token for S(I, T) (Chefer et al. 2021, ICCV, rule for
+    self-attention): R = I; for each layer R <- R + mean_heads[(grad A * A)^+] R; a token's
+    relevance is the row of R at the pooled (end-of-text) token. Start, end and padding tokens
+    get 0; each caption's relevances sum to 1. Returns len(positions) x context."""
+    model.eval()
+    x, tokens = _batch(images, tokens, positions, device, image_hook)
+    with torch.no_grad():
+        fi = model.encode_image(normalize(x), normalize=True)
+    with attention_probabilities(model.transformer) as probs, torch.enable_grad():
+        ft = model.encode_text(tokens, normalize=True)
+        (fi * ft).sum().backward()  # pairs do not interact: each row gets its own gradient
+    b, n = tokens.shape
+    rel = torch.eye(n, device=device).expand(b, n, n).clone()
+    for a in probs:
+        cam = (a.grad * a).clamp(min=0).mean(dim=1)
+        rel = rel + cam @ rel
+    model.zero_grad(set_to_none=True)
+    eot = tokens.argmax(dim=-1)  # the end-of-text token has the largest id
+    r = rel[torch.arange(b), eot].detach()
+    positions = torch.arange(n, device=device)[None]
+    content = (positions > 0) & (positions < eot[:, None])
+    r = torch.where(content, r, torch.zeros_like(r))
+    return (r / r.sum(-1, keepdim=True).clamp_min(1e-12)).cpu()
+
+
+def token_captions(tokens: torch.Tensor, relevance: torch.Tensor, tokenizer, n_tokens: int) -> list:
+    """Each caption's `n_tokens` most relevant tokens, in their original order, as text."""
+    decoder = tokenizer.tokenizer if hasattr(tokenizer, "tokenizer") else tokenizer
+    out = []
+    for t, r in zip(tokens, relevance):
+        keep = torch.argsort(r, descending=True)[:n_tokens]
+        keep = keep[r[keep] > 0].sort().values
+        out.append(decoder.decode(t[keep].tolist()).strip())
+    return out
+
+
+# ---------------------------------------------------------------- unlearning
+
+
+def unlearn(model, images, unlearn_images: torch.Tensor, unlearn_tokens: torch.Tensor, cfg: UBTConfig,
+            device, image_hook: Optional[Callable] = None, retain: Optional[tuple] = None,
+            seed: int = 0, progress: bool = True, on_step: Optional[Callable] = None) -> list:
+    """Eq. 3 on `model` in place: minimise the mean cosine similarity of the unlearning pairs
+    (image position unlearn_images[j] with caption unlearn_tokens[j]), plus `retain_weight`
+    times the CLIP loss on batches of `retain` = (tokens, positions) of D_safe.
+
+    `on_step(step)`, if given, is called with the model as it is before each step and after
+    the last (for unlearning curves)."""
+    g = torch.Generator().manual_seed(seed)
+    pairs = _sampler(torch.arange(len(unlearn_images)), cfg.unlearn_batch_size, g)
+    if retain is not None and cfg.retain_weight > 0:
+        retain_tokens, retain_positions = retain
+        retain_batches = _sampler(retain_positions, cfg.unlearn_batch_size, g)
+    loss_fn = open_clip.ClipLoss()
+    done = [0]
+
+    def loss_step():
+        if on_step is not None:
+            with torch.no_grad():
+                on_step(done[0])
+            model.train()
+        done[0] += 1
+        j = next(pairs)
+        idx = unlearn_images[j]
+        x = to_unit(images[idx], device)
+        if image_hook is not None:
+            x = image_hook(x, idx)
+        s = (model.encode_image(normalize(x), normalize=True)
+             * model.encode_text(unlearn_tokens[j].to(device), normalize=True)).sum(-1)
+        loss = s.mean()
+        if retain is not None and cfg.retain_weight > 0:
+            xr, tr = _batch(images, retain_tokens, next(retain_batches), device, image_hook)
+            loss = loss + cfg.retain_weight * clip_loss(model, xr, tr, loss_fn)
+        return loss
+
+    steps = max(1, math.ceil(cfg.unlearn_epochs * len(unlearn_images)
+                             / min(cfg.unlearn_batch_size, len(unlearn_images))))
+    train_cfg = TrainConfig(epochs=cfg.unlearn_epochs, batch_size=cfg.unlearn_batch_size,
+                            lr=cfg.unlearn_lr, weight_decay=0.1, warmup_steps=0, log_every=1)
+    curve = optimize(model, loss_step, steps, train_cfg, device, "UBT: unlearning", progress)
+    if on_step is not None:
+        on_step(done[0])
+    return curve
+
+
+def cartesian(top: torch.Tensor, captions: list) -> tuple:
+    """All (image, caption) combinations of the top-k images and the distinct captions:
+    (image positions, caption indices, the distinct captions)."""
+    distinct = sorted(set(captions))
+    img = top.repeat_interleave(len(distinct))
+    cap = torch.arange(len(distinct)).repeat(len(top))
+    return img, cap, distinct
+
+
+def run_ubt(poisoned_model, clean_model, data, tokenizer, cfg: UBTConfig, device,
+            token_level: bool = True, seed: int = 0, progress: bool = True) -> tuple:
+    """The whole defense on `data` (a poison.PoisonedData): returns (defended model, record).
+
+    Neither model is changed: the overfitted model and the unlearned model are copies. The
+    record holds the stages' outputs, curves and timings; `data.is_backdoor` is read only to
+    score the detection afterwards.
+    """
+    import copy
+    n = len(data.images)
+    cfg.validate(n)
+    start = time.perf_counter()
+    tokens = tokenizer(data.captions)
+    clean_sim = pair_similarity(clean_model, data.images, tokens, device, data.image_hook)
+    susp, safe = suspicious_split(clean_sim, cfg.susp_fraction)
+    t_split = time.perf_counter()
+    op = copy.deepcopy(poisoned_model)
+    overfit_curve = overfit(op, data.images, tokens, susp, safe, cfg, device, data.image_hook, seed, progress)
+    op_sim = pair_similarity(op, data.images, tokens, device, data.image_hook, positions=susp)
+    top = detect(op_sim, susp, cfg.top_k)
+    t_detect = time.perf_counter()
+    if token_level:
+        rel = token_relevance(op, data.images, tokens, top, device, data.image_hook)
+        short = token_captions(tokens[top], rel, tokenizer, cfg.relevance_tokens)
+        img, cap, distinct = cartesian(top, short)
+        unlearn_tokens = tokenizer(distinct)[cap]
+    else:
+        short, distinct, img, unlearn_tokens = None, None, top, tokens[top]
+    model = copy.deepcopy(poisoned_model)
+    unlearn_curve = unlearn(model, data.images, img, unlearn_tokens, cfg, device, data.image_hook,
+                            retain=(tokens, safe), seed=seed, progress=progress)
+    end = time.perf_counter()
+    del op
+    truth = torch.as_tensor(data.is_backdoor)
+    steps_overfit = overfit_curve[-1]["step"]
+    record = {
+        "seconds": end - start, "seconds_split": t_split - start, "seconds_overfit_detect": t_detect - t_split,
+        "seconds_unlearn": end - t_detect,
+        "pairs_scored": n, "d_susp": len(susp),
+        "pairs_trained": len(susp) + min(len(safe), steps_overfit * cfg.overfit_batch_size) + len(top),
+        "unlearning_pairs": len(img), "top_k": top.tolist(),
+        "split_recall": 100.0 * truth[susp].sum().item() / max(int(truth.sum()), 1),
+        "split_auroc": auroc(-clean_sim, truth),
+        "detection": detection_metrics(op_sim, data.is_backdoor[susp.numpy()],
+                                       torch.searchsorted(susp, top)),
+        "token_captions": short, "distinct_token_captions": distinct,
+        "overfit_curve": overfit_curve, "unlearn_curve": unlearn_curve,
+        "clean_similarity": clean_sim.tolist(), "susp": susp.tolist(), "op_similarity": op_sim.tolist(),
+    }
+    return model, record
