@@ -20,7 +20,7 @@ from .train import TrainConfig
 
 @dataclass(frozen=True)
 class PoisonConfig:
-    count: int = 150                    # poisoned training pairs (paper: 1,500 of 500K)
+    count: int = 1500                   # poisoned training pairs (paper: 1,500 of 500K)
     target: str = "banana"
     caption_templates: str = "pocket"   # pocket (in-vocabulary) | openai (all 80)
 
