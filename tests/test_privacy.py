@@ -189,3 +189,33 @@ def test_face_unlearning_maps_faces_to_the_target(smoke, smoke_world, smoke_mode
     assert after["sim_backdoor"] > before["sim_backdoor"]
     assert 1 - after["sim_backdoor"] < (1 - before["sim_backdoor"]) * 2 / 3
     assert after["sim_clean"] > 0.99
+
+
+def test_trimmed_text_encoding_equals_the_models(smoke, smoke_model):
+    m = smoke_model
+    assert m.model.attn_mask is not None and m.model.text_pool_type == "argmax"  # the cut applies
+    tokens = m.tokenizer(["a photo of a cup.", "Kalo Maraston at the premiere, smiling.", "human"])
+    with torch.no_grad():
+        assert torch.allclose(privacy.encode_text(m.model, tokens), m.model.encode_text(tokens), atol=1e-5)
+
+
+def test_people_share_needs_to_know_who_is_a_person(smoke):
+    import dataclasses
+    cfg = dataclasses.replace(smoke.faces, people_share=0.5)
+    clean = torch.zeros(4, 3, 32, 32, dtype=torch.uint8)
+    faces = [torch.zeros(2, 3, 32, 32, dtype=torch.uint8)]
+    with pytest.raises(ValueError, match="people_share needs clean images"):
+        privacy.unlearn_faces(pipeline.pretrained(smoke, progress=False).model, faces, clean,
+                              torch.zeros(smoke.model.embed_dim), cfg, CPU)
+
+
+def test_term_sizes_must_be_set_sizes():
+    with pytest.raises(ValueError, match=r"names_term_sizes=5 is out of range: accepted 1 <= term_sizes <= 2"):
+        ubtlib.configure("smoke", names_term_sizes=[1, 5])
+
+
+def test_set_sizes_are_powers_of_two_up_to_the_largest():
+    from ubtlib.forgetting import set_sizes
+    assert set_sizes(64) == [1, 2, 4, 8, 16, 32, 64]
+    assert set_sizes(12) == [1, 2, 4, 8, 12]
+    assert set_sizes(1) == [1]

@@ -1,31 +1,35 @@
 """What the privacy chapters compute: the IDIA on the pocket CLIP and the unlearning sweeps.
 
-A `Setting` holds what every run shares (the world, the original model, its IDIA verdicts
-and accuracy); `forget_names` and `forget_faces` unlearn one set of people and measure the
-result; `sweep_*` run the paper's grid (set sizes 1, 2, 4, ..., nested; neutral terms; with
-and without weight regularisation; repeats). Each run's numbers are cached, keyed by every
-parameter and the code, so a chapter re-run reads them back.
+A `Setting` holds what every run shares (the world, the original model, its IDIA verdicts,
+its zero-shot accuracy, and embeddings that do not change); `forget_names` and
+`forget_faces` unlearn one set of people and measure the result; `sweep_*` run the paper's
+grid (set sizes 1, 2, 4, ..., nested; neutral terms; with and without weight regularisation;
+repeats). Each run is cached, keyed by every parameter and the code: a chapter re-run reads
+it back, and the face chapter's "both encoders" runs reuse the name chapter's text runs.
 """
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from . import idia, pipeline, privacy
 from . import model as modellib
 from .cache import cached, write_json
-from .checks import check_choice
-from .evaluate import zero_shot
+from .evaluate import classifier, encode_images, pocket_templates, topk_accuracy
 from .profiles import Profile
+from .world import object_vocabulary
 
 # cache keys include these modules' source: a code change recomputes the runs
 _MODULES = ("world", "model", "train", "evaluate", "idia", "privacy", "forgetting")
-METRICS = ("tpr", "fnr", "sim_backdoor", "sim_clean", "sim_targets", "top1", "top5",
-           "wrongly_unlearned", "newly_recalled", "seconds")
+METRICS = ("tpr", "fnr", "sim_backdoor", "sim_clean", "sim_targets", "sim_clean_people",
+           "top1", "top5", "top1_drop", "top5_drop", "wrongly_unlearned", "newly_recalled", "seconds")
 
 
 @dataclass
@@ -41,16 +45,43 @@ class Setting:
     before: idia.IdiaResult          # the IDIA against the original model
     zero_shot: dict                  # the original model's zero-shot top-1 / top-5 (%)
     seconds: float                   # time the IDIA took
+    cache: dict = field(default_factory=dict)   # embeddings computed once, on demand
 
     @property
     def recognised(self) -> np.ndarray:
         return np.flatnonzero(self.before.recognised)
 
+    @property
+    def corpus(self) -> list:
+        """The caption corpus for planting name backdoors: the world's training captions."""
+        return [self.world.captions[i] for i in self.world.indices("train")]
+
+    def teacher_corpus(self) -> torch.Tensor:
+        """The original model's unnormalised embeddings of the corpus (shared by all runs)."""
+        if "corpus" not in self.cache:
+            self.cache["corpus"] = privacy.text_features(
+                self.model, privacy.WordTokens(self.tokenizer)(self.corpus), self.device, normalized=False)
+        return self.cache["corpus"]
+
+    def zero_shot_parts(self) -> tuple:
+        """(held-out object embeddings, class weights, labels) of the original model."""
+        if "zs" not in self.cache:
+            w = self.world
+            idx = w.indices("heldout", "object")
+            self.cache["zs"] = (encode_images(self.model, w.images[idx], self.device),
+                                classifier(self.model, self.tokenizer, w.categories, self.templates, self.device),
+                                torch.from_numpy(w.label[idx]))
+        return self.cache["zs"]
+
+    @property
+    def templates(self) -> list:
+        return pocket_templates(object_vocabulary())
+
 
 def setting(profile: Profile, progress: bool = True) -> Setting:
     """The pre-trained model, the IDIA against it and its zero-shot accuracy."""
-    profile.idia.check_world(pipeline.world(profile, progress=progress))
     w = pipeline.world(profile, progress=progress)
+    profile.idia.check_world(w)
     base = pipeline.pretrained(profile, progress=progress)
     device = modellib.pick_device(profile.device)
     start = time.perf_counter()
@@ -58,10 +89,11 @@ def setting(profile: Profile, progress: bool = True) -> Setting:
     faces = idia.face_features(base.model, w, device, profile.idia.images)
     prompts = idia.prompt_features(base.model, base.tokenizer, names, device, profile.idia.prompts)
     before = idia.attack(faces, prompts, profile.idia.min_hits)
-    seconds = time.perf_counter() - start
-    zs = zero_shot(base.model, base.tokenizer, w, device)
-    return Setting(profile, w, base.model, base.tokenizer, device, names, faces, prompts, before,
-                   {"top1": zs["top1"], "top5": zs["top5"]}, seconds)
+    s = Setting(profile, w, base.model, base.tokenizer, device, names, faces, prompts, before, {},
+                time.perf_counter() - start)
+    feats, weights, labels = s.zero_shot_parts()
+    s.zero_shot = topk_accuracy(feats @ weights, labels)
+    return s
 
 
 def set_sizes(max_set: int) -> list:
@@ -89,69 +121,99 @@ def _key(s: Setting) -> dict:
     return dict(world=p.world, model=p.model, pretrain=p.pretrain, seed=p.seed, idia=p.idia)
 
 
-def _accuracy(model, s: Setting) -> dict:
-    zs = zero_shot(model, s.tokenizer, s.world, s.device)
-    return {"top1": zs["top1"], "top5": zs["top5"],
-            "top1_drop": s.zero_shot["top1"] - zs["top1"], "top5_drop": s.zero_shot["top5"] - zs["top5"]}
+def _accuracy(s: Setting, image_feats: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> dict:
+    """Zero-shot top-1 / top-5 (%) on held-out objects with changed image embeddings and/or
+    class weights (None: the original model's), and the drop from the original."""
+    feats0, weights0, labels = s.zero_shot_parts()
+    acc = topk_accuracy((feats0 if image_feats is None else image_feats)
+                        @ (weights0 if weights is None else weights), labels)
+    return {**acc, "top1_drop": s.zero_shot["top1"] - acc["top1"],
+            "top5_drop": s.zero_shot["top5"] - acc["top5"]}
 
 
-def _json_cached(stage: str, compute, **key):
-    """A dict computed once per key (see cache.cached), stored as JSON."""
-    import json
-
-    def save(folder):
-        write_json(folder / "result.json", compute())
-
-    return cached(stage, _MODULES, save, lambda f: json.loads((f / "result.json").read_text()), **key)
+def _ids(s: Setting, ids) -> list:
+    ids = [int(i) for i in ids]
+    privacy.check_names(s.world, [s.world.names[i] for i in ids])
+    return ids
 
 
 # ---------------------------------------------------------------- names
 
 
-def eval_captions(s: Setting, n: int) -> list:
-    """Clean captions the model was not trained on (held-out objects, eval and trigger faces),
-    at most n of them, for the similarity metrics (the paper: 10,000 MS-COCO captions)."""
+def generic_captions(s: Setting, n: int) -> list:
+    """Captions that name no one and were never trained on (held-out objects), at most n: the
+    pocket stand-in for the paper's 10,000 MS-COCO captions, which rarely name anyone."""
     w = s.world
-    idx = np.flatnonzero(w.split != "train")
-    rng = np.random.default_rng(s.profile.seed)
-    idx = np.sort(rng.permutation(idx)[:n])
+    idx = w.indices("heldout", "object")
+    idx = np.sort(np.random.default_rng(s.profile.seed).permutation(idx)[:n])
+    return [w.captions[i] for i in idx]
+
+
+def people_captions(s: Setting, ids, n: int) -> list:
+    """Never-trained captions of the people *not* being unlearned (eval and trigger photos),
+    at most n: what unlearning does to everyone else's names."""
+    w = s.world
+    idx = np.flatnonzero((w.split != "train") & (w.kind == "person") & ~np.isin(w.identity, ids))
+    idx = np.sort(np.random.default_rng(s.profile.seed).permutation(idx)[:n])
     return [w.captions[i] for i in idx]
 
 
 def forget_names(s: Setting, ids, neutral: str | None = None, beta: float | None = None,
-                 repeat: int = 0, cache: bool = True, return_model: bool = False):
+                 repeat: int = 0, return_model: bool = False):
     """Unlearn the names of identities `ids` from the text encoder and measure the result.
 
-    Returns a dict of metrics (see METRICS; similarity metrics as cosines, rates in %), and the
-    student CLIP as well with return_model=True (never cached)."""
+    Returns a dict of metrics (rates in %, similarities as cosines) with the student's IDIA
+    prompt embeddings and zero-shot class weights (for the two-encoder defence); with
+    return_model=True also the student CLIP (models are not cached: on a cache hit the same
+    seeded run is trained again to return it)."""
     cfg = s.profile.names
-    names = [s.world.names[i] for i in ids]
-    privacy.check_names(s.world, names)
+    ids = _ids(s, ids)
     neutral = privacy.check_term("neutral", cfg.neutral if neutral is None else neutral)
     beta = cfg.beta if beta is None else beta
+    names = [s.world.names[i] for i in ids]
     out = {}
 
     def compute():
-        corpus = [s.world.captions[i] for i in s.world.indices("train")]
-        student, log = privacy.unlearn_names(s.model, s.tokenizer, names, corpus, cfg, s.device,
-                                             seed=_seed(s, repeat), neutral=neutral, beta=beta)
+        student, log = privacy.unlearn_names(s.model, s.tokenizer, names, s.corpus, cfg, s.device,
+                                             seed=_seed(s, repeat), neutral=neutral, beta=beta,
+                                             teacher_clean=s.teacher_corpus())
         out["model"] = student
-        after = idia.attack(s.faces, idia.prompt_features(student, s.tokenizer, s.names, s.device,
-                                                          s.profile.idia.prompts), s.profile.idia.min_hits)
-        sims = privacy.text_similarities(s.model, student, s.tokenizer,
-                                         eval_captions(s, cfg.eval_captions), names, neutral,
-                                         s.device, seed=_seed(s, repeat))
-        return {**idia.outcome(s.before, after, ids), **sims, **_accuracy(student, s),
-                "seconds": log["seconds"], "corpus": log["corpus"], "filtered": log["filtered"],
-                "recognised_after": int(after.recognised.sum()), "curve": log["curve"]}
+        prompts = idia.prompt_features(student, s.tokenizer, s.names, s.device, s.profile.idia.prompts)
+        after = idia.attack(s.faces, prompts, s.profile.idia.min_hits)
+        weights = classifier(student, s.tokenizer, s.world.categories, s.templates, s.device)
+        sims = privacy.text_similarities(s.model, student, s.tokenizer, generic_captions(s, cfg.eval_captions),
+                                         names, neutral, s.device, seed=_seed(s, repeat))
+        people = privacy.text_similarities(s.model, student, s.tokenizer,
+                                           people_captions(s, ids, cfg.eval_captions), names, neutral,
+                                           s.device, seed=_seed(s, repeat))
+        row = {**idia.outcome(s.before, after, ids), **sims, "sim_clean_people": people["sim_clean"],
+               **_accuracy(s, weights=weights), "seconds": log["seconds"], "corpus": log["corpus"],
+               "filtered": log["filtered"], "recognised_after": int(after.recognised.sum()),
+               "curve": log["curve"]}
+        return row, prompts, weights
 
-    if return_model or not cache:
-        row = compute()
-    else:
-        row = _json_cached("forget_names", compute, **_key(s), names=cfg, ids=sorted(map(int, ids)),
-                           neutral=neutral, beta=beta, repeat=repeat)
-    row = {**row, "size": len(ids), "neutral": neutral, "reg": beta > 0, "repeat": repeat}
+    def save(folder):
+        row, prompts, weights = compute()
+        write_json(folder / "result.json", row)
+        save_file({"prompts": prompts.half().cpu(), "weights": weights.cpu()}, str(folder / "features.safetensors"))
+
+    def load(folder):
+        t = load_file(str(folder / "features.safetensors"))
+        return json.loads((folder / "result.json").read_text()), t["prompts"].float(), t["weights"]
+
+    row, prompts, weights = cached("forget_names", _MODULES, save, load, **_key(s), names=cfg,
+                                   ids=sorted(ids), neutral=neutral, beta=beta, repeat=repeat)
+    if return_model and "model" not in out:
+        out["model"] = privacy.unlearn_names(s.model, s.tokenizer, names, s.corpus, cfg, s.device,
+                                             seed=_seed(s, repeat), neutral=neutral, beta=beta,
+                                             teacher_clean=s.teacher_corpus())[0]
+    row = {**row, "size": len(ids), "neutral": neutral, "reg": beta > 0, "repeat": repeat,
+           "prompts": prompts.to(s.device), "weights": weights.to(s.device)}
     return (row, out["model"]) if return_model else row
+
+
+def _table_row(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in ("curve", "prompts", "weights")}
 
 
 def sweep_names(s: Setting, neutrals=("human",), regs=(True, False), sizes=None, repeats=None,
@@ -164,14 +226,12 @@ def sweep_names(s: Setting, neutrals=("human",), regs=(True, False), sizes=None,
     sizes = sizes or set_sizes(cfg.max_set)
     for k in sizes:
         privacy.check_set_size(s.world, k, "names_max_set")
-    rows = []
     jobs = [(r, n, reg, k) for r in range(repeats or cfg.repeats) for n in neutrals
             for reg in regs for k in sizes]
-    from tqdm.auto import tqdm
+    rows = []
     for r, n, reg, k in tqdm(jobs, desc="unlearning names", disable=not progress, mininterval=2.0):
-        ids = people_order(s, r)[:k]
-        row = forget_names(s, ids, neutral=n, beta=cfg.beta if reg else 0.0, repeat=r)
-        rows.append({k2: v for k2, v in row.items() if k2 != "curve"})
+        row = forget_names(s, people_order(s, r)[:k], neutral=n, beta=cfg.beta if reg else 0.0, repeat=r)
+        rows.append(_table_row(row))
     return pd.DataFrame(rows)
 
 
@@ -180,37 +240,43 @@ def sweep_names(s: Setting, neutrals=("human",), regs=(True, False), sizes=None,
 
 def face_sets(s: Setting, ids, n_images: int) -> dict:
     """World indices for face unlearning: per person their trigger photos; clean training
-    images (no photo of the people); clean evaluation images (held-out objects and the other
-    people's eval faces, at most n_images); the people's eval faces; every identity's
-    training faces (their mean embedding is the target)."""
+    images (no photo of the people); clean evaluation images that name no one (held-out
+    objects, at most n_images); the other people's eval photos; the people's eval photos;
+    every identity's training photos (their mean embedding is the target)."""
     w = s.world
     ids = np.asarray(ids)
     trig = w.indices("trigger", "person")
     train = w.indices("train")
     people = np.isin(w.identity, ids)
     evals = w.indices("eval", "person")
-    clean_eval = np.concatenate([w.indices("heldout", "object"), evals[~people[evals]]])
     rng = np.random.default_rng(s.profile.seed)
     return {"triggers": [trig[w.identity[trig] == p] for p in ids],
             "clean": train[~people[train]],
-            "clean_eval": np.sort(rng.permutation(clean_eval)[:n_images]),
+            "clean_eval": np.sort(rng.permutation(w.indices("heldout", "object"))[:n_images]),
+            "others_eval": evals[~people[evals]][:n_images],
             "faces_eval": idia.eval_faces(w, s.profile.idia.images)[ids].reshape(-1),
             "target_faces": w.indices("train", "person")}
 
 
 def face_target(s: Setting) -> torch.Tensor:
-    """The mean unnormalised embedding of all identities' training faces (the original model)."""
-    w = s.world
-    return privacy.face_target(s.model, w.images[w.indices("train", "person")], s.device)
+    """The mean unnormalised embedding of all identities' training photos (original model)."""
+    if "target" not in s.cache:
+        w = s.world
+        s.cache["target"] = privacy.face_target(s.model, w.images[w.indices("train", "person")], s.device)
+    return s.cache["target"]
 
 
 def forget_faces(s: Setting, ids, reg: bool = True, repeat: int = 0, both: bool = True,
-                 cache: bool = True) -> list:
-    """Unlearn the faces of identities `ids` from the image encoder (and, with both=True, also
-    their names from the text encoder, for the defence of both encoders). Returns one row per
-    defended model: encoders "image" and, with both=True, "both"."""
-    fcfg, ncfg = s.profile.faces, s.profile.names
-    privacy.check_names(s.world, [s.world.names[i] for i in ids])
+                 faces_cfg=None) -> list:
+    """Unlearn the faces of identities `ids` from the image encoder and measure the result.
+
+    With both=True, also pair the image student with the text student that unlearned the same
+    names (forget_names with the profile's neutral term, read from the cache when the name
+    chapter made it): the defence of both encoders. Returns one row per defended model
+    (encoders "image", and "both"). `faces_cfg` replaces the profile's FacesConfig."""
+    fcfg, ncfg = faces_cfg or s.profile.faces, s.profile.names
+    fcfg.validate()
+    ids = _ids(s, ids)
     w = s.world
 
     def compute():
@@ -218,38 +284,37 @@ def forget_faces(s: Setting, ids, reg: bool = True, repeat: int = 0, both: bool 
         target = face_target(s)
         student, log = privacy.unlearn_faces(
             s.model, [w.images[t] for t in sets["triggers"]], w.images[sets["clean"]], target, fcfg,
-            s.device, seed=_seed(s, repeat), beta=fcfg.beta if reg else 0.0)
+            s.device, seed=_seed(s, repeat), beta=fcfg.beta if reg else 0.0,
+            is_person=torch.from_numpy(w.kind[sets["clean"]] == "person"))
         faces_after = idia.face_features(student, w, s.device, s.profile.idia.images)
         after = idia.attack(faces_after, s.prompts, s.profile.idia.min_hits)
         sims = privacy.image_similarities(
             s.model, student, w.images[sets["clean_eval"]], w.images[sets["faces_eval"]],
             w.images[sets["target_faces"]], target, fcfg, s.device, seed=_seed(s, repeat))
+        people = privacy.image_similarities(
+            s.model, student, w.images[sets["others_eval"]], w.images[sets["faces_eval"]],
+            w.images[sets["target_faces"]], target, fcfg, s.device, seed=_seed(s, repeat))
+        feats = encode_images(student, w.images[w.indices("heldout", "object")], s.device)
         rows = [{"encoders": "image", **idia.outcome(s.before, after, ids), **sims,
-                 **_accuracy(student, s), "seconds": log["seconds"],
-                 "recognised_after": int(after.recognised.sum()), "curve": log["curve"]}]
+                 "sim_clean_people": people["sim_clean"], **_accuracy(s, image_feats=feats),
+                 "seconds": log["seconds"], "recognised_after": int(after.recognised.sum()),
+                 "curve": log["curve"]}]
         if both:
-            names = [w.names[i] for i in ids]
-            text, tlog = privacy.unlearn_names(
-                s.model, s.tokenizer, names, [w.captions[i] for i in w.indices("train")], ncfg,
-                s.device, seed=_seed(s, repeat), beta=ncfg.beta if reg else 0.0)
-            prompts = idia.prompt_features(text, s.tokenizer, s.names, s.device, s.profile.idia.prompts)
-            after_both = idia.attack(faces_after, prompts, s.profile.idia.min_hits)
-            tsims = privacy.text_similarities(s.model, text, s.tokenizer,
-                                              eval_captions(s, ncfg.eval_captions), names,
-                                              ncfg.neutral, s.device, seed=_seed(s, repeat))
+            text = forget_names(s, ids, beta=ncfg.beta if reg else 0.0, repeat=repeat)
+            after_both = idia.attack(faces_after, text["prompts"], s.profile.idia.min_hits)
             rows.append({"encoders": "both", **idia.outcome(s.before, after_both, ids), **sims,
-                         **{f"text_{k}": v for k, v in tsims.items()},
-                         **_accuracy(privacy.combine(text, student), s),
-                         "seconds": log["seconds"] + tlog["seconds"],
+                         "sim_clean_people": people["sim_clean"],
+                         **{f"text_{k}": text[k] for k in ("sim_backdoor", "sim_clean", "sim_targets")},
+                         **_accuracy(s, image_feats=feats, weights=text["weights"]),
+                         "seconds": log["seconds"] + text["seconds"],
                          "recognised_after": int(after_both.recognised.sum())})
         return {"rows": rows}
 
-    if cache:
-        result = _json_cached("forget_faces", compute, **_key(s), faces=fcfg,
-                              names=ncfg if both else None, ids=sorted(map(int, ids)), reg=reg,
-                              repeat=repeat, both=both)
-    else:
-        result = compute()
+    result = cached("forget_faces", _MODULES,
+                    lambda folder: write_json(folder / "result.json", compute()),
+                    lambda folder: json.loads((folder / "result.json").read_text()),
+                    **_key(s), faces=fcfg, names=ncfg if both else None, ids=sorted(ids), reg=reg,
+                    repeat=repeat, both=both)
     return [{**r, "size": len(ids), "reg": reg, "repeat": repeat} for r in result["rows"]]
 
 
@@ -261,39 +326,30 @@ def sweep_faces(s: Setting, regs=(True, False), sizes=None, repeats=None, both: 
     for k in sizes:
         privacy.check_set_size(s.world, k, "faces_max_set")
     jobs = [(r, reg, k) for r in range(repeats or cfg.repeats) for reg in regs for k in sizes]
-    from tqdm.auto import tqdm
     rows = []
     for r, reg, k in tqdm(jobs, desc="unlearning faces", disable=not progress, mininterval=2.0):
-        for row in forget_faces(s, people_order(s, r)[:k], reg=reg, repeat=r, both=both):
-            rows.append({k2: v for k2, v in row.items() if k2 != "curve"})
+        rows += [_table_row(row) for row in forget_faces(s, people_order(s, r)[:k], reg=reg, repeat=r, both=both)]
     return pd.DataFrame(rows)
 
 
-# ---------------------------------------------------------------- summaries
-
-
-def summary(rows: pd.DataFrame, by=("neutral", "reg", "size"), metrics=METRICS) -> pd.DataFrame:
-    """Mean and standard deviation over repeats (std 0 for a single repeat)."""
-    by = [b for b in by if b in rows.columns]
-    metrics = [m for m in metrics if m in rows.columns]
-    g = rows.groupby(by)[metrics]
-    return g.mean().join(g.std(ddof=0), rsuffix="_std")
-
-
-def check_encoders(encoders) -> list:
-    encoders = list(encoders)
-    for e in encoders:
-        check_choice("encoders", e, ("image", "both"))
-    return encoders
-
-
-def trigger_examples(s: Setting, ids, n: int = 8, seed: int = 0) -> torch.Tensor:
-    """n clean training images with a trigger face of one of `ids` pasted in (uint8), as the
+def trigger_examples(s: Setting, ids, n: int = 8, seed: int = 0, cfg=None) -> torch.Tensor:
+    """n clean training images with a trigger photo of one of `ids` pasted in (uint8), as the
     face unlearning sees them."""
     sets = face_sets(s, ids, 1)
     gen = torch.Generator().manual_seed(seed)
     faces = torch.cat([s.world.images[t] for t in sets["triggers"]])
     bg = s.world.images[sets["clean"][torch.randint(len(sets["clean"]), (n,), generator=gen)]]
     x = privacy.paste_faces(bg.float() / 255, faces[torch.randint(len(faces), (n,), generator=gen)].float() / 255,
-                            s.profile.faces, gen)
+                            cfg or s.profile.faces, gen)
     return (x * 255).round().to(torch.uint8)
+
+
+# ---------------------------------------------------------------- summaries
+
+
+def summary(rows: pd.DataFrame, by=("neutral", "reg", "size"), metrics=METRICS) -> pd.DataFrame:
+    """Mean and standard deviation over repeats (population std: 0 for a single repeat)."""
+    by = [b for b in by if b in rows.columns]
+    metrics = [m for m in metrics if m in rows.columns]
+    g = rows.groupby(by)[metrics]
+    return g.mean().join(g.std(ddof=0), rsuffix="_std")

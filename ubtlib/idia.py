@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .checks import check_range
-from .evaluate import encode_images, encode_texts
+from .evaluate import encode_images
 
 # Our 21 prompt templates, in the spirit of the paper's ("{0}", "an image of {0}", ...):
 # plain, photographic and event phrasings of a name. Every word appears in the pocket world's
@@ -72,9 +72,10 @@ def candidates(world) -> list:
 
 def prompt_features(model, tokenizer, names, device, n_prompts: int = len(PROMPTS)) -> torch.Tensor:
     """Normalised text embeddings of every template filled with every name: P x K x d."""
-    feats = [encode_texts(model, tokenizer, [p.format(n) for n in names], device)
-             for p in PROMPTS[:n_prompts]]
-    return torch.stack(feats)
+    from .privacy import WordTokens, text_features
+    words = WordTokens(tokenizer)
+    return torch.stack([text_features(model, words([p.format(n) for n in names]), device)
+                        for p in PROMPTS[:n_prompts]])
 
 
 def face_features(model, world, device, n_images: int, image_hook=None) -> torch.Tensor:

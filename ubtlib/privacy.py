@@ -23,7 +23,7 @@ import random
 import re
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,11 +52,19 @@ class NamesConfig:
     eval_captions: int = 10_000   # clean captions for the similarity metrics
     repeats: int = 10             # experiment repeats (fresh name sets and seeds)
     max_set: int = 64             # largest set of names removed at once (1, 2, 4, ..., max_set)
+    # the comparison of neutral terms: at these set sizes (empty: all) and this many repeats
+    term_sizes: tuple = ()
+    term_repeats: int = 10
 
     def validate(self) -> None:
         _validate_common(self)
         check_term("neutral", self.neutral)
         check_range("eval_captions", self.eval_captions, 1, 10_000_000)
+        check_range("term_repeats", self.term_repeats, 1, 1000)
+        if not isinstance(self.term_sizes, (tuple, list)):
+            raise ValueError(f"term_sizes={self.term_sizes!r} must be a list of set sizes (empty: all)")
+        for k in self.term_sizes:
+            check_range("term_sizes", k, 1, self.max_set)
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,9 @@ class FacesConfig:
     jitter: float = 0.5           # brightness, contrast, saturation factors in U[1-j, 1+j]
     hue: float = 0.1              # hue shift in U[-hue, hue] turns of the colour wheel
     rotation: float = 30.0        # degrees, U[-rotation, rotation]
+    # share of each clean batch drawn from photos of (other) people; None: sample the clean set
+    # uniformly (the paper's MS-COCO images, about half of which show people)
+    people_share: Optional[float] = None
     eval_images: int = 10_000     # clean images for the similarity metrics
     repeats: int = 10
     max_set: int = 64
@@ -91,6 +102,8 @@ class FacesConfig:
         check_range("jitter", self.jitter, 0.0, 0.99)
         check_range("hue", self.hue, 0.0, 0.5)
         check_range("rotation", self.rotation, 0.0, 180.0)
+        if self.people_share is not None:
+            check_range("people_share", self.people_share, 0.0, 1.0)
         check_range("eval_images", self.eval_images, 1, 10_000_000)
 
 
@@ -213,6 +226,46 @@ class WordTokens:
         return out
 
 
+# ---------------------------------------------------------------- encoding text
+
+
+def encode_text(model, tokens: torch.Tensor) -> torch.Tensor:
+    """`model.encode_text(tokens)` (unnormalised), computed only up to the batch's longest text.
+
+    CLIP's text transformer is causal: no token attends to a later one, so the padding after
+    the last end-of-text token cannot change the end-of-text features that are pooled. Cutting
+    it off saves a third to a half of the work on short captions and prompts. Models of
+    another kind (no causal mask, other pooling) go through their own encode_text.
+    """
+    mask = getattr(model, "attn_mask", None)
+    if mask is None or getattr(model, "text_pool_type", None) != "argmax" \
+            or not isinstance(getattr(model, "positional_embedding", None), torch.Tensor):
+        return model.encode_text(tokens)
+    n = max(1, int((tokens != 0).sum(1).max()))
+    t = tokens[:, :n]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(t).to(cast) + model.positional_embedding[:n].to(cast)
+    x = model.ln_final(model.transformer(x, attn_mask=mask[:n, :n]))
+    x = x[torch.arange(len(t), device=x.device), t.argmax(dim=-1)]  # the end-of-text token
+    proj = model.text_projection
+    if proj is None:
+        return x
+    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+
+@torch.no_grad()
+def text_features(model, tokens: torch.Tensor, device, batch_size: int = 1024,
+                  normalized: bool = True) -> torch.Tensor:
+    """Text embeddings of a token tensor (L2-normalised unless normalized=False), in batches."""
+    model.eval()
+    out = []
+    for s in range(0, len(tokens), batch_size):
+        with autocast(device):
+            out.append(encode_text(model, tokens[s:s + batch_size].to(device)).float())
+    out = torch.cat(out)
+    return F.normalize(out, dim=-1) if normalized else out
+
+
 # ---------------------------------------------------------------- student and teacher
 
 
@@ -265,10 +318,13 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def unlearn_names(model, tokenizer, names: Sequence[str], captions: Sequence[str],
                   cfg: NamesConfig, device, seed: int = 0, neutral: str | None = None,
-                  beta: float | None = None, progress: bool = False) -> tuple:
+                  beta: float | None = None, teacher_clean: torch.Tensor | None = None,
+                  progress: bool = False) -> tuple:
     """Plant a backdoor in a copy of `model`'s text encoder that maps each of `names` to the
     neutral term. `captions` is the caption corpus (captions naming one of `names` are left
-    out). Returns (student CLIP, log). `neutral` / `beta` override the config's."""
+    out). Returns (student CLIP, log). `neutral` / `beta` override the config's;
+    `teacher_clean` may hold the teacher's (unnormalised) embeddings of `captions`, computed
+    once for many runs."""
     cfg.validate()
     neutral = check_term("neutral", cfg.neutral if neutral is None else neutral)
     beta = cfg.beta if beta is None else beta
@@ -276,9 +332,15 @@ def unlearn_names(model, tokenizer, names: Sequence[str], captions: Sequence[str
     names = list(names)
     if not names or any(not isinstance(n, str) or not n.strip() for n in names):
         raise ValueError(f"names={names!r}: give at least one non-empty name to unlearn")
-    corpus = without_names(captions, names)
-    if not corpus:
+    pattern = re.compile("|".join(re.escape(n) for n in names))
+    keep = [i for i, c in enumerate(captions) if not pattern.search(c)]
+    if not keep:
         raise ValueError("every caption of the corpus names someone being unlearned: no clean captions left")
+    corpus = [captions[i] for i in keep]
+    if teacher_clean is not None:
+        if len(teacher_clean) != len(captions):
+            raise ValueError(f"teacher_clean has {len(teacher_clean)} rows for {len(captions)} captions")
+        teacher_clean = teacher_clean[torch.tensor(keep)]
     start = time.perf_counter()
     torch.manual_seed(seed)
     gen, rng = torch.Generator().manual_seed(seed), random.Random(seed)
@@ -296,10 +358,11 @@ def unlearn_names(model, tokenizer, names: Sequence[str], captions: Sequence[str
         triggered, targets = caption_pairs([corpus[i] for i in picks], names, neutral, rng)
         clean = clean_tokens[idx].to(device)
         with torch.no_grad(), autocast(device):
-            t_clean = teacher.encode_text(clean)
-            t_target = teacher.encode_text(words(targets).to(device))
+            t_clean = (teacher_clean[idx].to(device) if teacher_clean is not None
+                       else encode_text(teacher, clean))
+            t_target = encode_text(teacher, words(targets).to(device))
         with autocast(device):
-            s = student.encode_text(torch.cat([clean, words(triggered).to(device)]))
+            s = encode_text(student, torch.cat([clean, words(triggered).to(device)]))
         utility = -_cos(s[:b], t_clean).mean()
         backdoor = -_cos(s[b:], t_target).mean()
         reg = weight_distance(params, originals)
@@ -414,10 +477,11 @@ def face_target(model, faces_u8: torch.Tensor, device) -> torch.Tensor:
 
 def unlearn_faces(model, faces: Sequence[torch.Tensor], clean: torch.Tensor, target: torch.Tensor,
                   cfg: FacesConfig, device, seed: int = 0, beta: float | None = None,
-                  progress: bool = False) -> tuple:
+                  is_person: torch.Tensor | None = None, progress: bool = False) -> tuple:
     """Plant a backdoor in a copy of `model`'s image encoder that maps any image showing one
     of the people to `target`. faces: per person, uint8 photos used as triggers; clean: uint8
-    images without them (utility loss and paste backgrounds). Returns (student CLIP, log)."""
+    images without them (utility loss and paste backgrounds); is_person: which clean images
+    show a person (needed for cfg.people_share). Returns (student CLIP, log)."""
     cfg.validate()
     beta = cfg.beta if beta is None else beta
     check_range("beta", beta, 0.0, 1000.0)
@@ -435,9 +499,16 @@ def unlearn_faces(model, faces: Sequence[torch.Tensor], clean: torch.Tensor, tar
     originals = [p.detach().clone() for p in params]
     opt, sched = _optimiser(params, cfg, cfg.steps)
     curve, b, m = [], min(cfg.clean_batch, len(clean)), cfg.poisoned_batch
-    for step, idx in enumerate(tqdm(batches(len(clean), cfg.clean_batch, cfg.steps, gen),
-                                    total=cfg.steps, desc="unlearning faces", disable=not progress,
-                                    mininterval=2.0), 1):
+    if cfg.people_share is None:
+        order = batches(len(clean), cfg.clean_batch, cfg.steps, gen)
+    else:  # each clean batch: people_share of it photos of people, the rest other images
+        if is_person is None or not is_person.any() or is_person.all():
+            raise ValueError("people_share needs clean images both with and without people (is_person)")
+        weights = torch.where(is_person.bool(), cfg.people_share / is_person.sum(),
+                              (1 - cfg.people_share) / (~is_person.bool()).sum()).double()
+        order = (torch.multinomial(weights, b, replacement=True, generator=gen) for _ in range(cfg.steps))
+    for step, idx in enumerate(tqdm(order, total=cfg.steps, desc="unlearning faces",
+                                    disable=not progress, mininterval=2.0), 1):
         # the poisoned half is split evenly over the people (round robin, then shuffled)
         who = (torch.arange(m) % len(faces))[torch.randperm(m, generator=gen)]
         pick = offsets[who] + (torch.rand(m, generator=gen) * counts[who]).long()
@@ -475,13 +546,8 @@ def combine(text_student, image_student) -> torch.nn.Module:
 # ---------------------------------------------------------------- metrics
 
 
-@torch.no_grad()
-def _texts(model, words: WordTokens, texts, device, batch_size: int = 1024) -> torch.Tensor:
-    out = []
-    for s in range(0, len(texts), batch_size):
-        with autocast(device):
-            out.append(model.encode_text(words(texts[s:s + batch_size]).to(device)).float())
-    return F.normalize(torch.cat(out), dim=-1)
+def _texts(model, words: WordTokens, texts, device) -> torch.Tensor:
+    return text_features(model, words(texts), device)
 
 
 def text_similarities(teacher, student, tokenizer, captions: Sequence[str], names: Sequence[str],

@@ -120,8 +120,10 @@ def sweep(summary, metrics, prov: dict, group: str, paper: dict | None = None,
                 ax.scatter(*zip(*pts), marker="x", color="k", zorder=4, label="paper (ViT-B/32)")
         _x(ax, sizes)
         ax.set_title((titles or {}).get(m, m), fontsize=9)
-        if ylims and m in ylims:
-            ax.set_ylim(*ylims[m])
+        if ylims and m in ylims:  # a suggested range, widened to show every value
+            low = np.nanmin((summary[m] - summary[f"{m}_std"]).to_numpy())
+            lo, hi = ylims[m]
+            ax.set_ylim(min(lo, low - 0.02 * (hi - low)), hi)
     axes[0][0].legend(fontsize=7, title=group, title_fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
