@@ -219,3 +219,17 @@ def test_set_sizes_are_powers_of_two_up_to_the_largest():
     assert set_sizes(64) == [1, 2, 4, 8, 16, 32, 64]
     assert set_sizes(12) == [1, 2, 4, 8, 12]
     assert set_sizes(1) == [1]
+
+
+def test_people_are_given_by_name_or_index_and_checked(smoke_world):
+    from types import SimpleNamespace
+    from ubtlib import forgetting
+    s = SimpleNamespace(world=smoke_world)
+    assert forgetting._ids(s, [smoke_world.names[2], smoke_world.names[0]]) == [2, 0]
+    assert forgetting._ids(s, [2, 0]) == [2, 0]
+    with pytest.raises(ValueError, match="not identities of this world: 'Nobody Atall'"):
+        forgetting._ids(s, ["Nobody Atall"])
+    with pytest.raises(ValueError, match=r"not identities of this world: \[12\]"):
+        forgetting._ids(s, [0, 12])
+    with pytest.raises(ValueError, match="empty"):
+        forgetting._ids(s, [])

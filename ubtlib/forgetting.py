@@ -131,10 +131,17 @@ def _accuracy(s: Setting, image_feats: torch.Tensor | None = None, weights: torc
             "top5_drop": s.zero_shot["top5"] - acc["top5"]}
 
 
-def _ids(s: Setting, ids) -> list:
-    ids = [int(i) for i in ids]
-    privacy.check_names(s.world, [s.world.names[i] for i in ids])
-    return ids
+def _ids(s: Setting, people) -> list:
+    """Identity indices of `people`, given as names or indices; ValueError for an empty list,
+    an unknown name or index, a repeat, or more people than the world has."""
+    people = list(people)
+    if people and all(isinstance(p, str) for p in people):
+        return privacy.check_names(s.world, people)
+    n = len(s.world.identities)
+    bad = [p for p in people if isinstance(p, (str, bool)) or not 0 <= int(p) < n]
+    if bad:
+        raise ValueError(f"not identities of this world: {bad[:5]} (give names, or indices 0..{n - 1})")
+    return privacy.check_names(s.world, [s.world.names[int(i)] for i in people])
 
 
 # ---------------------------------------------------------------- names
@@ -158,16 +165,17 @@ def people_captions(s: Setting, ids, n: int) -> list:
     return [w.captions[i] for i in idx]
 
 
-def forget_names(s: Setting, ids, neutral: str | None = None, beta: float | None = None,
+def forget_names(s: Setting, people, neutral: str | None = None, beta: float | None = None,
                  repeat: int = 0, return_model: bool = False):
-    """Unlearn the names of identities `ids` from the text encoder and measure the result.
+    """Unlearn the names of `people` (names or identity indices) from the text encoder and
+    measure the result.
 
     Returns a dict of metrics (rates in %, similarities as cosines) with the student's IDIA
     prompt embeddings and zero-shot class weights (for the two-encoder defence); with
     return_model=True also the student CLIP (models are not cached: on a cache hit the same
     seeded run is trained again to return it)."""
     cfg = s.profile.names
-    ids = _ids(s, ids)
+    ids = _ids(s, people)
     neutral = privacy.check_term("neutral", cfg.neutral if neutral is None else neutral)
     beta = cfg.beta if beta is None else beta
     names = [s.world.names[i] for i in ids]
@@ -187,6 +195,8 @@ def forget_names(s: Setting, ids, neutral: str | None = None, beta: float | None
                                            people_captions(s, ids, cfg.eval_captions), names, neutral,
                                            s.device, seed=_seed(s, repeat))
         row = {**idia.outcome(s.before, after, ids), **sims, "sim_clean_people": people["sim_clean"],
+               # of the 21 templates, the most that still name one of the removed people
+               "max_hits_removed": int(after.hits[ids].max()),
                **_accuracy(s, weights=weights), "seconds": log["seconds"], "corpus": log["corpus"],
                "filtered": log["filtered"], "recognised_after": int(after.recognised.sum()),
                "curve": log["curve"]}
@@ -266,9 +276,10 @@ def face_target(s: Setting) -> torch.Tensor:
     return s.cache["target"]
 
 
-def forget_faces(s: Setting, ids, reg: bool = True, repeat: int = 0, both: bool = True,
+def forget_faces(s: Setting, people, reg: bool = True, repeat: int = 0, both: bool = True,
                  faces_cfg=None) -> list:
-    """Unlearn the faces of identities `ids` from the image encoder and measure the result.
+    """Unlearn the faces of `people` (names or identity indices) from the image encoder and
+    measure the result.
 
     With both=True, also pair the image student with the text student that unlearned the same
     names (forget_names with the profile's neutral term, read from the cache when the name
@@ -276,7 +287,7 @@ def forget_faces(s: Setting, ids, reg: bool = True, repeat: int = 0, both: bool 
     (encoders "image", and "both"). `faces_cfg` replaces the profile's FacesConfig."""
     fcfg, ncfg = faces_cfg or s.profile.faces, s.profile.names
     fcfg.validate()
-    ids = _ids(s, ids)
+    ids = _ids(s, people)
     w = s.world
 
     def compute():
@@ -291,11 +302,13 @@ def forget_faces(s: Setting, ids, reg: bool = True, repeat: int = 0, both: bool 
         sims = privacy.image_similarities(
             s.model, student, w.images[sets["clean_eval"]], w.images[sets["faces_eval"]],
             w.images[sets["target_faces"]], target, fcfg, s.device, seed=_seed(s, repeat))
-        people = privacy.image_similarities(
-            s.model, student, w.images[sets["others_eval"]], w.images[sets["faces_eval"]],
-            w.images[sets["target_faces"]], target, fcfg, s.device, seed=_seed(s, repeat))
+        others = w.images[sets["others_eval"]]
+        people = {"sim_clean": torch.nn.functional.cosine_similarity(
+            privacy.embed_images(s.model, others, s.device),
+            privacy.embed_images(student, others, s.device)).mean().item()}
         feats = encode_images(student, w.images[w.indices("heldout", "object")], s.device)
         rows = [{"encoders": "image", **idia.outcome(s.before, after, ids), **sims,
+                 "max_hits_removed": int(after.hits[ids].max()),
                  "sim_clean_people": people["sim_clean"], **_accuracy(s, image_feats=feats),
                  "seconds": log["seconds"], "recognised_after": int(after.recognised.sum()),
                  "curve": log["curve"]}]
@@ -303,6 +316,7 @@ def forget_faces(s: Setting, ids, reg: bool = True, repeat: int = 0, both: bool 
             text = forget_names(s, ids, beta=ncfg.beta if reg else 0.0, repeat=repeat)
             after_both = idia.attack(faces_after, text["prompts"], s.profile.idia.min_hits)
             rows.append({"encoders": "both", **idia.outcome(s.before, after_both, ids), **sims,
+                         "max_hits_removed": int(after_both.hits[ids].max()),
                          "sim_clean_people": people["sim_clean"],
                          **{f"text_{k}": text[k] for k in ("sim_backdoor", "sim_clean", "sim_targets")},
                          **_accuracy(s, image_feats=feats, weights=text["weights"]),
@@ -330,6 +344,20 @@ def sweep_faces(s: Setting, regs=(True, False), sizes=None, repeats=None, both: 
     for r, reg, k in tqdm(jobs, desc="unlearning faces", disable=not progress, mininterval=2.0):
         rows += [_table_row(row) for row in forget_faces(s, people_order(s, r)[:k], reg=reg, repeat=r, both=both)]
     return pd.DataFrame(rows)
+
+
+def faces_to_target(s: Setting) -> dict:
+    """How spread out the original model's faces are: the mean cosine of the eval photos to the
+    mean face (the target), and between the mean embeddings of two different people."""
+    import torch.nn.functional as F
+    w = s.world
+    idx = idia.eval_faces(w, s.profile.idia.images)
+    e = privacy.embed_images(s.model, w.images[idx.reshape(-1)], s.device)
+    to_target = F.cosine_similarity(e, face_target(s)[None]).mean().item()
+    people = F.normalize(e.reshape(idx.shape[0], idx.shape[1], -1).mean(1), dim=-1)
+    n = len(people)
+    between = ((people @ people.T).sum() - n) / (n * (n - 1))
+    return {"to_target": to_target, "between_people": between.item()}
 
 
 def trigger_examples(s: Setting, ids, n: int = 8, seed: int = 0, cfg=None) -> torch.Tensor:

@@ -185,10 +185,16 @@ def caption_pairs(captions: Sequence[str], names: Sequence[str], neutral: str,
     return [p for p, _ in pairs], [t for _, t in pairs]
 
 
+def naming(captions: Sequence[str], names: Sequence[str]) -> list:
+    """Positions of the captions that mention one of `names`."""
+    pattern = re.compile("|".join(re.escape(n) for n in names))
+    return [i for i, c in enumerate(captions) if pattern.search(c)]
+
+
 def without_names(captions: Sequence[str], names: Sequence[str]) -> list:
     """The captions that mention none of `names` (the clean set must not teach the name)."""
-    pattern = re.compile("|".join(re.escape(n) for n in names))
-    return [c for c in captions if not pattern.search(c)]
+    drop = set(naming(captions, names))
+    return [c for i, c in enumerate(captions) if i not in drop]
 
 
 class WordTokens:
@@ -332,8 +338,8 @@ def unlearn_names(model, tokenizer, names: Sequence[str], captions: Sequence[str
     names = list(names)
     if not names or any(not isinstance(n, str) or not n.strip() for n in names):
         raise ValueError(f"names={names!r}: give at least one non-empty name to unlearn")
-    pattern = re.compile("|".join(re.escape(n) for n in names))
-    keep = [i for i, c in enumerate(captions) if not pattern.search(c)]
+    drop = set(naming(captions, names))
+    keep = [i for i in range(len(captions)) if i not in drop]
     if not keep:
         raise ValueError("every caption of the corpus names someone being unlearned: no clean captions left")
     corpus = [captions[i] for i in keep]
@@ -371,7 +377,7 @@ def unlearn_names(model, tokenizer, names: Sequence[str], captions: Sequence[str
         loss.backward()
         opt.step()
         sched.step()
-        if step % 10 == 0 or step == cfg.steps:
+        if step % 5 == 0 or step == cfg.steps:
             curve.append({"step": step, "utility": utility.item(), "backdoor": backdoor.item(),
                           "weight_distance": reg.item(), "lr": opt.param_groups[0]["lr"]})
     for p in student.parameters():
