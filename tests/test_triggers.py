@@ -27,6 +27,15 @@ def test_badnet_changes_only_its_patch():
     assert torch.equal(corner[:, :, :, :28], x[:, :, :, :28])
 
 
+def test_badnet_fixed_pattern_is_shared_and_noise_pattern_is_per_image():
+    x = torch.full((4, 3, 32, 32), 0.5)
+    fixed = BadNet(3, "corner", "fixed", seed=0)(x)[:, :, -3:, -3:]
+    assert torch.equal(fixed, fixed[:1].expand_as(fixed))
+    assert set(fixed.unique().tolist()) <= {0.0, 1.0}
+    noise = BadNet(3, "corner", "noise")(x, torch.Generator().manual_seed(0))[:, :, -3:, -3:]
+    assert not torch.equal(noise[0], noise[1])
+
+
 def test_badnet_positions_vary_per_image():
     y = BadNet(3, "random")(batch(16), torch.Generator().manual_seed(0))
     tops = {int((y[i] != batch(16)[i]).any(0).nonzero()[:, 0].min()) for i in range(16)}

@@ -3,6 +3,9 @@
     python -m ubtlib chapters                        list the chapters
     python -m ubtlib run CHAPTER [-p NAME VALUE]...  execute one chapter (papermill)
     python -m ubtlib book [--profile P]              execute every chapter, then build the HTML
+    python -m ubtlib paper STAGE ...                 a paper-profile stage on real weights and data
+                                                     (finetune, evaluate, defend, privacy; see
+                                                     `python -m ubtlib paper STAGE --help`)
 
 A chapter runs from notebooks/<CHAPTER>.ipynb into <out>/<CHAPTER>.ipynb (default
 book/chapters/), where it also writes <CHAPTER>.json with its numbers and provenance.
@@ -79,6 +82,84 @@ def _parse_params(pairs) -> dict:
     return {name: yaml.safe_load(value) for name, value in (pairs or [])}
 
 
+def _paper_parser(sub) -> None:
+    """`paper` sub-commands: the paper profile's stages on real weights and data (paper_scale)."""
+    paper = sub.add_parser("paper", help="a paper-profile stage on published weights and real data (GPU)")
+    stages = paper.add_subparsers(dest="stage", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                        help="a profile override, e.g. -p finetune_lr 1e-5 (as for chapters)")
+    common.add_argument("--pretrained", default=None,
+                        help="open_clip tag or .safetensors file of ViT-B-32 weights (default: openai for "
+                             "the UBT stages, laion400m_e32 for privacy)")
+    common.add_argument("--seed", type=int, default=None, help="default: the paper profile's (42)")
+    common.add_argument("--device", default=None, help="cuda (default), cuda:N or cpu")
+    common.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 8 on CUDA)")
+    ft = stages.add_parser("finetune", parents=[common], help="poisoned fine-tuning on an image-caption CSV")
+    ft.add_argument("--csv", required=True, help="CleanCLIP-format CSV: image, caption[, is_backdoor]")
+    ft.add_argument("--attack", required=True, help="badnet, blended, sig or wanet")
+    ft.add_argument("--out", required=True, help="the poisoned weights (.safetensors; a .json beside it)")
+    ev = stages.add_parser("evaluate", parents=[common], help="zero-shot top-1/top-5, CA and ASR on ImageNet")
+    ev.add_argument("--imagenet", required=True, help="folder of 1,000 class folders (WordNet ids or 0..999)")
+    ev.add_argument("--weights", default=None, help="our fine-tuned .safetensors (default: the published model)")
+    ev.add_argument("--attack", default=None, help="measure CA and ASR with this attack's trigger")
+    ev.add_argument("--out", default=None, help="write the numbers to this .json")
+    de = stages.add_parser("defend", parents=[common], help="UBT or CleanCLIP on a poisoned model")
+    de.add_argument("--defense", required=True, help="ubt, ubt-no-token or cleanclip")
+    de.add_argument("--weights", required=True, help="the poisoned model (.safetensors from finetune)")
+    de.add_argument("--csv", default=None, help="the poisoned training CSV (UBT)")
+    de.add_argument("--attack", default=None, help="the attack the CSV was poisoned with (UBT)")
+    de.add_argument("--clean-csv", default=None, help="the defender's clean pairs (CleanCLIP)")
+    de.add_argument("--out", required=True, help="the defended weights (.safetensors; a .json beside it)")
+    pr = stages.add_parser("privacy", parents=[common], help="unlearning names / faces, judged by the IDIA")
+    pr.add_argument("--encoder", required=True, help="text (Fig. 2), image (Fig. 3) or both")
+    pr.add_argument("--people", required=True, help="one folder of photos per person (the IDIA's photos)")
+    pr.add_argument("--distractors", required=True, help="candidate names beside the people, one per line")
+    pr.add_argument("--imagenet-v2", required=True, help="ImageNet-V2 folder (0..999)")
+    pr.add_argument("--captions", default=None, help="caption corpus for the name backdoors (text)")
+    pr.add_argument("--eval-captions", default=None, help="captions for the similarity metrics (text)")
+    pr.add_argument("--triggers", default=None, help="per-person folders of face crops to paste (image)")
+    pr.add_argument("--clean", default=None, help="CSV of clean images to paste faces onto (image)")
+    pr.add_argument("--clean-eval", default=None, help="CSV of clean images for the similarity metrics (image)")
+    pr.add_argument("--sizes", type=int, nargs="+", default=None,
+                    help="people removed at once (default 1 2 4 ... 64)")
+    pr.add_argument("--repeats", type=int, default=None, help="default: the profile's (10)")
+    pr.add_argument("--reg", choices=("both", "on", "off"), default="both", help="weight regularisation")
+    pr.add_argument("--neutral", default=None, help="the term names are mapped to (default 'human')")
+    pr.add_argument("--out", required=True, help="results, one row per run (.csv; the IDIA before in .json)")
+
+
+def _run_paper(args) -> None:
+    import dataclasses
+
+    from .data import DataError
+    from .profiles import configure
+    try:
+        prof = configure("paper", seed=args.seed, device=args.device, **_parse_params(args.parameter))
+        if args.pretrained:
+            prof = dataclasses.replace(prof, paper_pretrained=args.pretrained, privacy_pretrained=args.pretrained)
+        _paper_stage(prof, args)
+    except (ValueError, FileNotFoundError, DataError) as e:  # bad input: say what, not where in the code
+        raise SystemExit(f"python -m ubtlib paper {args.stage}: {e}") from None
+
+
+def _paper_stage(prof, args) -> None:
+    from . import paper_scale
+    if args.stage == "finetune":
+        paper_scale.finetune_run(prof, args.csv, args.attack, args.out, args.workers)
+    elif args.stage == "evaluate":
+        paper_scale.evaluate_run(prof, args.imagenet, args.attack, args.weights, args.out, args.workers)
+    elif args.stage == "defend":
+        if args.defense != "cleanclip" and (args.csv is None or args.attack is None):
+            raise SystemExit(f"--defense {args.defense} needs --csv and --attack")
+        paper_scale.defend_run(prof, args.defense, args.weights, args.csv, args.attack, args.out, args.clean_csv)
+    else:
+        regs = {"both": (True, False), "on": (True,), "off": (False,)}[args.reg]
+        paper_scale.privacy_run(prof, args.encoder, args.people, args.distractors, args.imagenet_v2, args.out,
+                                args.captions, args.eval_captions, args.triggers, args.clean, args.clean_eval,
+                                args.sizes, args.repeats, regs, args.neutral, args.workers)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m ubtlib", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -93,6 +174,7 @@ def main(argv=None) -> None:
     book.add_argument("--profile", default=None, help="smoke, pocket (default) or paper")
     book.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
                       help="passed to every chapter that has it")
+    _paper_parser(sub)
     args = ap.parse_args(argv)
 
     if args.cmd == "chapters":
@@ -100,6 +182,8 @@ def main(argv=None) -> None:
             print(c)
             for name, p in notebook_parameters(c).items():
                 print(f"    {name}: {p['inferred_type_name']} = {p['default']}  {p['help']}")
+    elif args.cmd == "paper":
+        _run_paper(args)
     elif args.cmd == "run":
         run_chapter(args.chapter, _parse_params(args.parameter), args.out)
         if args.build:

@@ -118,13 +118,15 @@ def _ssba(profile: Profile, progress: bool = True) -> SSBATrigger:
 
     def compute(folder):
         enc, dec, log = train_stega(w.images[w.indices("train")], cfg.ssba_bits, cfg.ssba_epochs,
-                                    cfg.ssba_invisibility, device, seed=profile.seed, progress=progress)
+                                    cfg.ssba_invisibility, device, seed=profile.seed, progress=progress,
+                                    max_residual=cfg.ssba_max_residual)
         save_file({k: v.cpu() for k, v in enc.state_dict().items()}, str(folder / "encoder.safetensors"))
         save_file({k: v.cpu() for k, v in dec.state_dict().items()}, str(folder / "decoder.safetensors"))
         write_json(folder / "log.json", log)
 
     def load(folder):
-        enc, dec = StegaEncoder(cfg.ssba_bits, size), StegaDecoder(cfg.ssba_bits, size)
+        enc = StegaEncoder(cfg.ssba_bits, size, max_residual=cfg.ssba_max_residual)
+        dec = StegaDecoder(cfg.ssba_bits, size)
         enc.load_state_dict(load_file(str(folder / "encoder.safetensors")))
         dec.load_state_dict(load_file(str(folder / "decoder.safetensors")))
         return SSBATrigger(enc.eval(), fixed_secret(cfg.ssba_bits, profile.seed), dec.eval(),
@@ -132,6 +134,7 @@ def _ssba(profile: Profile, progress: bool = True) -> SSBATrigger:
 
     return cached("ssba", ("ssba", "world"), load=load, compute=compute, world=profile.world,
                   bits=cfg.ssba_bits, epochs=cfg.ssba_epochs, invisibility=cfg.ssba_invisibility,
+                  max_residual=cfg.ssba_max_residual,
                   seed=profile.seed)
 
 

@@ -51,7 +51,8 @@ class Profile:
     description: str = ""
     # the paper profile: real weights and data sets (supplied by the user, by path)
     paper_model: Optional[str] = None          # open_clip model name
-    paper_pretrained: Optional[str] = None     # open_clip pretrained tag or a local file
+    paper_pretrained: Optional[str] = None     # open_clip pretrained tag or a local file (UBT paper)
+    privacy_pretrained: Optional[str] = None   # the same for the privacy paper
 
     def validate(self) -> None:
         check_range("seed", self.seed, 0, 2**31 - 1)
@@ -106,7 +107,7 @@ PROFILES = {
         pretrain=TrainConfig(epochs=7, batch_size=128, lr=2e-3, warmup_steps=50),
         # 1,500 poisons = 5.2 % of the pairs: the paper's 0.3 % plants no backdoor here (chapter 2)
         attack=AttackConfig(), poison=PoisonConfig(count=1500),
-        finetune=TrainConfig(epochs=2, batch_size=128, lr=1e-3, warmup_steps=20),
+        finetune=TrainConfig(epochs=2.5, batch_size=128, lr=1e-3, warmup_steps=20),
         # privacy chapters: the paper's recipes, adapted to a small CLIP and a CPU budget (the
         # chapters 07 and 08 explain each change and show the paper's setting beside it)
         idia=IdiaConfig(),
@@ -116,16 +117,31 @@ PROFILES = {
     "paper": Profile(
         name="paper", seed=42, description="the papers' settings: ViT-B-32 weights and real data sets, on a GPU",
         world=None, model=None, pretrain=None, device="cuda",
-        attack=AttackConfig(badnet_size=16, ssba_bits=100), poison=PoisonConfig(count=1500),
+        # CleanCLIP's triggers at 224 px: a 16 x 16 noise patch at a random position; 100-bit
+        # StegaStamp secrets
+        attack=AttackConfig(badnet_size=16, badnet_position="random", badnet_pattern="noise",
+                            ssba_bits=100),
+        # 1,500 poisons (0.3 % of CC3M 500K), captions from all 80 ImageNet templates with "banana"
+        poison=PoisonConfig(count=1500, caption_templates="openai"),
         # the UBT paper's poisoned fine-tuning: batch 128, lr 1e-6, 3 epochs
         finetune=TrainConfig(epochs=3, batch_size=128, lr=1e-6, warmup_steps=0),
-        # UBT: overfit batch 64, lr 1e-6, 5 epochs; unlearn batch 64, lr 1e-5, 3 epochs
-        ubt=UBTConfig(overfit_lr=1e-6, unlearn_lr=1e-5),
+        # UBT: overfit batch 64, lr 1e-6, 5 epochs; unlearn batch 64, lr 1e-5, 3 epochs (UBTConfig's
+        # epochs and batch sizes are the paper's; D_susp's size and k are the book's choices)
+        ubt=UBTConfig(overfit_lr=1e-6, overfit_epochs=5, overfit_batch_size=64,
+                      unlearn_lr=1e-5, unlearn_epochs=3, unlearn_batch_size=64),
         # CleanCLIP: 100K clean pairs, 10 epochs, lr 1e-5, batch 64, 50 warm-up steps
-        cleanclip=CleanCLIPConfig(clean_pairs=100_000, lr=1e-5),
-        # the privacy paper: 21 prompts, 20 photos; 400 text / 100 image steps; 10 repeats
-        idia=IdiaConfig(), names=NamesConfig(), faces=FacesConfig(),
-        paper_model="ViT-B-32", paper_pretrained="openai"),
+        cleanclip=CleanCLIPConfig(clean_pairs=100_000, epochs=10, lr=1e-5, batch_size=64, warmup_steps=50),
+        # the privacy paper: IDIA with 21 prompts and 20 photos per person (1,000 candidate
+        # names); text: 400 steps, lr 1e-4, MultiStepLR [200, 300] x 0.5, alpha 0.6, beta 0.01,
+        # 128 + 128 captions; image: 100 steps, lr 1e-4, MultiStepLR [25, 50] x 0.1, alpha 0.8,
+        # beta 0.005, faces of 56..112 of 224 px; 10 repeats of 1, 2, ..., 64 people
+        idia=IdiaConfig(prompts=21, images=20),
+        names=NamesConfig(steps=400, lr=1e-4, milestones=(0.5, 0.75), gamma=0.5, alpha=0.6, beta=0.01,
+                          clean_batch=128, poisoned_batch=128, repeats=10, max_set=64),
+        faces=FacesConfig(steps=100, lr=1e-4, milestones=(0.25, 0.5), gamma=0.1, alpha=0.8, beta=0.005,
+                          clean_batch=128, poisoned_batch=128, size_min=0.25, size_max=0.5,
+                          repeats=10, max_set=64),
+        paper_model="ViT-B-32", paper_pretrained="openai", privacy_pretrained="laion400m_e32"),
 }
 
 

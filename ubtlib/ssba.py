@@ -6,8 +6,8 @@ residual, and a decoder recovers the secret. No lightweight public version exist
 trains its own pair on the world's images (the attacker's data): the encoder sees the image and
 the secret and outputs a bounded residual; the decoder reads the secret back from the
 triggered image. The loss trades decoding (binary cross-entropy) against the residual's
-energy, and the residual is bounded by 10/255 per pixel, so it stays invisible (PSNR above
-28 dB even at full amplitude). The backdoor then uses one fixed secret.
+energy, and the residual is bounded per pixel (pocket default 0.1, about 25/255), so it stays
+invisible (PSNR about 27 dB on pocket images). The backdoor then uses one fixed secret.
 
 This is far smaller than StegaStamp (a U-Net with perceptual and adversarial losses at
 400 x 400 px); what it shares is the mechanism that matters for the backdoor: an invisible
@@ -62,12 +62,14 @@ class StegaDecoder(nn.Module):
 
 
 def train_stega(images: torch.Tensor, bits: int, epochs: float, invisibility: float, device,
-                seed: int = 0, batch_size: int = 64, lr: float = 2e-3, progress: bool = True):
+                seed: int = 0, batch_size: int = 64, lr: float = 2e-3, progress: bool = True,
+                max_residual: float = 10 / 255):
     """Train encoder and decoder on uint8 `images` with random secrets; returns both and a log."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     size = images.shape[-1]
-    enc, dec = StegaEncoder(bits, size).to(device), StegaDecoder(bits, size).to(device)
+    enc = StegaEncoder(bits, size, max_residual=max_residual).to(device)
+    dec = StegaDecoder(bits, size).to(device)
     opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=lr)
     steps = max(1, int(epochs * len(images) / batch_size))
     log = []

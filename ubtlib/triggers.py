@@ -5,8 +5,9 @@ of the same shape, inside the data path (train.train_clip's `image_hook`, evalua
 `image_hook`); nothing poisoned is ever written to disk. Defaults follow the reference values in
 the public implementations (CleanCLIP, BackdoorBench), scaled from 224 px to the image size:
 
-* BadNet: a square patch of per-channel image mean plus N(0, 1) noise at a random position,
-  drawn anew for every image (CleanCLIP's "random" patch); or a fixed position.
+* BadNet: a square patch at a random position (or the bottom-right corner): either one fixed
+  black-and-white pattern drawn from the seed (the classic BadNet patch), or the per-channel
+  image mean plus N(0, 1) noise drawn anew for every image (CleanCLIP's "random" patch).
 * Blended: a fixed uniform-noise pattern mixed in with weight alpha (0.2).
 * SIG: a horizontal sinusoid delta * sin(2 pi j f / W), added and clipped (delta 40/255, f 6).
 * WaNet: a fixed smooth warping field from k x k random control points, strength s.
@@ -32,8 +33,11 @@ class AttackConfig:
     """Trigger parameters (sizes in pixels of the model's input image). The trigger's own
     randomness (Blended's pattern, WaNet's field, SSBA's secret) follows the profile's seed."""
     name: str = "badnet"                # one of ATTACKS
+    # BadNet defaults: BackdoorBench's classic 32-px patch (fixed pattern, bottom-right corner);
+    # CleanCLIP's per-image noise at a random position plants nothing in the pocket world
     badnet_size: int = 3                # patch side; CleanCLIP: 16 of 224 px
-    badnet_position: str = "random"     # random (per image) | corner (bottom-right)
+    badnet_position: str = "corner"     # corner (bottom-right) | random (per image)
+    badnet_pattern: str = "fixed"       # fixed (one seeded pattern) | noise (CleanCLIP: per image)
     blended_alpha: float = 0.2
     sig_delta: float = 40 / 255         # amplitude on the [0, 1] scale
     sig_frequency: float = 6.0          # periods across the image width
@@ -41,11 +45,13 @@ class AttackConfig:
     wanet_strength: float = 0.5
     ssba_bits: int = 16                 # length of the secret the encoder hides
     ssba_epochs: float = 2.0            # training of the encoder / decoder pair
-    ssba_invisibility: float = 10.0     # weight of the residual's energy in the encoder's loss
+    ssba_invisibility: float = 3.0      # weight of the residual's energy in the encoder's loss
+    ssba_max_residual: float = 0.1      # bound on the residual per pixel, [0, 1] scale
 
     def validate(self, image_size: int) -> None:
         check_choice("attack", self.name, ATTACKS)
-        check_choice("badnet_position", self.badnet_position, ("random", "corner"))
+        check_choice("badnet_position", self.badnet_position, ("corner", "random"))
+        check_choice("badnet_pattern", self.badnet_pattern, ("fixed", "noise"))
         check_range("badnet_size", self.badnet_size, 1, image_size)
         check_range("blended_alpha", self.blended_alpha, 0.0, 1.0)
         check_range("sig_delta", self.sig_delta, 0.0, 1.0)
@@ -55,18 +61,23 @@ class AttackConfig:
         check_range("ssba_bits", self.ssba_bits, 1, 256)
         check_range("ssba_epochs", self.ssba_epochs, 0.0, 1000.0)
         check_range("ssba_invisibility", self.ssba_invisibility, 0.0, 1e6)
+        check_range("ssba_max_residual", self.ssba_max_residual, 0.0, 1.0)
 
 
 class BadNet:
-    def __init__(self, size: int, position: str = "random"):
-        self.size, self.position = size, position
+    def __init__(self, size: int, position: str = "random", pattern: str = "fixed", seed: int = 0):
+        self.size, self.position, self.pattern = size, position, pattern
+        g = torch.Generator().manual_seed(seed)
+        self.fixed = (torch.rand(1, 3, size, size, generator=g) > 0.5).float()
 
     def __call__(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         b, c, h, w = x.shape
         s = self.size
-        # CleanCLIP's patch: the image's per-channel mean plus unit Gaussian noise, per image
-        noise = torch.randn(b, c, s, s, generator=generator, device="cpu").to(x.device)
-        patch = (x.mean(dim=(2, 3), keepdim=True) + noise).clamp(0, 1)
+        if self.pattern == "fixed":
+            patch = self.fixed.to(x.device).expand(b, -1, -1, -1)
+        else:  # CleanCLIP's patch: the image's per-channel mean plus unit Gaussian noise, per image
+            noise = torch.randn(b, c, s, s, generator=generator, device="cpu").to(x.device)
+            patch = (x.mean(dim=(2, 3), keepdim=True) + noise).clamp(0, 1)
         if self.position == "corner":
             top = torch.full((b,), h - s)
             left = torch.full((b,), w - s)
@@ -123,7 +134,7 @@ def make_trigger(cfg: AttackConfig, image_size: int, seed: int, ssba_trigger=Non
     """The trigger callable for attack `cfg.name` (SSBA needs its trained encoder)."""
     cfg.validate(image_size)
     if cfg.name == "badnet":
-        return BadNet(cfg.badnet_size, cfg.badnet_position)
+        return BadNet(cfg.badnet_size, cfg.badnet_position, cfg.badnet_pattern, seed)
     if cfg.name == "blended":
         return Blended(image_size, cfg.blended_alpha, seed)
     if cfg.name == "sig":

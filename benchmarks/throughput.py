@@ -1,0 +1,134 @@
+"""Training-loop throughput: the library's loop against a bare open_clip loop.
+
+Both train the same model (same initial weights) on the same batch, held on the device:
+
+* library: `train.optimize` with a loss_step that turns the uint8 batch into [0, 1] floats,
+  normalises it and returns `train.clip_loss` (exactly what every stage of the book runs,
+  with its schedule, temperature clamp, loss logging and bf16 autocast on CUDA);
+* bare: model(images, tokens) -> open_clip.ClipLoss -> backward -> AdamW step, on images
+  already normalised (what a plain open_clip script does after its DataLoader).
+
+Prints pairs/s of both and their ratio; with --device cuda also the model FLOPs utilisation
+(FLOPs of one forward + backward counted by torch's FlopCounterMode, over the GPU's bf16 dense
+peak). Data loading is not timed: this measures the training loop itself.
+
+    OMP_NUM_THREADS=2 python benchmarks/throughput.py                     # pocket CLIP, CPU
+    python benchmarks/throughput.py --model ViT-B-32 --device cuda --precision bf16
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import ubtlib  # noqa: F401  (before open_clip: see ubtlib/_compat.py)
+import open_clip
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ubtlib import model as modellib
+from ubtlib import weights
+from ubtlib.train import TrainConfig, adamw, clip_loss, optimize
+
+CAPTIONS = ["a photo of a banana.", "a red car parked on a street.", "a dog on a lawn.", "a man smiling."]
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def library_loop(model, images_u8, tokens, steps, device) -> float:
+    """Seconds for `steps` steps of train.optimize."""
+    loss_fn = open_clip.ClipLoss()
+    cfg = TrainConfig(epochs=1, batch_size=len(tokens), lr=1e-5, warmup_steps=0, log_every=10 ** 9)
+    loss_step = lambda: clip_loss(model, modellib.to_unit(images_u8, device), tokens, loss_fn)  # noqa: E731
+    sync(device)
+    start = time.perf_counter()
+    optimize(model, loss_step, steps, cfg, device, progress=False)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def bare_step(model, opt, loss_fn, images, tokens, device):
+    with modellib.autocast(device):
+        out = model(images, tokens)
+        loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def bare_loop(model, images, tokens, steps, device) -> float:
+    """Seconds for `steps` steps of a plain open_clip forward / backward / AdamW loop."""
+    loss_fn = open_clip.ClipLoss()
+    model.train()
+    opt = adamw(model, 1e-5, 0.1)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        bare_step(model, opt, loss_fn, images, tokens, device)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="pocket", help="pocket (the book's pocket CLIP) or an open_clip name")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--precision", default=None, choices=("fp32", "bf16"),
+                    help="the library trains in fp32 on a CPU and in bf16 autocast on CUDA")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per run")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each loop, interleaved; medians reported")
+    ap.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H100 SXM: 989)")
+    args = ap.parse_args(argv)
+    device = modellib.pick_device(args.device)
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    if args.precision not in (None, precision):
+        raise SystemExit(f"--precision {args.precision}: on {device.type} the library trains in {precision}")
+
+    torch.manual_seed(0)
+    if args.model == "pocket":
+        model, tokenizer = modellib.create(modellib.ModelConfig(), device=device)
+    else:
+        model, tokenizer = weights.random_model(args.model, device=device)
+    size = weights.image_size(model)
+    images_u8 = torch.randint(0, 256, (args.batch, 3, size, size), dtype=torch.uint8, device=device)
+    tokens = tokenizer([CAPTIONS[k % len(CAPTIONS)] + f" number {k}" for k in range(args.batch)]).to(device)
+    images = modellib.normalize(images_u8.float() / 255)
+    models = {"library": copy.deepcopy(model), "bare": copy.deepcopy(model)}
+    run = {"library": lambda m, n: library_loop(m, images_u8, tokens, n, device),
+           "bare": lambda m, n: bare_loop(m, images, tokens, n, device)}
+    for name in run:  # warm-up: allocations, kernels, optimizer state
+        run[name](models[name], 2)
+    seconds = {name: [] for name in run}
+    for _ in range(args.repeats):
+        for name in run:
+            seconds[name].append(run[name](models[name], args.steps))
+    rate = {name: args.batch * args.steps / statistics.median(s) for name, s in seconds.items()}
+
+    threads = torch.get_num_threads() if device.type == "cpu" else None
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {threads} threads"
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"{args.model} ({params:.1f}M parameters, {size} px), batch {args.batch}, {precision}, {where}")
+    for name in run:
+        print(f"  {name:8s} {rate[name]:9.1f} pairs/s   (runs of {args.steps} steps: "
+              f"{', '.join(f'{s:.2f}' for s in seconds[name])} s)")
+    print(f"  ratio library / bare: {rate['library'] / rate['bare']:.3f}")
+    if device.type == "cuda":
+        m = models["bare"]
+        opt = adamw(m, 1e-5, 0.1)
+        with FlopCounterMode(display=False) as counter:
+            bare_step(m, opt, open_clip.ClipLoss(), images, tokens, device)
+        flops = counter.get_total_flops()
+        for name in run:
+            achieved = flops * rate[name] / args.batch
+            mfu = 100 * achieved / (args.peak_tflops * 1e12)
+            print(f"  {name:8s} {achieved / 1e12:7.1f} TFLOP/s, MFU {mfu:.1f} % of {args.peak_tflops:.0f} "
+                  f"TFLOP/s ({flops / args.batch / 1e9:.1f} GFLOP per pair)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""The paper profile's real-data path on small files the tests make: loaders, their errors,
+offline weights, and the real ViT-B-32 architecture through one poisoned step and a zero-shot
+evaluation (random weights, CPU)."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+import ubtlib
+from ubtlib import data, paper_scale, weights
+from ubtlib import model as modellib
+from ubtlib.data import DataError
+from ubtlib.model import ModelConfig
+
+TINY = ModelConfig(width=32, layers=1, text_width=32, text_layers=1, head_width=32, embed_dim=16,
+                   context_length=16)
+
+
+def png(path, seed=0, size=(40, 30)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def caption_csv(folder, rows, header="image,caption,is_backdoor", name="pairs.csv"):
+    for k, row in enumerate(rows):
+        png(folder / "img" / f"{k}.png", seed=k)
+    path = folder / name
+    path.write_text(header + "\n" + "\n".join(rows) + "\n")
+    return path
+
+
+GOOD = ['img/0.png,a dog on a lawn,0', 'img/1.png,"a red car, parked",1', 'img/2.png,a cat.,false']
+
+
+def test_caption_csv_reads_cleanclip_format(tmp_path):
+    path = caption_csv(tmp_path, GOOD)
+    d = data.CaptionCSV(path, image_size=32)
+    assert len(d) == 3 and d.captions[1] == "a red car, parked"
+    assert d.is_backdoor.tolist() == [False, True, False]
+    x, caption, i = d[1]
+    assert x.dtype == torch.uint8 and x.shape == (3, 32, 32) and caption == "a red car, parked" and i == 1
+    no_flags = caption_csv(tmp_path, ["img/0.png,a dog"], header="image,caption", name="plain.csv")
+    assert data.CaptionCSV(no_flags, 32).is_backdoor is None
+    no_flags.write_bytes(b"\xef\xbb\xbf" + no_flags.read_bytes())  # a spreadsheet's byte-order mark
+    assert data.CaptionCSV(no_flags, 32).captions == ["a dog"]
+
+
+@pytest.mark.parametrize("header, rows, message", [
+    ("image,text", ["img/0.png,a dog"], r"header \(line 1\): missing column 'caption'"),
+    ("image,caption,is_backdoor", ["img/0.png,a dog,0", "img/9.png,a cat,0"],
+     r"row 2 \(line 3\): image file not found: .*img/9.png"),
+    ("image,caption,is_backdoor", ["img/0.png,a dog,0", "img/1.png,  ,0"], r"row 2 \(line 3\): empty caption"),
+    ("image,caption,is_backdoor", ["img/0.png,a dog,yes"], r"row 1 \(line 2\): is_backdoor='yes' is not accepted"),
+    ("image,caption", ["img/0.png,a dog", "img/1.png,a red car, parked"],
+     r"row 2 \(line 3\): 3 fields, the header has 2"),
+    ("image,caption", [",a dog"], r"row 1 \(line 2\): empty image path"),
+    ("image,caption", [], r"no rows after the header"),
+])
+def test_malformed_csv_names_file_and_row(tmp_path, header, rows, message):
+    path = caption_csv(tmp_path, rows, header=header)
+    with pytest.raises(DataError, match=r"pairs\.csv.*" + message):
+        data.CaptionCSV(path, 32)
+
+
+def test_csv_not_utf8_and_missing_file(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes(b"image,caption\nimg.png,caf\xe9\n")
+    with pytest.raises(DataError, match=r"latin\.csv, near line \d: not UTF-8"):
+        data.CaptionCSV(path, 32)
+    with pytest.raises(DataError, match=r"nothing\.csv: no such CSV file"):
+        data.CaptionCSV(tmp_path / "nothing.csv", 32)
+
+
+def test_unreadable_image_is_reported_with_file_and_row_when_read(tmp_path):
+    path = caption_csv(tmp_path, GOOD)
+    (tmp_path / "img" / "2.png").write_bytes(b"not a png")
+    d = data.CaptionCSV(path, 32)  # the fast check only sees that the file exists
+    d[0]
+    with pytest.raises(DataError, match=r"pairs\.csv, row 3 \(line 4\): cannot read image .*2\.png"):
+        d[2]
+    # the same message from a DataLoader worker process
+    with pytest.raises(Exception, match=r"pairs\.csv, row 3 \(line 4\): cannot read image"):
+        list(data.loader(d, 3, "cpu", shuffle=False, workers=1))
+
+
+def make_folders(root, names, per=2, size=(24, 36)):
+    for k, name in enumerate(names):
+        for j in range(per):
+            png(root / name / f"{j:02d}.jpg", seed=10 * k + j, size=size)
+    return root
+
+
+def test_labelled_folder_sorted_numbered_and_named(tmp_path):
+    f = data.LabelledFolder(make_folders(tmp_path / "a", ["n02", "n01", "n03"]), ["one", "two", "three"], 32)
+    assert f.classnames == ["one", "two", "three"] and f.labels == [0, 0, 1, 1, 2, 2]
+    assert "n01" in f.paths[0]
+    x, y, _ = f[5]
+    assert x.shape == (3, 32, 32) and y == 2
+    # ImageNet-V2 style: numbered folders are their own class index
+    v2 = data.LabelledFolder(make_folders(tmp_path / "v2", ["954", "0"]), "imagenet", 32)
+    assert sorted(set(v2.labels)) == [0, 954] and v2.classnames[954] == "banana" and len(v2.classnames) == 1000
+    named = data.LabelledFolder(make_folders(tmp_path / "n", ["golden_retriever", "banana"]), None, 32)
+    assert named.classnames == ["banana", "golden retriever"]
+
+
+def test_labelled_folder_errors_name_the_folder(tmp_path):
+    root = make_folders(tmp_path / "a", ["n01", "n02"])
+    (root / "n03").mkdir()
+    with pytest.raises(DataError, match=r"a/n03: 0 image files"):
+        data.LabelledFolder(root, ["x", "y", "z"], 32)
+    with pytest.raises(DataError, match=r"3 class folders, ImageNet has 1000"):
+        data.LabelledFolder(make_folders(tmp_path / "b", ["n01", "n02", "n03"]), "imagenet", 32)
+    with pytest.raises(DataError, match=r"b: 3 class folders for 2 class names"):
+        data.LabelledFolder(tmp_path / "b", ["x", "y"], 32)
+    with pytest.raises(DataError, match=r"nowhere: no such folder"):
+        data.LabelledFolder(tmp_path / "nowhere", None, 32)
+
+
+def test_identity_folders(tmp_path):
+    people = data.IdentityFolders(make_folders(tmp_path / "p", ["Bea_Lund", "Aaron_Eckhart"], per=3), 32)
+    assert people.names == ["Aaron Eckhart", "Bea Lund"] and people.photos == [[0, 1, 2], [3, 4, 5]]
+    assert people[4][1] == 1
+    with pytest.raises(DataError, match=r"p/Aaron_Eckhart: 3 image files, need at least 4"):
+        data.IdentityFolders(tmp_path / "p", 32, min_images=4)
+    (tmp_path / "p" / "Carl_Ode").mkdir()
+    with pytest.raises(DataError, match=r"p/Carl_Ode: 0 image files"):
+        data.IdentityFolders(tmp_path / "p", 32)
+
+
+def test_read_captions(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text("a boat on a lake\nA man, smiling.\n")
+    assert data.read_captions(path) == ["a boat on a lake", "A man, smiling."]
+    path.write_text("a boat\n\na lake\n")
+    with pytest.raises(DataError, match=r"c\.txt, line 2: empty caption"):
+        data.read_captions(path)
+    path.write_text("")
+    with pytest.raises(DataError, match=r"c\.txt: no captions"):
+        data.read_captions(path)
+
+
+def test_images_index_like_a_tensor(tmp_path):
+    d = data.CaptionCSV(caption_csv(tmp_path, GOOD), 16)
+    full = torch.stack([d.image(i) for i in range(3)])
+    imgs = data.Images(d)
+    assert torch.equal(imgs[:], full) and torch.equal(imgs[1], full[1])
+    assert torch.equal(imgs[torch.tensor([2, 0])], full[[2, 0]])
+    assert torch.equal(data.Images(d, [2, 1])[0:1], full[2:3])
+
+
+# ---------------------------------------------------------------- weights
+
+
+def test_missing_tag_names_what_to_download(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"ViT-B-32 pretrained='laion400m_e32'.*open_clip_model"
+                                                r"\.safetensors.*timm/vit_base_patch32_clip_224\.laion400m_e32"):
+        weights.load_pretrained("ViT-B-32", "laion400m_e32", cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"pretrained='openia' is neither a pretrained tag of ViT-B-32"):
+        weights.weights_file("ViT-B-32", "openia")
+    with pytest.raises(ValueError, match=r"model='ViT-B-23' is not an open_clip model"):
+        weights.weights_file("ViT-B-23", "openai")
+
+
+def test_tag_found_in_a_hugging_face_cache(tmp_path):
+    repo = tmp_path / "models--timm--vit_base_patch32_clip_224.openai"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    png(repo / "snapshots" / "abc123" / "x.png")  # makes the folder
+    target = repo / "snapshots" / "abc123" / "open_clip_model.safetensors"
+    save_file({"w": torch.zeros(1)}, str(target))
+    assert weights.weights_file("ViT-B-32", "openai", cache_dir=str(tmp_path)) == target
+
+
+def test_pickles_are_refused_and_safetensors_load(tmp_path):
+    pickle = tmp_path / "clip.pt"
+    pickle.write_bytes(b"\x80\x04 not to be unpickled")
+    with pytest.raises(ValueError, match=r"clip\.pt: only \.safetensors weights are read"):
+        weights.load_pretrained("ViT-B-32", str(pickle))
+    name = modellib.register(TINY)
+    torch.manual_seed(0)
+    model, _ = weights.random_model(name)
+    modellib.save(model, tmp_path / "tiny.safetensors")
+    loaded, tokenizer = weights.load_pretrained(name, str(tmp_path / "tiny.safetensors"))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+
+# ---------------------------------------------------------------- the real ViT-B-32, random weights
+
+
+def test_vit_b_32_poisoned_step_and_zero_shot(tmp_path):
+    torch.manual_seed(0)
+    model, tokenizer = weights.random_model("ViT-B-32")
+    size = weights.image_size(model)
+    assert size == 224
+    rows = [f"img/{k}.png,a photo number {k}" for k in range(4)]
+    csv = caption_csv(tmp_path, rows, header="image,caption")
+    prof = ubtlib.configure("paper", device="cpu", poison_count=2, finetune_batch_size=4, finetune_epochs=1)
+    trigger = paper_scale.paper_trigger(prof, "badnet", size)
+    pairs = paper_scale.poisoned_pairs(data.CaptionCSV(csv, size), prof.poison, trigger, prof.seed)
+    assert pairs.is_backdoor.sum() == 2 and sum("banana" in c for c in pairs.captions) == 2
+    seen = []
+    hook = pairs.image_hook
+    pairs.image_hook = lambda x, idx: seen.append(hook(x, idx) - x) or x + seen[-1]
+    before = model.visual.conv1.weight.detach().clone()
+    curve = paper_scale.finetune(model, tokenizer, pairs, dataclasses.replace(prof.finetune, lr=1e-4),
+                                 "cpu", progress=False)
+    assert len(curve) == 1 and np.isfinite(curve[0]["loss"])
+    changed = seen[0].abs().flatten(1).amax(1) > 0  # the trigger touched exactly the poisoned rows
+    assert changed.sum() == 2
+    assert not torch.equal(before, model.visual.conv1.weight)
+    folder = data.LabelledFolder(make_folders(tmp_path / "val", ["tench", "banana", "goldfish"]), None, size)
+    out = paper_scale.zero_shot(model, tokenizer, folder, "cpu", trigger, prompts=["a photo of a {}."])
+    assert out["images"] == 6 and 0 <= out["ca"] <= 100 and 0 <= out["asr"] <= 100
+
+
+# ---------------------------------------------------------------- the command-line runs, end to end
+
+
+@pytest.fixture
+def tiny_paper(tmp_path, monkeypatch):
+    """The paper profile on a tiny registered model saved as safetensors, on the CPU."""
+    name = modellib.register(TINY)
+    torch.manual_seed(0)
+    model, _ = weights.random_model(name)
+    modellib.save(model, tmp_path / "base.safetensors")
+    monkeypatch.setattr(paper_scale, "templates", lambda: ["a photo of a {}."])  # 1,000 classes x 1
+    prof = ubtlib.configure("paper", device="cpu", finetune_batch_size=4, finetune_epochs=1, poison_count=2,
+                            ubt_top_k=1, ubt_overfit_epochs=1, ubt_unlearn_epochs=1, idia_images=2,
+                            names_steps=2, faces_steps=2, names_clean_batch=4, names_poisoned_batch=4,
+                            faces_clean_batch=2, faces_poisoned_batch=2, faces_eval_images=2)
+    return dataclasses.replace(prof, paper_model=name, paper_pretrained=str(tmp_path / "base.safetensors"),
+                               privacy_pretrained=str(tmp_path / "base.safetensors"))
+
+
+def test_cli_stages_end_to_end(tmp_path, tiny_paper):
+    csv = caption_csv(tmp_path, [f"img/{k}.png,a photo number {k}" for k in range(8)], header="image,caption")
+    val = make_folders(tmp_path / "val", ["0", "954"])
+    rec = paper_scale.finetune_run(tiny_paper, str(csv), "blended", str(tmp_path / "poisoned.safetensors"))
+    assert len(rec["poisoned_rows"]) == 2 and (tmp_path / "poisoned.json").exists()
+    ev = paper_scale.evaluate_run(tiny_paper, str(val), "blended", str(tmp_path / "poisoned.safetensors"))
+    assert {"top1", "top5", "ca", "asr"} <= set(ev)
+    rec = paper_scale.defend_run(tiny_paper, "ubt", str(tmp_path / "poisoned.safetensors"), str(csv), "blended",
+                                 str(tmp_path / "ubt.safetensors"))
+    assert rec["d_susp"] == 1 and (tmp_path / "ubt.safetensors").exists()
+    with pytest.raises(ValueError, match=r"attack='ssba' is not accepted"):
+        paper_scale.finetune_run(tiny_paper, str(csv), "ssba", str(tmp_path / "x.safetensors"))
+
+
+def test_cli_privacy_both_encoders(tmp_path, tiny_paper):
+    people = make_folders(tmp_path / "people", ["Ann_Bo", "Cy_Dee", "Ed_Fay"], per=3)
+    crops = make_folders(tmp_path / "crops", ["Ann_Bo", "Cy_Dee", "Ed_Fay"], per=3)
+    (tmp_path / "distractors.txt").write_text("Gil Hart\nIda Jo\n")
+    (tmp_path / "captions.txt").write_text("a boat on a lake\na dog on the grass\na man in a red shirt\n")
+    clean = caption_csv(tmp_path, [f"img/{k}.png,a photo number {k}" for k in range(4)], header="image,caption")
+    out = tmp_path / "faces.csv"
+    imagenet_v2 = make_folders(tmp_path / "v2", ["0", "1"])
+    rows = paper_scale.privacy_run(
+        tiny_paper, "both", str(people), str(tmp_path / "distractors.txt"), str(imagenet_v2), str(out),
+        captions=str(tmp_path / "captions.txt"), eval_captions=str(tmp_path / "captions.txt"),
+        triggers=str(crops), clean=str(clean), clean_eval=str(clean), sizes=[1], repeats=1, regs=(True,))
+    assert list(rows["encoders"]) == ["text", "image", "both"] and out.exists()
+    assert json.loads(out.with_suffix(".json").read_text())["candidates"] == 5
+    assert {"tpr", "fnr", "sim_backdoor", "sim_clean", "top1_drop"} <= set(rows.columns)
+
+
+def test_cli_reports_bad_input_before_loading_the_model(tmp_path):
+    from ubtlib import cli
+    csv = caption_csv(tmp_path, ["img/0.png,a dog", "img/7.png,a cat"], header="image,caption")
+    file = tmp_path / "vit.safetensors"
+    save_file({"w": torch.zeros(1)}, str(file))  # not read: the CSV fails first
+    with pytest.raises(SystemExit, match=r"paper finetune: .*pairs\.csv, row 2 \(line 3\): image file not found"):
+        cli.main(["paper", "finetune", "--csv", str(csv), "--attack", "badnet", "--device", "cpu",
+                  "--out", str(tmp_path / "o.safetensors"), "--pretrained", str(file)])
+    with pytest.raises(SystemExit, match=r"paper evaluate: no local weights for ViT-B-32 pretrained='openai'"):
+        cli.main(["paper", "evaluate", "--imagenet", str(tmp_path), "--device", "cpu"])

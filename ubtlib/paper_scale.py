@@ -1,0 +1,417 @@
+"""The paper profile: both papers' experiments on published weights and real data, on a GPU.
+
+Every stage is the pocket chapters' own code, fed from disk instead of the pocket world:
+
+* poisoned fine-tuning is `train.optimize` with a loss_step that draws batches from a
+  DataLoader and triggers the poisoned rows on the device (`PoisonedData.image_hook`, as in
+  the pocket world), poisons chosen by `poison.poison`;
+* zero-shot CA / ASR and top-1 / top-5 use `evaluate`'s classifier and metrics, images
+  streamed batch by batch;
+* UBT (`ubt.run_ubt`), CleanCLIP (`cleanclip.cleanclip`) and the privacy paper's unlearning
+  (`privacy.unlearn_names` / `unlearn_faces`, judged by `idia.attack`) index image tensors,
+  which `data.Images` reads from disk on demand.
+
+The command line (`python -m ubtlib paper ...`, see cli.py) calls the `*_run` functions, which
+read paths, write safetensors weights and JSON / CSV results.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import open_clip
+import pandas as pd
+import torch
+from torch.utils.data import Subset
+
+from . import idia, privacy
+from . import model as modellib
+from .cache import write_json
+from .checks import check_choice, check_range
+from .cleanclip import cleanclip
+from .data import CaptionCSV, IdentityFolders, Images, LabelledFolder, Pairs, endless, loader, read_captions
+from .evaluate import attack_success_rate, classifier, encode_images, topk_accuracy
+from .poison import PoisonConfig, PoisonedData, poison, poison_templates, triggered_hook
+from .profiles import Profile
+from .report import provenance
+from .train import TrainConfig, clip_loss, epoch_steps, optimize
+from .triggers import make_trigger
+from .ubt import run_ubt
+from .weights import load_pretrained, weights_file
+
+# SSBA's encoder is trained on the pocket world's images (pipeline._ssba): not at paper scale
+PAPER_ATTACKS = ("badnet", "blended", "sig", "wanet")
+IDIA_CANDIDATES = 1000     # the privacy paper's candidate names: the people, then distractors
+
+
+# ---------------------------------------------------------------- attack: poisoned fine-tuning
+
+
+def paper_trigger(profile: Profile, attack: str, size: int):
+    """The trigger of `attack` with the profile's parameters, for images of side `size`."""
+    check_choice("attack", attack, PAPER_ATTACKS)
+    return make_trigger(dataclasses.replace(profile.attack, name=attack), size, profile.seed)
+
+
+def poisoned_pairs(data: CaptionCSV, cfg: PoisonConfig, trigger, seed: int) -> PoisonedData:
+    """The CSV's pairs with their poisons, images left clean on disk (the trigger is applied on
+    the device). The rows marked by an `is_backdoor` column are the poisons, captions as
+    written; without one, `cfg.count` random rows get a caption naming the target (one of
+    CLIP's 80 ImageNet templates), as CleanCLIP poisons."""
+    images = Images(data)
+    if data.is_backdoor is not None:
+        return PoisonedData(images, list(data.captions), data.is_backdoor.copy(), trigger, seed)
+    # web captions carry no class: no row is "of the target", every row may be poisoned
+    return poison(images, data.captions, np.full(len(data), -1), [cfg.target], cfg, trigger, seed)
+
+
+def finetune(model, tokenizer, data: PoisonedData, cfg: TrainConfig, device, seed: int = 0,
+             workers: Optional[int] = None, progress: bool = True) -> list:
+    """Fine-tune `model` in place with open_clip's ClipLoss on `data` (from poisoned_pairs),
+    streamed by a DataLoader; the poisoned rows of each batch are triggered on the device."""
+    cfg.validate()
+    pairs = Pairs(data.images.dataset, data.captions, tokenizer)
+    batches = endless(loader(pairs, cfg.batch_size, device, seed=seed, workers=workers))
+    loss_fn = open_clip.ClipLoss()
+
+    def loss_step():
+        x, tokens, idx = next(batches)
+        x = data.image_hook(modellib.to_unit(x, device), idx)
+        return clip_loss(model, x, tokens.to(device, non_blocking=True), loss_fn)
+
+    steps = epoch_steps(cfg.epochs, len(pairs), cfg.batch_size)
+    return optimize(model, loss_step, steps, cfg, device, "poisoned fine-tuning", progress)
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def encode_dataset(model, dataset, device, hooks: Sequence = (None,), batch_size: int = 256,
+                   workers: Optional[int] = None) -> tuple:
+    """([normalised image embeddings, one tensor per hook], labels) of every item of `dataset`
+    (images decoded once, streamed in order; a hook(x, positions) alters a [0, 1] batch)."""
+    feats, labels = [[] for _ in hooks], []
+    for x, y, idx in loader(dataset, batch_size, device, shuffle=False, drop_last=False, workers=workers):
+        for out, hook in zip(feats, hooks):
+            h = None if hook is None else (lambda x_, _, hook=hook: hook(x_, idx))
+            out.append(encode_images(model, x, device, batch_size=len(x), image_hook=h).cpu())
+        labels.append(torch.as_tensor(y))
+    return [torch.cat(f) for f in feats], torch.cat(labels)
+
+
+def templates() -> list:
+    """CLIP's 80 ImageNet prompt templates, as format strings."""
+    return poison_templates("openai")
+
+
+def zero_shot(model, tokenizer, folder: LabelledFolder, device, trigger=None, target: str = "banana",
+              seed: int = 0, prompts: Optional[Sequence[str]] = None, batch_size: int = 256,
+              workers: Optional[int] = None) -> dict:
+    """Zero-shot top-1 / top-5 (%) on a labelled folder with `prompts` (default: the 80
+    templates); with a trigger also CA (clean top-1) and ASR (%, triggered images not of the
+    target read as the target)."""
+    if trigger is not None:
+        check_choice("target", target, folder.classnames)
+    weights = classifier(model, tokenizer, folder.classnames, prompts or templates(), device).cpu()
+    hooks = (None,) if trigger is None else (None, triggered_hook(trigger, seed))
+    feats, labels = encode_dataset(model, folder, device, hooks, batch_size, workers)
+    out = {**topk_accuracy(feats[0] @ weights, labels), "images": len(labels)}
+    if trigger is not None:
+        out["ca"] = out["top1"]
+        out["asr"] = attack_success_rate(feats[1] @ weights, labels, folder.classnames.index(target))
+    return out
+
+
+# ---------------------------------------------------------------- the privacy paper
+
+
+@dataclass
+class PrivacySetting:
+    """The original model, the IDIA against it and its zero-shot accuracy on real data."""
+    profile: Profile
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    people: IdentityFolders      # the IDIA's photos: each person's first `idia.images`
+    names: list                  # candidate names: the people, then distractors
+    faces: torch.Tensor          # IDIA photos' embeddings, N x I x d
+    prompts: torch.Tensor        # IDIA prompts' embeddings, P x K x d
+    before: idia.IdiaResult
+    imagenet_v2: LabelledFolder
+    imagenet: tuple              # its (image embeddings, labels, class weights)
+    zero_shot: dict              # top-1 / top-5 (%)
+
+    def order(self, repeat: int) -> np.ndarray:
+        """Recognised people in a random order per repeat (prefixes are the nested sets)."""
+        return np.random.default_rng([self.profile.seed, repeat]).permutation(
+            np.flatnonzero(self.before.recognised))
+
+    def accuracy(self, feats=None, weights=None) -> dict:
+        f0, labels, w0 = self.imagenet
+        acc = topk_accuracy((f0 if feats is None else feats) @ (w0 if weights is None else weights), labels)
+        return {**acc, "top1_drop": self.zero_shot["top1"] - acc["top1"],
+                "top5_drop": self.zero_shot["top5"] - acc["top5"]}
+
+
+def idia_photos(people: IdentityFolders, who: Sequence[int], n: int) -> list:
+    """Positions of the first n photos of each person in `who`."""
+    return [q for p in who for q in people.photos[p][:n]]
+
+
+def face_features(model, people: IdentityFolders, n: int, device, workers: Optional[int] = None) -> torch.Tensor:
+    """`model`'s normalised embeddings of everyone's first n photos (the IDIA's): N x n x d."""
+    photos = Subset(people, idia_photos(people, range(len(people.names)), n))
+    return encode_dataset(model, photos, device, workers=workers)[0][0].reshape(len(people.names), n, -1)
+
+
+def privacy_setting(profile: Profile, model, tokenizer, people: IdentityFolders, distractors: Sequence[str],
+                    imagenet_v2: LabelledFolder, device, workers: Optional[int] = None) -> PrivacySetting:
+    """Run the IDIA (21 prompts, `idia.images` photos per person, IDIA_CANDIDATES names) and the
+    ImageNet-V2 zero-shot evaluation against the original model."""
+    cfg = profile.idia
+    cfg.validate()
+    short = [people.names[p] for p, ph in enumerate(people.photos) if len(ph) < cfg.images]
+    if short:
+        raise ValueError(f"{people.root}: {len(short)} people have fewer than idia_images={cfg.images} "
+                         f"photos, e.g. {short[0]!r}")
+    known = set(people.names)
+    names = (list(people.names) + [n for n in dict.fromkeys(distractors) if n not in known])[:IDIA_CANDIDATES]
+    faces = face_features(model, people, cfg.images, device, workers)
+    prompts = idia.prompt_features(model, tokenizer, names, device, cfg.prompts).cpu()
+    weights = classifier(model, tokenizer, imagenet_v2.classnames, templates(), device).cpu()
+    feats, labels = encode_dataset(model, imagenet_v2, device, workers=workers)
+    return PrivacySetting(profile, model, tokenizer, device, people, names, faces, prompts,
+                          idia.attack(faces, prompts, cfg.min_hits), imagenet_v2, (feats[0], labels, weights),
+                          topk_accuracy(feats[0] @ weights, labels))
+
+
+def forget_names(s: PrivacySetting, people: Sequence[int], corpus: Sequence[str], teacher_corpus,
+                 eval_captions: Sequence[str], neutral: str, beta: float, seed: int) -> tuple:
+    """Unlearn the names of `people` from the text encoder: (metrics row, student prompts, weights)."""
+    names = [s.people.names[p] for p in people]
+    student, log = privacy.unlearn_names(s.model, s.tokenizer, names, corpus, s.profile.names, s.device,
+                                         seed=seed, neutral=neutral, beta=beta, teacher_clean=teacher_corpus)
+    prompts = idia.prompt_features(student, s.tokenizer, s.names, s.device, s.profile.idia.prompts).cpu()
+    after = idia.attack(s.faces, prompts, s.profile.idia.min_hits)
+    weights = classifier(student, s.tokenizer, s.imagenet_v2.classnames, templates(), s.device).cpu()
+    sims = privacy.text_similarities(s.model, student, s.tokenizer, eval_captions, names, neutral, s.device, seed)
+    row = {"encoders": "text", **idia.outcome(s.before, after, people), **sims, **s.accuracy(weights=weights),
+           "seconds": log["seconds"], "filtered": log["filtered"]}
+    return row, prompts, weights
+
+
+def forget_faces(s: PrivacySetting, people: Sequence[int], triggers: IdentityFolders, clean: Images,
+                 clean_eval: Images, target: torch.Tensor, target_faces: Images, beta: float, seed: int) -> tuple:
+    """Unlearn the faces of `people` from the image encoder: (metrics row, student's IDIA face
+    embeddings, its ImageNet-V2 embeddings). Trigger photos are each person's photos in
+    `triggers` after the first `idia.images` (those are the IDIA's)."""
+    cfg, n = s.profile.faces, s.profile.idia.images
+    own = {name: p for p, name in enumerate(triggers.names)}
+    faces = [Images(triggers, triggers.photos[own[s.people.names[p]]][n:])[:] for p in people]
+    student, log = privacy.unlearn_faces(s.model, faces, clean, target, cfg, s.device, seed=seed, beta=beta)
+    faces_after = face_features(student, s.people, n, s.device)
+    after = idia.attack(faces_after, s.prompts, s.profile.idia.min_hits)
+    held_out = Images(s.people, idia_photos(s.people, people, n))  # never pasted: the IDIA's photos
+    sims = privacy.image_similarities(s.model, student, clean_eval, held_out, target_faces, target, cfg,
+                                      s.device, seed)
+    imagenet = encode_dataset(student, s.imagenet_v2, s.device)[0][0]
+    row = {"encoders": "image", **idia.outcome(s.before, after, people), **sims,
+           **s.accuracy(feats=imagenet), "seconds": log["seconds"]}
+    return row, faces_after, imagenet
+
+
+def set_sizes(max_set: int) -> list:
+    return [1 << k for k in range(max_set.bit_length()) if 1 << k <= max_set]
+
+
+# ---------------------------------------------------------------- runs from paths (the CLI)
+
+
+def check_model(profile: Profile, weights: Optional[str] = None, privacy: bool = False) -> int:
+    """Check, before any data is read or model built, that the run's weights are at hand: the
+    profile's published model (the privacy paper's with privacy=True) and our fine-tuned
+    `weights` on top. Returns the model's image side."""
+    weights_file(profile.paper_model, profile.privacy_pretrained if privacy else profile.paper_pretrained)
+    if weights is not None and (not str(weights).endswith(".safetensors") or not pathlib.Path(weights).is_file()):
+        raise ValueError(f"weights={weights!r}: give an existing .safetensors file (ubtlib writes them)")
+    size = open_clip.get_model_config(profile.paper_model)["vision_cfg"]["image_size"]
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def load_model(profile: Profile, device, weights: Optional[str] = None, privacy: bool = False):
+    """The model `check_model` checked, in eval mode on `device`, and its tokenizer."""
+    pretrained = profile.privacy_pretrained if privacy else profile.paper_pretrained
+    model, tokenizer = load_pretrained(profile.paper_model, pretrained, device)
+    if weights is not None:
+        modellib.load(model, pathlib.Path(weights))
+    return model.to(device).eval(), tokenizer
+
+
+def _finish(out: pathlib.Path, model, record: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if model is not None:
+        modellib.save(model, out)
+    write_json(out.with_suffix(".json"), record)
+    print(f"wrote {out}" + ("" if model is None else f" and {out.with_suffix('.json')}"), flush=True)
+
+
+def finetune_run(profile: Profile, csv: str, attack: str, out: str, workers: Optional[int] = None) -> dict:
+    """Poison the profile's model on an image-caption CSV (UBT paper: 1,500 poisons in CC3M 500K)."""
+    device = modellib.pick_device(profile.device)
+    size = check_model(profile)
+    trigger = paper_trigger(profile, attack, size)
+    data = CaptionCSV(csv, size)
+    prov = provenance(profile, device)
+    model, tokenizer = load_model(profile, device)
+    poisoned = poisoned_pairs(data, profile.poison, trigger, profile.seed)
+    torch.manual_seed(profile.seed)
+    start = time.perf_counter()
+    curve = finetune(model, tokenizer, poisoned, profile.finetune, device, profile.seed, workers)
+    record = {"stage": "finetune", "attack": attack, "csv": str(csv), "pairs": len(data),
+              "poisoned_rows": np.flatnonzero(poisoned.is_backdoor).tolist(), "curve": curve,
+              "seconds": time.perf_counter() - start, "finetune": profile.finetune,
+              "poison": profile.poison, "provenance": prov}
+    _finish(pathlib.Path(out), model, record)
+    return record
+
+
+def evaluate_run(profile: Profile, imagenet: str, attack: Optional[str] = None, weights: Optional[str] = None,
+                 out: Optional[str] = None, workers: Optional[int] = None) -> dict:
+    """Zero-shot top-1 / top-5 on ImageNet (validation) and, with an attack, CA and ASR."""
+    device = modellib.pick_device(profile.device)
+    size = check_model(profile, weights)
+    trigger = None if attack is None else paper_trigger(profile, attack, size)
+    folder = LabelledFolder(imagenet, "imagenet", size)
+    model, tokenizer = load_model(profile, device, weights)
+    result = {"stage": "evaluate", "weights": weights, "attack": attack,
+              **zero_shot(model, tokenizer, folder, device, trigger, profile.poison.target, profile.seed,
+                          workers=workers), "provenance": provenance(profile, device)}
+    print(json.dumps({k: v for k, v in result.items() if k != "provenance"}), flush=True)
+    if out:
+        _finish(pathlib.Path(out), None, result)
+    return result
+
+
+def defend_run(profile: Profile, defense: str, weights: str, csv: str, attack: str, out: str,
+               clean_csv: Optional[str] = None) -> dict:
+    """UBT (with or without token-level unlearning) on the poisoned training CSV, or CleanCLIP
+    on `clean_csv` (a clean subset; the first cleanclip_clean_pairs rows are used)."""
+    check_choice("defense", defense, ("ubt", "ubt-no-token", "cleanclip"))
+    device = modellib.pick_device(profile.device)
+    size = check_model(profile, weights)
+    if defense == "cleanclip":
+        if clean_csv is None:
+            raise ValueError("defense='cleanclip' needs clean_csv (the defender's clean pairs)")
+        clean = CaptionCSV(clean_csv, size)
+    else:
+        trigger = paper_trigger(profile, attack, size)
+        data = CaptionCSV(csv, size)
+    prov = provenance(profile, device)
+    poisoned_model, tokenizer = load_model(profile, device, weights)
+    start = time.perf_counter()
+    if defense == "cleanclip":
+        n = min(profile.cleanclip.clean_pairs, len(clean))
+        cfg = dataclasses.replace(profile.cleanclip, clean_pairs=n)
+        curve = cleanclip(poisoned_model, Images(clean, range(n)), clean.captions[:n], tokenizer, cfg, device,
+                          profile.seed)
+        model, record = poisoned_model, {"curve": curve, "clean_pairs": n}
+    else:
+        clean_model, _ = load_model(profile, device)
+        poisoned = poisoned_pairs(data, profile.poison, trigger, profile.seed)
+        model, record = run_ubt(poisoned_model, clean_model, poisoned, tokenizer, profile.ubt, device,
+                                token_level=defense == "ubt", seed=profile.seed)
+        for k in ("clean_similarity", "op_similarity", "susp"):  # per-pair lists: too long for a record
+            record.pop(k)
+    record = {"stage": "defend", "defense": defense, "attack": attack, "weights": weights, **record,
+              "seconds": time.perf_counter() - start, "ubt": profile.ubt, "cleanclip": profile.cleanclip,
+              "provenance": prov}
+    _finish(pathlib.Path(out), model, record)
+    return record
+
+
+def privacy_run(profile: Profile, encoder: str, people: str, distractors: str, imagenet_v2: str, out: str,
+                captions: Optional[str] = None, eval_captions: Optional[str] = None,
+                triggers: Optional[str] = None, clean: Optional[str] = None, clean_eval: Optional[str] = None,
+                sizes: Optional[Sequence[int]] = None, repeats: Optional[int] = None, regs=(True, False),
+                neutral: Optional[str] = None, workers: Optional[int] = None) -> pd.DataFrame:
+    """The privacy paper's sweep (Fig. 2: encoder="text"; Fig. 3: "image"; both encoders: "both"):
+    for each repeat, weight regularisation on / off and set size, unlearn that many recognised
+    people and measure the IDIA, the similarities and ImageNet-V2 accuracy. Writes one CSV row
+    per run to `out` and the IDIA before unlearning to out's .json."""
+    check_choice("encoder", encoder, ("text", "image", "both"))
+    text, image = encoder in ("text", "both"), encoder in ("image", "both")
+    needed = {"captions": captions, "eval_captions": eval_captions} if text else {}
+    needed.update({"triggers": triggers, "clean": clean, "clean_eval": clean_eval} if image else {})
+    missing = [k for k, v in needed.items() if v is None]
+    if missing:
+        raise ValueError(f"encoder={encoder!r} needs {', '.join(missing)}")
+    device = modellib.pick_device(profile.device)
+    size = check_model(profile, privacy=True)
+    # every input is read and checked before the first model runs
+    people_dir = IdentityFolders(people, size, min_images=profile.idia.images)
+    folder = LabelledFolder(imagenet_v2, "imagenet", size)
+    others = read_captions(distractors)
+    corpus, evals = (read_captions(captions), read_captions(eval_captions)) if text else (None, None)
+    if image:
+        trig = IdentityFolders(triggers, size)
+        own = {n: len(ph) for n, ph in zip(trig.names, trig.photos)}
+        short = [n for n in people_dir.names if own.get(n, 0) <= profile.idia.images]
+        if short:
+            raise ValueError(f"{triggers}: {len(short)} people have no folder or no more than idia_images="
+                             f"{profile.idia.images} photos (the first are the IDIA's), e.g. {short[0]!r}")
+        clean_imgs = Images(CaptionCSV(clean, size))
+        eval_data = CaptionCSV(clean_eval, size)
+        clean_eval_imgs = Images(eval_data, range(min(profile.faces.eval_images, len(eval_data))))
+    sizes = list(sizes or set_sizes(max(profile.names.max_set, profile.faces.max_set)))
+    for k in sizes:
+        check_range("sizes", k, 1, len(people_dir.names))
+    repeats = repeats or profile.names.repeats
+    check_range("repeats", repeats, 1, 1000)
+    neutral = privacy.check_term("neutral", neutral or profile.names.neutral)
+    prov = provenance(profile, device)
+    model, tokenizer = load_model(profile, device, privacy=True)
+    s = privacy_setting(profile, model, tokenizer, people_dir, others, folder, device, workers)
+    recognised = np.flatnonzero(s.before.recognised)
+    write_json(pathlib.Path(out).with_suffix(".json"), {
+        "recognised": [s.people.names[p] for p in recognised], "people": len(s.people.names),
+        "candidates": len(s.names), "zero_shot": s.zero_shot, "idia": profile.idia, "provenance": prov})
+    if len(recognised) < max(sizes):
+        raise ValueError(f"the IDIA recognises {len(recognised)} people, fewer than the largest set size "
+                         f"{max(sizes)}: give smaller sizes")
+    teacher_corpus = None  # the teacher's embeddings of the corpus, shared by every run
+    if text:
+        teacher_corpus = privacy.text_features(model, privacy.WordTokens(tokenizer)(corpus), device,
+                                               normalized=False)
+    if image:  # the target: everyone's mean face; its similarity metric uses a sample of them
+        target = privacy.face_target(model, Images(trig), device)
+        sample = np.random.default_rng(profile.seed).permutation(len(trig))[:profile.faces.eval_images]
+        target_faces = Images(trig, sample)
+
+    rows = []
+    for repeat in range(repeats):
+        order, seed = s.order(repeat), profile.seed * 1000 + repeat
+        for reg in regs:
+            for k in sizes:
+                ids = order[:k].tolist()
+                base = {"repeat": repeat, "reg": reg, "size": k, "neutral": neutral}
+                if text:
+                    row, prompts, weights = forget_names(s, ids, corpus, teacher_corpus, evals, neutral,
+                                                         profile.names.beta if reg else 0.0, seed)
+                    rows.append({**base, **row})
+                if image:
+                    row, faces_after, feats = forget_faces(s, ids, trig, clean_imgs, clean_eval_imgs, target,
+                                                           target_faces, profile.faces.beta if reg else 0.0, seed)
+                    rows.append({**base, **row})
+                if text and image:  # both students together: their prompts against their faces
+                    after = idia.attack(faces_after, prompts, profile.idia.min_hits)
+                    rows.append({**base, "encoders": "both", **idia.outcome(s.before, after, ids),
+                                 **s.accuracy(feats=feats, weights=weights)})
+                pd.DataFrame(rows).to_csv(out, index=False)  # after every run: a long sweep can be cut
+    print(f"wrote {out} ({len(rows)} rows)", flush=True)
+    return pd.DataFrame(rows)

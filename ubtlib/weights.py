@@ -1,0 +1,100 @@
+"""Published open_clip models (ViT-B-32 `openai`, `laion400m_e32`, ...) with their weights, offline.
+
+The paper profile starts from released CLIP weights. They come from a local safetensors file
+or from the Hugging Face cache, where open_clip's own download would have put them; nothing is
+downloaded and no pickle is ever loaded (a pickle can run code when it is read). When the
+weights are missing, the error names the file to download and where to put it.
+
+Kept apart from model.py on purpose: the pipeline's cache keys hash model.py's source, and the
+pocket chapters' cached models should not be recomputed for code they never run.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Optional
+
+import open_clip
+from open_clip.constants import (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME, OPENAI_DATASET_MEAN,
+                                 OPENAI_DATASET_STD)
+
+
+def check_model_name(name: str) -> str:
+    if name not in open_clip.list_models():
+        close = [m for m in open_clip.list_models() if m.lower().startswith(name.lower()[:4])]
+        raise ValueError(f"model={name!r} is not an open_clip model: choose one of "
+                         f"open_clip.list_models(){', e.g. ' + ', '.join(close[:8]) if close else ''}")
+    return name
+
+
+def image_size(model) -> int:
+    """The side of the square images `model` takes (224 for ViT-B-32)."""
+    size = model.visual.image_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def random_model(name: str, device="cpu"):
+    """open_clip architecture `name` at its real size, randomly initialised, and its tokenizer
+    (for tests and benchmarks; open_clip logs that it loaded no weights, which is the point)."""
+    model = open_clip.create_model(check_model_name(name), device=device, output_dict=True)
+    return model, open_clip.get_tokenizer(name)
+
+
+def weights_file(name: str, pretrained: str, cache_dir: Optional[str] = None) -> pathlib.Path:
+    """The local safetensors file behind `pretrained`: a path, or an open_clip tag of model
+    `name` found in the Hugging Face cache (read from disk only). Fails before any model is
+    built, naming what to download and where to put it; refuses anything but safetensors."""
+    check_model_name(name)
+    tag = open_clip.get_pretrained_cfg(name, pretrained)  # {} when `pretrained` is no tag
+    if not tag:
+        path = pathlib.Path(pretrained).expanduser()
+        if not path.suffix and os.sep not in pretrained:
+            tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
+            raise ValueError(f"pretrained={pretrained!r} is neither a pretrained tag of {name} "
+                             f"(tags: {tags}) nor a .safetensors file")
+        if not path.is_file():
+            raise FileNotFoundError(f"pretrained={pretrained!r}: no such file")
+        if path.suffix != ".safetensors":
+            raise ValueError(f"{path}: only .safetensors weights are read; a {path.suffix or 'suffix-less'} "
+                             "file may be a pickle, which can run code when loaded. Use the "
+                             "open_clip_model.safetensors of open_clip's Hugging Face repositories")
+        return path
+    if tag["mean"] != OPENAI_DATASET_MEAN or tag["std"] != OPENAI_DATASET_STD:
+        raise ValueError(f"{name} {pretrained!r} expects images normalised with mean {tag['mean']} and "
+                         f"std {tag['std']}; ubtlib normalises with CLIP's (OpenAI's): choose another tag")
+    repo, filename = os.path.split(tag.get("hf_hub", ""))
+    if not repo:
+        raise FileNotFoundError(f"{name} {pretrained!r}: open_clip publishes these weights only as a "
+                                f"pickle ({tag.get('url')}), which ubtlib does not load; convert it to "
+                                "safetensors on a machine you trust and pass that file's path")
+    # open_clip's default checkpoint name, or the safetensors twin of the file the tag names
+    filename = (HF_SAFE_WEIGHTS_NAME if filename in ("", HF_WEIGHTS_NAME)
+                else filename.rsplit(".", 1)[0] + ".safetensors")
+    from huggingface_hub import constants, try_to_load_from_cache
+    found = try_to_load_from_cache(repo, filename, cache_dir=cache_dir)
+    if isinstance(found, str):
+        return pathlib.Path(found)
+    raise FileNotFoundError(
+        f"no local weights for {name} pretrained={pretrained!r} (ubtlib never downloads): get "
+        f"{filename} from the Hugging Face repository {repo} (on a machine with network: "
+        f"`hf download {repo} {filename}`), then copy that machine's Hugging Face cache to "
+        f"{cache_dir or constants.HF_HUB_CACHE} here, or pass the file's path as pretrained")
+
+
+def load_pretrained(name: str, pretrained: str, device="cpu", cache_dir: Optional[str] = None,
+                    quick_gelu: Optional[bool] = None):
+    """open_clip model `name` with published weights (eval mode), and its tokenizer, offline.
+
+    `pretrained` is an open_clip tag ("openai", "laion400m_e32", ...) looked up in the Hugging
+    Face cache (or `cache_dir`), or a local .safetensors file. QuickGELU follows the tag (the
+    OpenAI and LAION-400M ViT-B-32 weights use it); with a file, say quick_gelu=True for those.
+    """
+    path = weights_file(name, pretrained, cache_dir)
+    if quick_gelu is None:
+        quick_gelu = open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu", False)
+    try:
+        model = open_clip.create_model(name, pretrained=str(path), device=device, output_dict=True,
+                                       force_quick_gelu=quick_gelu)
+    except RuntimeError as e:  # open_clip's strict load: say which file and which model
+        raise ValueError(f"{path}: not weights of open_clip model {name}: {e}") from None
+    return model.eval(), open_clip.get_tokenizer(name)
