@@ -137,3 +137,22 @@ def test_eda_makes_one_small_edit():
     words = caption.split()
     for o in outs:  # insertion adds one word; deletion drops each word with probability 0.1
         assert len(words) // 2 <= len(o.split()) <= len(words) + 1
+
+
+def test_image_only_unlearning_leaves_the_text_tower_untouched(smoke):
+    import copy
+    clip = pipeline.poisoned(smoke, "blended", progress=False)
+    data = pipeline.poisoned_data(smoke, "blended", progress=False)
+    tokens = clip.tokenizer(data.captions)
+    planted = torch.from_numpy(np.flatnonzero(data.is_backdoor))
+    cfg = ubt.UBTConfig(top_k=5, unlearn_epochs=5, unlearn_lr=1e-3, retain_weight=0.0,
+                        unlearn_towers="image")
+    model = copy.deepcopy(clip.model)
+    ubt.unlearn(model, data.images, planted, tokens[planted], cfg, "cpu", data.image_hook, progress=False)
+    before, after = dict(clip.model.named_parameters()), dict(model.named_parameters())
+    text = [n for n in after if not n.startswith("visual.")]
+    assert text and all(torch.equal(before[n], after[n]) for n in text)
+    assert any(not torch.equal(before[n], after[n]) for n in after if n.startswith("visual."))
+    assert all(p.requires_grad for p in model.parameters())  # unfrozen again afterwards
+    with pytest.raises(ValueError, match="unlearn_towers='text' is not accepted"):
+        ubtlib.configure("smoke", ubt_unlearn_towers="text")

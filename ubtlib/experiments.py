@@ -213,3 +213,24 @@ def table1(profile: Profile, attacks=ATTACKS, seeds=(0, 1, 2), defenses=TABLE1_D
             for d in defenses:
                 rows.append({"seed": seed, "attack": a, "defense": d, **defense_row(prof, a, d, progress)})
     return rows
+
+
+def caption_alignment(profile: Profile, attack: str) -> dict:
+    """How close UBT's unlearning captions sit to the zero-shot classifier's target weight in the
+    poisoned model: mean cosine of the token-level captions and of the detected pairs' full
+    captions with the target class's prompt-ensemble embedding (what ASR is measured against)."""
+    from .evaluate import classifier, encode_texts, pocket_templates
+    from .world import object_vocabulary
+    prof = pipeline.with_attack(profile, attack)
+    device = modellib.pick_device(prof.device)
+    rec = pipeline.defended(prof, None, "ubt").record
+    data = pipeline.poisoned_data(prof)
+    m = pipeline.poisoned(prof)
+    world = pipeline.world(prof)
+    target = list(world.categories).index(prof.poison.target)
+    weight = classifier(m.model, m.tokenizer, world.categories, pocket_templates(object_vocabulary()),
+                        device)[:, target]
+    full = [data.captions[i] for i in rec["top_k"]]
+    cos = lambda texts: (encode_texts(m.model, m.tokenizer, texts, device) @ weight).mean().item()
+    return {"token_level": cos(rec["token_captions"]), "full": cos(full),
+            "token_captions": sorted(set(rec["token_captions"]))}

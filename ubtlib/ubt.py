@@ -41,12 +41,13 @@ class UBTConfig:
     overfit_epochs: float = 5.0     # passes over D_susp (paper: 5)
     overfit_batch_size: int = 64    # per step: this many D_susp pairs and as many D_safe pairs
     overfit_lr: float = 1e-4        # paper: 1e-6 (pocket learning rates are the paper's x 100)
-    top_k: int = 50                 # suspicious pairs kept after overfitting
+    top_k: int = 500                # suspicious pairs kept after overfitting
     relevance_tokens: int = 1       # most relevant tokens kept per caption
     unlearn_epochs: float = 3.0     # passes over the unlearning pairs (paper: 3)
     unlearn_batch_size: int = 64
-    unlearn_lr: float = 1e-3        # paper: 1e-5
+    unlearn_lr: float = 3e-4        # paper: 1e-5
     retain_weight: float = 1.0      # weight of a CLIP loss on D_safe batches while unlearning (0: eq. 3 alone)
+    unlearn_towers: str = "both"    # towers trained while unlearning: both | image (text frozen)
 
     def validate(self, n_pairs: Optional[int] = None) -> None:
         if not 0 < self.susp_fraction < 1:
@@ -61,6 +62,9 @@ class UBTConfig:
         check_range("unlearn_batch_size", self.unlearn_batch_size, 1, 1 << 16)
         check_range("unlearn_lr", self.unlearn_lr, 0.0, 1.0)
         check_range("retain_weight", self.retain_weight, 0.0, 1000.0)
+        if self.unlearn_towers not in ("both", "image"):
+            raise ValueError(f"unlearn_towers={self.unlearn_towers!r} is not accepted: choose one "
+                             "of 'both', 'image'")
         if n_pairs is not None:
             n_susp = susp_size(n_pairs, self.susp_fraction)
             if self.top_k > n_susp:
@@ -285,7 +289,17 @@ def unlearn(model, images, unlearn_images: torch.Tensor, unlearn_tokens: torch.T
                              / min(cfg.unlearn_batch_size, len(unlearn_images))))
     train_cfg = TrainConfig(epochs=cfg.unlearn_epochs, batch_size=cfg.unlearn_batch_size,
                             lr=cfg.unlearn_lr, weight_decay=0.1, warmup_steps=0, log_every=1)
-    curve = optimize(model, loss_step, steps, train_cfg, device, "UBT: unlearning", progress)
+    # With the text tower frozen, the similarity can only fall by moving the triggered images:
+    # otherwise the cheapest way down is to move the unlearning captions' embeddings instead.
+    frozen = [p for n, p in model.named_parameters()
+              if cfg.unlearn_towers == "image" and not n.startswith("visual.") and p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        curve = optimize(model, loss_step, steps, train_cfg, device, "UBT: unlearning", progress)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
     if on_step is not None:
         on_step(done[0])
     return curve
