@@ -248,8 +248,27 @@ def test_cli_stages_end_to_end(tmp_path, tiny_paper):
     rec = paper_scale.defend_run(tiny_paper, "ubt", str(tmp_path / "poisoned.safetensors"), str(csv), "blended",
                                  str(tmp_path / "ubt.safetensors"))
     assert rec["d_susp"] == 1 and (tmp_path / "ubt.safetensors").exists()
-    with pytest.raises(ValueError, match=r"attack='ssba' is not accepted"):
-        paper_scale.finetune_run(tiny_paper, str(csv), "ssba", str(tmp_path / "x.safetensors"))
+    with pytest.raises(ValueError, match=r"attack='trojan' is not accepted"):
+        paper_scale.finetune_run(tiny_paper, str(csv), "trojan", str(tmp_path / "x.safetensors"))
+
+
+def test_ssba_at_paper_scale_trains_saves_and_reuses_its_encoder(tmp_path, tiny_paper):
+    csv = caption_csv(tmp_path, [f"img/{k}.png,a photo number {k}" for k in range(8)], header="image,caption")
+    val = make_folders(tmp_path / "val", ["0", "954"])
+    prof = dataclasses.replace(tiny_paper, attack=dataclasses.replace(tiny_paper.attack, ssba_epochs=8.0))
+    rec = paper_scale.finetune_run(prof, str(csv), "ssba", str(tmp_path / "ssba.safetensors"))
+    encoder = tmp_path / f"ssba{paper_scale.SSBA_SUFFIX}"
+    assert rec["ssba_encoder"] == str(encoder) and encoder.exists()
+    trigger = paper_scale.paper_trigger(prof, "ssba", TINY.image_size, str(encoder))
+    x = torch.rand(2, 3, TINY.image_size, TINY.image_size, generator=torch.Generator().manual_seed(0))
+    residual = trigger(x) - x
+    assert residual.abs().max() <= prof.attack.ssba_max_residual + 1e-6 and residual.abs().sum() > 0
+    assert not torch.allclose(residual[0], residual[1])  # sample-specific
+    ev = paper_scale.evaluate_run(prof, str(val), "ssba", str(tmp_path / "ssba.safetensors"),
+                                  ssba_encoder=str(encoder))
+    assert 0 <= ev["asr"] <= 100
+    with pytest.raises(ValueError, match="attack='ssba' needs the attacker's trained encoder"):
+        paper_scale.evaluate_run(prof, str(val), "ssba", str(tmp_path / "ssba.safetensors"))
 
 
 def test_cli_privacy_both_encoders(tmp_path, tiny_paper):

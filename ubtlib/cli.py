@@ -97,19 +97,22 @@ def _paper_parser(sub) -> None:
     common.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 8 on CUDA)")
     ft = stages.add_parser("finetune", parents=[common], help="poisoned fine-tuning on an image-caption CSV")
     ft.add_argument("--csv", required=True, help="CleanCLIP-format CSV: image, caption[, is_backdoor]")
-    ft.add_argument("--attack", required=True, help="badnet, blended, sig or wanet")
+    ft.add_argument("--attack", required=True, help="badnet, blended, sig, wanet or ssba (ssba also trains "
+                                                    "its encoder on the CSV's images and saves it beside --out)")
     ft.add_argument("--out", required=True, help="the poisoned weights (.safetensors; a .json beside it)")
     ev = stages.add_parser("evaluate", parents=[common], help="zero-shot top-1/top-5, CA and ASR on ImageNet")
     ev.add_argument("--imagenet", required=True, help="folder of 1,000 class folders (WordNet ids or 0..999)")
     ev.add_argument("--weights", default=None, help="our fine-tuned .safetensors (default: the published model)")
     ev.add_argument("--attack", default=None, help="measure CA and ASR with this attack's trigger")
     ev.add_argument("--out", default=None, help="write the numbers to this .json")
+    ev.add_argument("--ssba-encoder", default=None, help="the SSBA-style encoder finetune wrote (attack ssba)")
     de = stages.add_parser("defend", parents=[common], help="UBT or CleanCLIP on a poisoned model")
     de.add_argument("--defense", required=True, help="ubt, ubt-no-token or cleanclip")
     de.add_argument("--weights", required=True, help="the poisoned model (.safetensors from finetune)")
     de.add_argument("--csv", default=None, help="the poisoned training CSV (UBT)")
     de.add_argument("--attack", default=None, help="the attack the CSV was poisoned with (UBT)")
     de.add_argument("--clean-csv", default=None, help="the defender's clean pairs (CleanCLIP)")
+    de.add_argument("--ssba-encoder", default=None, help="the SSBA-style encoder finetune wrote (attack ssba)")
     de.add_argument("--out", required=True, help="the defended weights (.safetensors; a .json beside it)")
     pr = stages.add_parser("privacy", parents=[common], help="unlearning names / faces, judged by the IDIA")
     pr.add_argument("--encoder", required=True, help="text (Fig. 2), image (Fig. 3) or both")
@@ -148,11 +151,13 @@ def _paper_stage(prof, args) -> None:
     if args.stage == "finetune":
         paper_scale.finetune_run(prof, args.csv, args.attack, args.out, args.workers)
     elif args.stage == "evaluate":
-        paper_scale.evaluate_run(prof, args.imagenet, args.attack, args.weights, args.out, args.workers)
+        paper_scale.evaluate_run(prof, args.imagenet, args.attack, args.weights, args.out, args.workers,
+                                 args.ssba_encoder)
     elif args.stage == "defend":
         if args.defense != "cleanclip" and (args.csv is None or args.attack is None):
             raise SystemExit(f"--defense {args.defense} needs --csv and --attack")
-        paper_scale.defend_run(prof, args.defense, args.weights, args.csv, args.attack, args.out, args.clean_csv)
+        paper_scale.defend_run(prof, args.defense, args.weights, args.csv, args.attack, args.out, args.clean_csv,
+                               args.ssba_encoder)
     else:
         regs = {"both": (True, False), "on": (True,), "off": (False,)}[args.reg]
         paper_scale.privacy_run(prof, args.encoder, args.people, args.distractors, args.imagenet_v2, args.out,

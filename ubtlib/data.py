@@ -299,6 +299,12 @@ class Images:
     def __len__(self) -> int:
         return len(self.positions)
 
+    @property
+    def shape(self) -> tuple:
+        """(N, 3, S, S), as the in-memory tensor it stands in for."""
+        s = self.dataset.image_size
+        return (len(self), 3, s, s)
+
     def __getitem__(self, idx) -> torch.Tensor:
         if isinstance(idx, (int, np.integer)):
             return self.dataset.image(self.positions[idx])

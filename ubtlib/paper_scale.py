@@ -27,6 +27,7 @@ import numpy as np
 import open_clip
 import pandas as pd
 import torch
+from safetensors.torch import load_file, save_file
 from torch.utils.data import Subset
 
 from . import idia, privacy
@@ -40,22 +41,49 @@ from .poison import PoisonConfig, PoisonedData, poison, poison_templates, trigge
 from .profiles import Profile
 from .report import provenance
 from .train import TrainConfig, clip_loss, epoch_steps, optimize
-from .triggers import make_trigger
+from .ssba import SSBATrigger, StegaEncoder, fixed_secret, train_stega
+from .triggers import ATTACKS, make_trigger
 from .ubt import run_ubt
 from .weights import load_pretrained, weights_file
 
-# SSBA's encoder is trained on the pocket world's images (pipeline._ssba): not at paper scale
-PAPER_ATTACKS = ("badnet", "blended", "sig", "wanet")
+PAPER_ATTACKS = ATTACKS
+SSBA_SUFFIX = ".ssba-encoder.safetensors"   # beside the poisoned weights: the attacker's encoder
 IDIA_CANDIDATES = 1000     # the privacy paper's candidate names: the people, then distractors
 
 
 # ---------------------------------------------------------------- attack: poisoned fine-tuning
 
 
-def paper_trigger(profile: Profile, attack: str, size: int):
-    """The trigger of `attack` with the profile's parameters, for images of side `size`."""
+def paper_trigger(profile: Profile, attack: str, size: int, ssba_encoder: Optional[str] = None):
+    """The trigger of `attack` with the profile's parameters, for images of side `size`. The
+    SSBA-style trigger is the attacker's trained encoder, read from `ssba_encoder` (the
+    safetensors file that finetune_run writes beside the poisoned weights)."""
     check_choice("attack", attack, PAPER_ATTACKS)
-    return make_trigger(dataclasses.replace(profile.attack, name=attack), size, profile.seed)
+    cfg = dataclasses.replace(profile.attack, name=attack)
+    if attack != "ssba":
+        return make_trigger(cfg, size, profile.seed)
+    if ssba_encoder is None:
+        raise ValueError("attack='ssba' needs the attacker's trained encoder: pass --ssba-encoder, the "
+                         f"'*{SSBA_SUFFIX}' file that `paper finetune --attack ssba` wrote")
+    path = pathlib.Path(ssba_encoder)
+    if path.suffix != ".safetensors" or not path.is_file():
+        raise ValueError(f"ssba_encoder={str(path)!r}: expected an existing .safetensors file "
+                         f"(the '*{SSBA_SUFFIX}' written by `paper finetune --attack ssba`)")
+    encoder = StegaEncoder(cfg.ssba_bits, size, max_residual=cfg.ssba_max_residual)
+    encoder.load_state_dict(load_file(str(path)))
+    return SSBATrigger(encoder.eval(), fixed_secret(cfg.ssba_bits, profile.seed))
+
+
+def train_ssba_encoder(profile: Profile, images, device, out: pathlib.Path, progress: bool = True) -> pathlib.Path:
+    """Train the SSBA-style encoder / decoder on the attacker's `images` (as the pocket world's,
+    ssba.train_stega) and save the encoder to `out`; returns `out`."""
+    cfg = profile.attack
+    encoder, _, log = train_stega(images, cfg.ssba_bits, cfg.ssba_epochs, cfg.ssba_invisibility, device,
+                                  seed=profile.seed, progress=progress, max_residual=cfg.ssba_max_residual)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}, str(out))
+    write_json(out.with_suffix(".json"), {"log": log, "attack": cfg})
+    return out
 
 
 def poisoned_pairs(data: CaptionCSV, cfg: PoisonConfig, trigger, seed: int) -> PoisonedData:
@@ -265,15 +293,21 @@ def finetune_run(profile: Profile, csv: str, attack: str, out: str, workers: Opt
     """Poison the profile's model on an image-caption CSV (UBT paper: 1,500 poisons in CC3M 500K)."""
     device = modellib.pick_device(profile.device)
     size = check_model(profile)
-    trigger = paper_trigger(profile, attack, size)
+    check_choice("attack", attack, PAPER_ATTACKS)
     data = CaptionCSV(csv, size)
     prov = provenance(profile, device)
     model, tokenizer = load_model(profile, device)
+    ssba_encoder = None
+    if attack == "ssba":  # the attacker trains the encoder on the images it poisons
+        ssba_encoder = str(train_ssba_encoder(profile, Images(data), device,
+                                              pathlib.Path(out).with_suffix(SSBA_SUFFIX)))
+    trigger = paper_trigger(profile, attack, size, ssba_encoder)
     poisoned = poisoned_pairs(data, profile.poison, trigger, profile.seed)
     torch.manual_seed(profile.seed)
     start = time.perf_counter()
     curve = finetune(model, tokenizer, poisoned, profile.finetune, device, profile.seed, workers)
     record = {"stage": "finetune", "attack": attack, "csv": str(csv), "pairs": len(data),
+              "ssba_encoder": ssba_encoder,
               "poisoned_rows": np.flatnonzero(poisoned.is_backdoor).tolist(), "curve": curve,
               "seconds": time.perf_counter() - start, "finetune": profile.finetune,
               "poison": profile.poison, "provenance": prov}
@@ -282,11 +316,12 @@ def finetune_run(profile: Profile, csv: str, attack: str, out: str, workers: Opt
 
 
 def evaluate_run(profile: Profile, imagenet: str, attack: Optional[str] = None, weights: Optional[str] = None,
-                 out: Optional[str] = None, workers: Optional[int] = None) -> dict:
+                 out: Optional[str] = None, workers: Optional[int] = None,
+                 ssba_encoder: Optional[str] = None) -> dict:
     """Zero-shot top-1 / top-5 on ImageNet (validation) and, with an attack, CA and ASR."""
     device = modellib.pick_device(profile.device)
     size = check_model(profile, weights)
-    trigger = None if attack is None else paper_trigger(profile, attack, size)
+    trigger = None if attack is None else paper_trigger(profile, attack, size, ssba_encoder)
     folder = LabelledFolder(imagenet, "imagenet", size)
     model, tokenizer = load_model(profile, device, weights)
     result = {"stage": "evaluate", "weights": weights, "attack": attack,
@@ -299,7 +334,7 @@ def evaluate_run(profile: Profile, imagenet: str, attack: Optional[str] = None, 
 
 
 def defend_run(profile: Profile, defense: str, weights: str, csv: str, attack: str, out: str,
-               clean_csv: Optional[str] = None) -> dict:
+               clean_csv: Optional[str] = None, ssba_encoder: Optional[str] = None) -> dict:
     """UBT (with or without token-level unlearning) on the poisoned training CSV, or CleanCLIP
     on `clean_csv` (a clean subset; the first cleanclip_clean_pairs rows are used)."""
     check_choice("defense", defense, ("ubt", "ubt-no-token", "cleanclip"))
@@ -310,7 +345,7 @@ def defend_run(profile: Profile, defense: str, weights: str, csv: str, attack: s
             raise ValueError("defense='cleanclip' needs clean_csv (the defender's clean pairs)")
         clean = CaptionCSV(clean_csv, size)
     else:
-        trigger = paper_trigger(profile, attack, size)
+        trigger = paper_trigger(profile, attack, size, ssba_encoder)
         data = CaptionCSV(csv, size)
     prov = provenance(profile, device)
     poisoned_model, tokenizer = load_model(profile, device, weights)
