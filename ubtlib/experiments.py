@@ -135,16 +135,18 @@ def relevance_examples(profile: Profile, attack: str, n: int = 4) -> list:
     return out
 
 
+def _ubt_run(profile: Profile, attack: str) -> tuple:
+    """(profile, device, UBT record, poisoned data, poisoned model, world) of the cached UBT run."""
+    prof = pipeline.with_attack(profile, attack)
+    return (prof, modellib.pick_device(prof.device), pipeline.defended(prof, None, "ubt").record,
+            pipeline.poisoned_data(prof), pipeline.poisoned(prof), pipeline.world(prof))
+
+
 def unlearning_curve(profile: Profile, attack: str, token_level: bool = True) -> list:
     """CA and ASR after each unlearning step, re-running UBT's last stage from the cached
     detection (same top-k, token captions and seed as the cached defense)."""
     from . import ubt
-    prof = pipeline.with_attack(profile, attack)
-    device = modellib.pick_device(prof.device)
-    rec = pipeline.defended(prof, None, "ubt").record
-    data = pipeline.poisoned_data(prof)
-    attacked = pipeline.poisoned(prof)
-    world = pipeline.world(prof)
+    prof, device, rec, data, attacked, world = _ubt_run(profile, attack)
     tok = attacked.tokenizer
     tokens = tok(data.captions)
     top = torch.tensor(rec["top_k"])
@@ -221,12 +223,7 @@ def caption_alignment(profile: Profile, attack: str) -> dict:
     captions with the target class's prompt-ensemble embedding (what ASR is measured against)."""
     from .evaluate import classifier, encode_texts, pocket_templates
     from .world import object_vocabulary
-    prof = pipeline.with_attack(profile, attack)
-    device = modellib.pick_device(prof.device)
-    rec = pipeline.defended(prof, None, "ubt").record
-    data = pipeline.poisoned_data(prof)
-    m = pipeline.poisoned(prof)
-    world = pipeline.world(prof)
+    prof, device, rec, data, m, world = _ubt_run(profile, attack)
     target = list(world.categories).index(prof.poison.target)
     weight = classifier(m.model, m.tokenizer, world.categories, pocket_templates(object_vocabulary()),
                         device)[:, target]
