@@ -30,8 +30,9 @@ def pocket_templates(vocabulary: set) -> list:
 
 @torch.no_grad()
 def encode_images(model, images: torch.Tensor, device, batch_size: int = 512,
-                  image_hook: Optional[Callable] = None) -> torch.Tensor:
-    """L2-normalised image embeddings of uint8 images (hook acts on [0, 1] batches)."""
+                  image_hook: Optional[Callable] = None, unit: bool = True) -> torch.Tensor:
+    """Image embeddings of uint8 images, L2-normalised unless `unit=False` (the privacy
+    paper's losses use them raw); the hook acts on [0, 1] batches."""
     model.eval()
     feats = []
     for s in range(0, len(images), batch_size):
@@ -40,7 +41,8 @@ def encode_images(model, images: torch.Tensor, device, batch_size: int = 512,
             x = image_hook(x, torch.arange(s, s + len(x)))
         with autocast(device):
             feats.append(model.encode_image(normalize(x)).float())
-    return F.normalize(torch.cat(feats), dim=-1)
+    feats = torch.cat(feats)
+    return F.normalize(feats, dim=-1) if unit else feats
 
 
 @torch.no_grad()

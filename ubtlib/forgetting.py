@@ -304,8 +304,8 @@ def forget_faces(s: Setting, people, reg: bool = True, repeat: int = 0, both: bo
             w.images[sets["target_faces"]], target, fcfg, s.device, seed=_seed(s, repeat))
         others = w.images[sets["others_eval"]]
         people = {"sim_clean": torch.nn.functional.cosine_similarity(
-            privacy.embed_images(s.model, others, s.device),
-            privacy.embed_images(student, others, s.device)).mean().item()}
+            encode_images(s.model, others, s.device, unit=False),
+            encode_images(student, others, s.device, unit=False)).mean().item()}
         feats = encode_images(student, w.images[w.indices("heldout", "object")], s.device)
         rows = [{"encoders": "image", **idia.outcome(s.before, after, ids), **sims,
                  "max_hits_removed": int(after.hits[ids].max()),
@@ -352,7 +352,7 @@ def faces_to_target(s: Setting) -> dict:
     import torch.nn.functional as F
     w = s.world
     idx = idia.eval_faces(w, s.profile.idia.images)
-    e = privacy.embed_images(s.model, w.images[idx.reshape(-1)], s.device)
+    e = encode_images(s.model, w.images[idx.reshape(-1)], s.device, unit=False)
     to_target = F.cosine_similarity(e, face_target(s)[None]).mean().item()
     people = F.normalize(e.reshape(idx.shape[0], idx.shape[1], -1).mean(1), dim=-1)
     n = len(people)

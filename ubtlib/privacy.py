@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .checks import check_range
+from .evaluate import encode_images
 from .model import autocast, normalize, to_unit
 from .train import batches
 
@@ -461,24 +462,9 @@ def paste_faces(background: torch.Tensor, faces: torch.Tensor, cfg: FacesConfig,
 # ---------------------------------------------------------------- unlearning faces
 
 
-@torch.no_grad()
-def embed_images(model, images_u8: torch.Tensor, device, batch_size: int = 512,
-                 image_hook=None) -> torch.Tensor:
-    """Unnormalised image embeddings (the paper's losses and target use them)."""
-    model.eval()
-    out = []
-    for s in range(0, len(images_u8), batch_size):
-        x = to_unit(images_u8[s:s + batch_size], device)
-        if image_hook is not None:
-            x = image_hook(x, torch.arange(s, s + len(x)))
-        with autocast(device):
-            out.append(model.encode_image(normalize(x)).float())
-    return torch.cat(out)
-
-
 def face_target(model, faces_u8: torch.Tensor, device) -> torch.Tensor:
     """The neutral target: the mean unnormalised embedding of many people's faces."""
-    return embed_images(model, faces_u8, device).mean(0)
+    return encode_images(model, faces_u8, device, unit=False).mean(0)
 
 
 def unlearn_faces(model, faces: Sequence[torch.Tensor], clean: torch.Tensor, target: torch.Tensor,
@@ -594,11 +580,10 @@ def image_similarities(teacher, student, clean: torch.Tensor, faces: torch.Tenso
         return paste_faces(x, to_unit(faces[rows[idx]], x.device), cfg, gen)
 
     t = F.normalize(target.to(device).float(), dim=-1)
-    s_clean = F.normalize(embed_images(student, clean, device), dim=-1)
+    s_clean = encode_images(student, clean, device)
     return {
-        "sim_backdoor": (F.normalize(embed_images(student, clean, device, image_hook=hook), dim=-1)
-                         @ t).mean().item(),
-        "sim_clean": (F.normalize(embed_images(teacher, clean, device), dim=-1) * s_clean).sum(1).mean().item(),
+        "sim_backdoor": (encode_images(student, clean, device, image_hook=hook) @ t).mean().item(),
+        "sim_clean": (encode_images(teacher, clean, device) * s_clean).sum(1).mean().item(),
         "sim_targets": F.cosine_similarity(face_target(student, target_faces, device), t, dim=0).item(),
-        "sim_faces": (F.normalize(embed_images(student, faces, device), dim=-1) @ t).mean().item(),
+        "sim_faces": (encode_images(student, faces, device) @ t).mean().item(),
     }
