@@ -156,3 +156,16 @@ def test_image_only_unlearning_leaves_the_text_tower_untouched(smoke):
     assert all(p.requires_grad for p in model.parameters())  # unfrozen again afterwards
     with pytest.raises(ValueError, match="unlearn_towers='text' is not accepted"):
         ubtlib.configure("smoke", ubt_unlearn_towers="text")
+
+
+def test_caption_form_sets_kept_tokens_into_a_template(smoke):
+    data = pipeline.poisoned_data(smoke, "blended", progress=False)
+    clip = pipeline.poisoned(smoke, "blended", progress=False)
+    cfg = ubt.UBTConfig(susp_fraction=0.2, overfit_epochs=1, top_k=3, unlearn_epochs=1,
+                        caption_form="template")
+    _, rec = ubt.run_ubt(clip.model, pipeline.pretrained(smoke, progress=False).model, data, clip.tokenizer,
+                         cfg, "cpu", progress=False)
+    assert rec["token_captions"] and all(c.startswith("a photo of a ") and c.endswith(".")
+                                         for c in rec["token_captions"])
+    with pytest.raises(ValueError, match="caption_form='words' is not accepted: choose one of 'tokens', 'template'"):
+        ubtlib.configure("smoke", ubt_caption_form="words")

@@ -255,7 +255,8 @@ def ablation_bars(flat, prov: dict):
     fig, axes = plt.subplots(1, len(params), figsize=(3.2 * len(params), 3), squeeze=False)
     for ax, p in zip(axes[0], params):
         sub = flat[flat["parameter"] == p]
-        labels = [f"{a}\n{v:g}" for a, v in zip(sub["attack"], sub["value"])]
+        labels = [f"{a}\n{v:g}" if isinstance(v, (int, float)) else f"{a}\n{v}"
+                  for a, v in zip(sub["attack"], sub["value"])]
         x = np.arange(len(sub))
         ax.bar(x - 0.2, sub["CA"], 0.4, label="CA", color="C0")
         ax.bar(x + 0.2, sub["ASR"], 0.4, label="ASR", color="C3")

@@ -35,6 +35,11 @@ from .model import autocast, normalize, to_unit
 from .train import TrainConfig, clip_loss, optimize
 
 
+# How token-level captions are written: the kept tokens alone (the paper's reading), or set
+# into CLIP's first prompt template, closer to the prompts a zero-shot classifier averages.
+CAPTION_FORMS = {"tokens": "{}", "template": "a photo of a {}."}
+
+
 @dataclass(frozen=True)
 class UBTConfig:
     susp_fraction: float = 0.05     # share of pairs (lowest clean similarity) put in D_susp
@@ -48,6 +53,7 @@ class UBTConfig:
     unlearn_lr: float = 3e-4        # paper: 1e-5
     retain_weight: float = 1.0      # weight of a CLIP loss on D_safe batches while unlearning (0: eq. 3 alone)
     unlearn_towers: str = "both"    # towers trained while unlearning: both | image (text frozen)
+    caption_form: str = "tokens"    # token-level captions: tokens (as kept) | template ("a photo of a {tokens}.")
 
     def validate(self, n_pairs: Optional[int] = None) -> None:
         if not 0 < self.susp_fraction < 1:
@@ -62,6 +68,9 @@ class UBTConfig:
         check_range("unlearn_batch_size", self.unlearn_batch_size, 1, 1 << 16)
         check_range("unlearn_lr", self.unlearn_lr, 0.0, 1.0)
         check_range("retain_weight", self.retain_weight, 0.0, 1000.0)
+        if self.caption_form not in CAPTION_FORMS:
+            raise ValueError(f"caption_form={self.caption_form!r} is not accepted: choose one of "
+                             f"{', '.join(map(repr, CAPTION_FORMS))}")
         if self.unlearn_towers not in ("both", "image"):
             raise ValueError(f"unlearn_towers={self.unlearn_towers!r} is not accepted: choose one "
                              "of 'both', 'image'")
@@ -337,7 +346,8 @@ def run_ubt(poisoned_model, clean_model, data, tokenizer, cfg: UBTConfig, device
     t_detect = time.perf_counter()
     if token_level:
         rel = token_relevance(op, data.images, tokens, top, device, data.image_hook)
-        short = token_captions(tokens[top], rel, tokenizer, cfg.relevance_tokens)
+        short = [CAPTION_FORMS[cfg.caption_form].format(c)
+                 for c in token_captions(tokens[top], rel, tokenizer, cfg.relevance_tokens)]
         img, cap, distinct = cartesian(top, short)
         unlearn_tokens = tokenizer(distinct)[cap]
     else:
