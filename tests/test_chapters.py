@@ -9,6 +9,8 @@ from ubtlib import cli
 from conftest import ROOT
 
 CHAPTERS = cli.chapters()
+# a smoke cell takes seconds; a kernel that hangs should fail the run, not use up CI's 90 minutes
+SMOKE_CELL_TIMEOUT = 300
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,8 @@ def test_there_are_chapters():
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_chapter_runs_at_smoke(chapter, book):
-    out = cli.run_chapter(chapter, {"profile": "smoke"}, book / "book" / "chapters", progress=False)
+    out = cli.run_chapter(chapter, {"profile": "smoke"}, book / "book" / "chapters", progress=False,
+                          cell_timeout=SMOKE_CELL_TIMEOUT)
     nb = nbformat.read(out, as_version=4)
     assert any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
     assert nb.metadata["papermill"]["parameters"]["profile"] == "smoke"

@@ -165,7 +165,7 @@ def test_caption_form_sets_kept_tokens_into_a_template(smoke):
                         caption_form="template")
     _, rec = ubt.run_ubt(clip.model, pipeline.pretrained(smoke, progress=False).model, data, clip.tokenizer,
                          cfg, "cpu", progress=False)
-    assert rec["token_captions"] and all(c.startswith("a photo of a ") and c.endswith(".")
-                                         for c in rec["token_captions"])
+    assert rec["token_captions"] and rec["token_captions"] == [f"a photo of a {k}." for k in rec["kept_tokens"]]
+    assert all(k and not k.startswith("a photo") for k in rec["kept_tokens"])
     with pytest.raises(ValueError, match="caption_form='words' is not accepted: choose one of 'tokens', 'template'"):
         ubtlib.configure("smoke", ubt_caption_form="words")

@@ -48,8 +48,12 @@ def resolve_chapter(name: str) -> str:
 
 
 def run_chapter(chapter: str, parameters: dict, out_dir: pathlib.Path = DEFAULT_OUT,
-                progress: bool = True) -> pathlib.Path:
-    """Execute one chapter with papermill; fails before compute on unknown parameters."""
+                progress: bool = True, cell_timeout: int | None = None) -> pathlib.Path:
+    """Execute one chapter with papermill; fails before compute on unknown parameters.
+
+    `cell_timeout` (seconds per cell, None: no limit) makes a stuck kernel fail fast; the
+    smoke tests set it, the book does not (Table 1's one cell runs for most of an hour).
+    """
     import papermill
     chapter = resolve_chapter(chapter)
     known = notebook_parameters(chapter)
@@ -63,7 +67,7 @@ def run_chapter(chapter: str, parameters: dict, out_dir: pathlib.Path = DEFAULT_
     start = time.perf_counter()
     papermill.execute_notebook(str(NOTEBOOKS / f"{chapter}.ipynb"), str(out), parameters=parameters,
                                cwd=str(out_dir), kernel_name="python3", progress_bar=progress,
-                               log_output=False)
+                               log_output=False, execution_timeout=cell_timeout)
     print(f"{chapter}: executed in {time.perf_counter() - start:.0f} s -> {out}", flush=True)
     return out
 

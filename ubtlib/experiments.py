@@ -219,9 +219,11 @@ def table1(profile: Profile, attacks=ATTACKS, seeds=(0, 1, 2), defenses=TABLE1_D
 
 def caption_alignment(profile: Profile, attack: str) -> dict:
     """How close UBT's unlearning captions sit to the zero-shot classifier's target weight in the
-    poisoned model: mean cosine of the token-level captions and of the detected pairs' full
-    captions with the target class's prompt-ensemble embedding (what ASR is measured against)."""
+    poisoned model: mean cosine with the target class's prompt-ensemble embedding (what ASR is
+    measured against) of the detected pairs' full captions and of their kept tokens in each
+    caption form (alone, or set into the prompt template)."""
     from .evaluate import classifier, encode_texts, pocket_templates
+    from .ubt import CAPTION_FORMS
     from .world import object_vocabulary
     prof, device, rec, data, m, world = _ubt_run(profile, attack)
     target = list(world.categories).index(prof.poison.target)
@@ -229,5 +231,7 @@ def caption_alignment(profile: Profile, attack: str) -> dict:
                         device)[:, target]
     full = [data.captions[i] for i in rec["top_k"]]
     cos = lambda texts: (encode_texts(m.model, m.tokenizer, texts, device) @ weight).mean().item()
-    return {"token_level": cos(rec["token_captions"]), "full": cos(full),
+    return {"full": cos(full), "token_level": cos(rec["token_captions"]),
+            "forms": {form: cos([fmt.format(k) for k in rec["kept_tokens"]])
+                      for form, fmt in CAPTION_FORMS.items()},
             "token_captions": sorted(set(rec["token_captions"]))}

@@ -53,7 +53,10 @@ class UBTConfig:
     unlearn_lr: float = 3e-4        # paper: 1e-5
     retain_weight: float = 1.0      # weight of a CLIP loss on D_safe batches while unlearning (0: eq. 3 alone)
     unlearn_towers: str = "both"    # towers trained while unlearning: both | image (text frozen)
-    caption_form: str = "tokens"    # token-level captions: tokens (as kept) | template ("a photo of a {tokens}.")
+    # token-level captions: template ("a photo of a {tokens}.") | tokens (kept alone, the paper's
+    # literal reading). The pocket CLIP only ever saw full sentences, so a bare "banana" lands far
+    # from the zero-shot classifier's banana weight; set into a prompt it lands on it (chapter 4).
+    caption_form: str = "template"
 
     def validate(self, n_pairs: Optional[int] = None) -> None:
         if not 0 < self.susp_fraction < 1:
@@ -346,12 +349,12 @@ def run_ubt(poisoned_model, clean_model, data, tokenizer, cfg: UBTConfig, device
     t_detect = time.perf_counter()
     if token_level:
         rel = token_relevance(op, data.images, tokens, top, device, data.image_hook)
-        short = [CAPTION_FORMS[cfg.caption_form].format(c)
-                 for c in token_captions(tokens[top], rel, tokenizer, cfg.relevance_tokens)]
+        kept = token_captions(tokens[top], rel, tokenizer, cfg.relevance_tokens)
+        short = [CAPTION_FORMS[cfg.caption_form].format(c) for c in kept]
         img, cap, distinct = cartesian(top, short)
         unlearn_tokens = tokenizer(distinct)[cap]
     else:
-        short, distinct, img, unlearn_tokens = None, None, top, tokens[top]
+        kept, short, distinct, img, unlearn_tokens = None, None, None, top, tokens[top]
     model = copy.deepcopy(poisoned_model)
     unlearn_curve = unlearn(model, data.images, img, unlearn_tokens, cfg, device, data.image_hook,
                             retain=(tokens, safe), seed=seed, progress=progress)
@@ -369,7 +372,7 @@ def run_ubt(poisoned_model, clean_model, data, tokenizer, cfg: UBTConfig, device
         "split_auroc": auroc(-clean_sim, truth),
         "detection": detection_metrics(op_sim, data.is_backdoor[susp.numpy()],
                                        torch.searchsorted(susp, top)),
-        "token_captions": short, "distinct_token_captions": distinct,
+        "kept_tokens": kept, "token_captions": short, "distinct_token_captions": distinct,
         "overfit_curve": overfit_curve, "unlearn_curve": unlearn_curve,
         "clean_similarity": clean_sim.tolist(), "susp": susp.tolist(), "op_similarity": op_sim.tolist(),
     }
