@@ -23,7 +23,7 @@ import random
 import re
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -320,6 +320,30 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(a.float(), b.float(), dim=-1)
 
 
+def _distil(student, params, cfg, beta: float, step_losses: Callable, desc: str, progress: bool) -> list:
+    """The teacher-student loop both unlearning methods share. Each step `step_losses()` gives
+    (utility, backdoor) on a fresh batch; the loss is utility + alpha * backdoor + beta *
+    weight distance to the original weights, minimised with AdamW and MultiStepLR. The student
+    is frozen afterwards; returns the loss curve (every 5 steps and the last)."""
+    originals = [p.detach().clone() for p in params]
+    opt, sched = _optimiser(params, cfg, cfg.steps)
+    curve = []
+    for step in tqdm(range(1, cfg.steps + 1), desc=desc, disable=not progress, mininterval=2.0):
+        utility, backdoor = step_losses()
+        reg = weight_distance(params, originals)
+        loss = utility + cfg.alpha * backdoor + beta * reg
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 5 == 0 or step == cfg.steps:
+            curve.append({"step": step, "utility": utility.item(), "backdoor": backdoor.item(),
+                          "weight_distance": reg.item(), "lr": opt.param_groups[0]["lr"]})
+    for p in student.parameters():
+        p.requires_grad_(False)
+    return curve
+
+
 # ---------------------------------------------------------------- unlearning names
 
 
@@ -355,12 +379,11 @@ def unlearn_names(model, tokenizer, names: Sequence[str], captions: Sequence[str
     clean_tokens = words(corpus)
     teacher = model.eval()
     student, params = student_of(model, "text")
-    originals = [p.detach().clone() for p in params]
-    opt, sched = _optimiser(params, cfg, cfg.steps)
-    curve, b = [], min(cfg.clean_batch, len(corpus))
-    for step, idx in enumerate(tqdm(batches(len(corpus), cfg.clean_batch, cfg.steps, gen),
-                                    total=cfg.steps, desc="unlearning names", disable=not progress,
-                                    mininterval=2.0), 1):
+    order = batches(len(corpus), cfg.clean_batch, cfg.steps, gen)
+    b = min(cfg.clean_batch, len(corpus))
+
+    def step_losses():
+        idx = next(order)
         picks = torch.randint(len(corpus), (cfg.poisoned_batch,), generator=gen).tolist()
         triggered, targets = caption_pairs([corpus[i] for i in picks], names, neutral, rng)
         clean = clean_tokens[idx].to(device)
@@ -370,19 +393,9 @@ def unlearn_names(model, tokenizer, names: Sequence[str], captions: Sequence[str
             t_target = encode_text(teacher, words(targets).to(device))
         with autocast(device):
             s = encode_text(student, torch.cat([clean, words(triggered).to(device)]))
-        utility = -_cos(s[:b], t_clean).mean()
-        backdoor = -_cos(s[b:], t_target).mean()
-        reg = weight_distance(params, originals)
-        loss = utility + cfg.alpha * backdoor + beta * reg
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 5 == 0 or step == cfg.steps:
-            curve.append({"step": step, "utility": utility.item(), "backdoor": backdoor.item(),
-                          "weight_distance": reg.item(), "lr": opt.param_groups[0]["lr"]})
-    for p in student.parameters():
-        p.requires_grad_(False)
+        return -_cos(s[:b], t_clean).mean(), -_cos(s[b:], t_target).mean()
+
+    curve = _distil(student, params, cfg, beta, step_losses, "unlearning names", progress)
     return student, {"seconds": time.perf_counter() - start, "curve": curve, "neutral": neutral,
                      "beta": beta, "corpus": len(corpus), "filtered": len(captions) - len(corpus)}
 
@@ -487,10 +500,7 @@ def unlearn_faces(model, faces: Sequence[torch.Tensor], clean: torch.Tensor, tar
     offsets = torch.cumsum(counts, 0) - counts
     target = target.to(device).float()
     teacher = model.eval()
-    student, params = student_of(model, "image")
-    originals = [p.detach().clone() for p in params]
-    opt, sched = _optimiser(params, cfg, cfg.steps)
-    curve, b, m = [], min(cfg.clean_batch, len(clean)), cfg.poisoned_batch
+    b, m = min(cfg.clean_batch, len(clean)), cfg.poisoned_batch
     if cfg.people_share is None:
         order = batches(len(clean), cfg.clean_batch, cfg.steps, gen)
     else:  # each clean batch: people_share of it photos of people, the rest other images
@@ -499,8 +509,10 @@ def unlearn_faces(model, faces: Sequence[torch.Tensor], clean: torch.Tensor, tar
         weights = torch.where(is_person.bool(), cfg.people_share / is_person.sum(),
                               (1 - cfg.people_share) / (~is_person.bool()).sum()).double()
         order = (torch.multinomial(weights, b, replacement=True, generator=gen) for _ in range(cfg.steps))
-    for step, idx in enumerate(tqdm(order, total=cfg.steps, desc="unlearning faces",
-                                    disable=not progress, mininterval=2.0), 1):
+    student, params = student_of(model, "image")
+
+    def step_losses():
+        idx = next(order)
         # the poisoned half is split evenly over the people (round robin, then shuffled)
         who = (torch.arange(m) % len(faces))[torch.randperm(m, generator=gen)]
         pick = offsets[who] + (torch.rand(m, generator=gen) * counts[who]).long()
@@ -511,19 +523,9 @@ def unlearn_faces(model, faces: Sequence[torch.Tensor], clean: torch.Tensor, tar
             t_clean = teacher.encode_image(normalize(x))
         with autocast(device):
             s = student.encode_image(normalize(torch.cat([x, xp])))
-        utility = -_cos(s[:b], t_clean).mean()
-        backdoor = -_cos(s[b:], target.expand(len(xp), -1)).mean()
-        reg = weight_distance(params, originals)
-        loss = utility + cfg.alpha * backdoor + beta * reg
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 5 == 0 or step == cfg.steps:
-            curve.append({"step": step, "utility": utility.item(), "backdoor": backdoor.item(),
-                          "weight_distance": reg.item(), "lr": opt.param_groups[0]["lr"]})
-    for p in student.parameters():
-        p.requires_grad_(False)
+        return -_cos(s[:b], t_clean).mean(), -_cos(s[b:], target.expand(len(xp), -1)).mean()
+
+    curve = _distil(student, params, cfg, beta, step_losses, "unlearning faces", progress)
     return student, {"seconds": time.perf_counter() - start, "curve": curve, "beta": beta,
                      "clean": len(clean), "trigger_faces": int(counts.sum())}
 
