@@ -33,7 +33,7 @@ def test_detection_metrics_and_auroc_by_hand():
 
 
 @pytest.mark.parametrize("kw,match", [
-    ({"ubt_top_k": 2000}, r"ubt_top_k=2000 is larger than D_susp \(1456 pairs"),
+    ({"ubt_top_k": 4000}, r"ubt_top_k=4000 is larger than D_susp \(2912 pairs"),
     ({"ubt_susp_fraction": 1.0}, r"susp_fraction=1.0 is out of range: accepted 0 < susp_fraction < 1"),
     ({"ubt_susp_fraction": 0.0}, r"susp_fraction=0.0 is out of range"),
 ])

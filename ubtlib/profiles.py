@@ -127,7 +127,7 @@ PROFILES = {
         finetune=TrainConfig(epochs=3, batch_size=128, lr=1e-6, warmup_steps=0),
         # UBT: overfit batch 64, lr 1e-6, 5 epochs; unlearn batch 64, lr 1e-5, 3 epochs (UBTConfig's
         # epochs and batch sizes are the paper's; D_susp's size and k are the book's choices)
-        ubt=UBTConfig(overfit_lr=1e-6, overfit_epochs=5, overfit_batch_size=64,
+        ubt=UBTConfig(susp_fraction=0.05, overfit_lr=1e-6, overfit_epochs=5, overfit_batch_size=64,
                       unlearn_lr=1e-5, unlearn_epochs=3, unlearn_batch_size=64,
                       caption_form="tokens"),  # web-trained CLIP has seen bare words
         # CleanCLIP: 100K clean pairs, 10 epochs, lr 1e-5, batch 64, 50 warm-up steps

@@ -42,7 +42,10 @@ CAPTION_FORMS = {"tokens": "{}", "template": "a photo of a {}."}
 
 @dataclass(frozen=True)
 class UBTConfig:
-    susp_fraction: float = 0.05     # share of pairs (lowest clean similarity) put in D_susp
+    # share of pairs (lowest clean similarity) put in D_susp: about twice the pocket world's poison
+    # rate (5.2 %), so D_susp can hold every poison and D_safe, which the retain term trains on,
+    # stays clean (chapter 4 ablates it; the paper profile sets 5 % for 0.3 % poisons)
+    susp_fraction: float = 0.1
     overfit_epochs: float = 5.0     # passes over D_susp (paper: 5)
     overfit_batch_size: int = 64    # per step: this many D_susp pairs and as many D_safe pairs
     overfit_lr: float = 1e-4        # paper: 1e-6 (pocket learning rates are the paper's x 100)
