@@ -52,7 +52,7 @@ def run_chapter(chapter: str, parameters: dict, out_dir: pathlib.Path = DEFAULT_
     """Execute one chapter with papermill; fails before compute on unknown parameters.
 
     `cell_timeout` (seconds per cell, None: no limit) makes a stuck kernel fail fast; the
-    smoke tests set it, the book does not (Table 1's one cell runs for most of an hour).
+    smoke tests set it, the book does not (Table 1's one cell runs for over an hour at pocket).
     """
     import papermill
     chapter = resolve_chapter(chapter)
