@@ -231,7 +231,7 @@ def caption_alignment(profile: Profile, attack: str) -> dict:
                         device)[:, target]
     full = [data.captions[i] for i in rec["top_k"]]
     cos = lambda texts: (encode_texts(m.model, m.tokenizer, texts, device) @ weight).mean().item()
-    return {"full": cos(full), "token_level": cos(rec["token_captions"]),
-            "forms": {form: cos([fmt.format(k) for k in rec["kept_tokens"]])
-                      for form, fmt in CAPTION_FORMS.items()},
+    forms = {form: cos([fmt.format(k) for k in rec["kept_tokens"]]) for form, fmt in CAPTION_FORMS.items()}
+    return {"full": cos(full), "forms": forms,
+            "token_level": forms[prof.ubt.caption_form],  # the form the run unlearned with
             "token_captions": sorted(set(rec["token_captions"]))}
