@@ -1,4 +1,5 @@
 """Unlearning with backdoors: triggers, the weight regularisation, checks and small runs."""
+import dataclasses
 import random
 
 import pytest
@@ -169,6 +170,19 @@ def test_name_unlearning_plants_the_backdoor_and_keeps_clean_captions(smoke, smo
                                      CPU)["sim_backdoor"] == pytest.approx(before["sim_backdoor"])
 
 
+def test_anchoring_the_targets_keeps_their_embedding_put(smoke, smoke_world, smoke_model):
+    w, m = smoke_world, smoke_model
+    corpus = [w.captions[i] for i in w.indices("train")]
+    evals = [w.captions[i] for i in w.indices("heldout")]
+    sims = {}
+    for anchor in (False, True):
+        cfg = dataclasses.replace(smoke.names, anchor_targets=anchor, neutral="child", steps=60, lr=3e-3)
+        student, _ = privacy.unlearn_names(m.model, m.tokenizer, w.names[:4], corpus, cfg, CPU, seed=0)
+        sims[anchor] = privacy.text_similarities(m.model, student, m.tokenizer, evals, w.names[:4], "child", CPU)
+    assert sims[True]["sim_targets"] > sims[False]["sim_targets"]
+    assert sims[True]["sim_backdoor"] > 0.9  # the names are still mapped to the neutral term
+
+
 def test_face_unlearning_maps_faces_to_the_target(smoke, smoke_world, smoke_model):
     w, m = smoke_world, smoke_model
     ids = [0, 1]
@@ -200,7 +214,6 @@ def test_trimmed_text_encoding_equals_the_models(smoke, smoke_model):
 
 
 def test_people_share_needs_to_know_who_is_a_person(smoke):
-    import dataclasses
     cfg = dataclasses.replace(smoke.faces, people_share=0.5)
     clean = torch.zeros(4, 3, 32, 32, dtype=torch.uint8)
     faces = [torch.zeros(2, 3, 32, 32, dtype=torch.uint8)]

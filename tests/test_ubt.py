@@ -93,6 +93,43 @@ def test_cartesian_pairs_every_image_with_every_distinct_caption():
     assert list(zip(img.tolist(), cap.tolist())) == [(4, 0), (4, 1), (9, 0), (9, 1)]
 
 
+def test_cartesian_keeps_the_most_frequent_captions_when_capped():
+    captions = ["banana"] * 3 + ["kite"] * 2 + ["bird", "star"]
+    img, cap, distinct = ubt.cartesian(torch.tensor([1, 2, 3]), captions, max_captions=3)
+    assert distinct == ["banana", "bird", "kite"]  # bird beats star on the alphabetical tie
+    assert len(img) == len(cap) == 9 and set(cap.tolist()) == {0, 1, 2}
+    assert ubt.cartesian(torch.tensor([1]), captions)[2] == ["banana", "bird", "kite", "star"]
+    with pytest.raises(ValueError, match="max_token_captions=0 is out of range"):
+        ubtlib.configure("smoke", ubt_max_token_captions=0)
+
+
+def test_retain_pool_leaves_out_the_pairs_poisoning_raised_most():
+    found = {"safe": torch.tensor([10, 11, 12, 13]), "safe_gain": torch.tensor([0.5, 0.0, 0.1, 0.9])}
+    assert ubt.retain_pool(found, ubt.UBTConfig(retain_fraction=0.5)).tolist() == [11, 12]
+    assert ubt.retain_pool(found, ubt.UBTConfig(retain_fraction=1.0)).tolist() == [10, 11, 12, 13]
+    with pytest.raises(ValueError, match="retain_fraction=0 is out of range"):
+        ubtlib.configure("smoke", ubt_retain_fraction=0)
+
+
+def test_both_ubt_variants_start_from_one_cached_detection(smoke, tmp_path, monkeypatch):
+    monkeypatch.setenv("UBT_CACHE_DIR", str(tmp_path))
+    calls = []
+    real = ubt.find_poison
+    monkeypatch.setattr(ubt, "find_poison", lambda *a, **k: calls.append(1) or real(*a, **k))
+    full = pipeline.defended(smoke, "badnet", "ubt", progress=False).record
+    bare = pipeline.defended(smoke, "badnet", "ubt_no_token", progress=False).record
+    assert len(calls) == 1  # the second variant read the first one's detection
+    assert full["top_k"] == bare["top_k"] and full["seconds_split"] == bare["seconds_split"]
+    for rec in (full, bare):  # the shared stage's time counts in each variant's wall time
+        parts = rec["seconds_split"] + rec["seconds_overfit_detect"] + rec["seconds_unlearn"]
+        assert rec["seconds"] == pytest.approx(parts)
+    # a run that differs only in how it unlearns reuses the detection too; a new k does not
+    pipeline.defended(ubtlib.configure("smoke", ubt_retain_weight=0.5), "badnet", "ubt", progress=False)
+    assert len(calls) == 1
+    pipeline.defended(ubtlib.configure("smoke", ubt_top_k=5), "badnet", "ubt", progress=False)
+    assert len(calls) == 2
+
+
 def test_overfitting_raises_and_unlearning_lowers_the_similarity(smoke):
     """On the smoke model with planted poisons: eq. 1 raises D_susp's similarity, eq. 3
     lowers the unlearning pairs'."""

@@ -91,19 +91,24 @@ def abl_separation(profile: Profile, attack: str, progress: bool = True) -> dict
 
 
 def finding_the_poison(profile: Profile, attacks=ATTACKS, with_abl: bool = True, progress: bool = True) -> dict:
-    """Per attack: UBT's split, overfitting and top-k detection (from the cached UBT run), and
-    ABL's isolation for comparison (UBT paper, Fig. 2)."""
+    """Per attack: UBT's split, overfitting and top-k detection (the cached detection stage the
+    UBT runs start from), the poisons left in the retain pool, and ABL's isolation for
+    comparison (UBT paper, Fig. 2)."""
+    from .ubt import retain_pool
     out = {}
     for a in attacks:
-        rec = pipeline.defended(profile, a, "ubt", progress=progress).record
-        data = pipeline.poisoned_data(profile, a, progress=progress)
-        susp = np.array(rec["susp"])
-        row = {"is_backdoor": data.is_backdoor.tolist(), "clean_similarity": rec["clean_similarity"],
-               "susp": rec["susp"], "op_similarity": rec["op_similarity"],
-               "split_recall": rec["split_recall"], "split_auroc": rec["split_auroc"],
-               "d_susp": rec["d_susp"], "top_k": len(rec["top_k"]),
+        prof = pipeline.with_attack(profile, a)
+        found = pipeline.ubt_detection(prof, progress=progress)
+        data = pipeline.poisoned_data(prof, progress=progress)
+        susp = found["susp"].numpy()
+        row = {"is_backdoor": data.is_backdoor.tolist(), "clean_similarity": found["clean_similarity"].tolist(),
+               "susp": susp.tolist(), "op_similarity": found["op_similarity"].tolist(),
+               "split_recall": found["split_recall"], "split_auroc": found["split_auroc"],
+               "d_susp": len(susp), "top_k": len(found["top"]),
                "susp_poisons": int(data.is_backdoor[susp].sum()), "poisons": int(data.is_backdoor.sum()),
-               **{f"topk_{k}": v for k, v in rec["detection"].items()}}
+               "retain_poisons": int(data.is_backdoor[retain_pool(found, prof.ubt).numpy()].sum()),
+               "retain_pairs": len(retain_pool(found, prof.ubt)),
+               **{f"topk_{k}": v for k, v in found["detection"].items()}}
         if with_abl:
             abl_res = abl_separation(profile, a, progress)
             row.update({"abl_losses": abl_res["losses"], "abl_precision": abl_res["precision"],
@@ -146,25 +151,22 @@ def unlearning_curve(profile: Profile, attack: str, token_level: bool = True) ->
     """CA and ASR after each unlearning step, re-running UBT's last stage from the cached
     detection (same top-k, token captions and seed as the cached defense)."""
     from . import ubt
-    prof, device, rec, data, attacked, world = _ubt_run(profile, attack)
-    tok = attacked.tokenizer
-    tokens = tok(data.captions)
-    top = torch.tensor(rec["top_k"])
-    if token_level:
-        img, cap, distinct = ubt.cartesian(top, rec["token_captions"])
-        unlearn_tokens = tok(distinct)[cap]
-    else:
-        img, unlearn_tokens = top, tokens[top]
-    safe = torch.from_numpy(np.setdiff1d(np.arange(len(tokens)), rec["susp"]))
+    prof = pipeline.with_attack(profile, attack)
+    device = modellib.pick_device(prof.device)
+    found = pipeline.ubt_detection(prof)
+    data, attacked, world = pipeline.poisoned_data(prof), pipeline.poisoned(prof), pipeline.world(prof)
+    tokens = attacked.tokenizer(data.captions)
+    pairs = ubt.unlearning_pairs(found, tokens, attacked.tokenizer, prof.ubt, token_level)
     hook = triggered_hook(pipeline.trigger(prof), prof.seed)
     model = copy.deepcopy(attacked.model)
     points = []
 
     def on_step(step):
-        points.append({"step": step, **backdoor_metrics(model, tok, world, hook, prof.poison.target, device)})
+        points.append({"step": step, **backdoor_metrics(model, attacked.tokenizer, world, hook,
+                                                        prof.poison.target, device)})
 
-    ubt.unlearn(model, data.images, img, unlearn_tokens, prof.ubt, device, data.image_hook,
-                retain=(tokens, safe), seed=prof.seed, progress=False, on_step=on_step)
+    ubt.unlearn(model, data.images, pairs["images"], pairs["tokens"], prof.ubt, device, data.image_hook,
+                retain=(tokens, ubt.retain_pool(found, prof.ubt)), seed=prof.seed, progress=False, on_step=on_step)
     return points
 
 

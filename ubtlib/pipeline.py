@@ -190,6 +190,35 @@ def poisoned(profile: Profile, attack: str | None = None, progress: bool = True)
 
 
 DEFENSES = ("cleanclip", "ubt", "ubt_no_token")
+_FOUND_TENSORS = ("susp", "safe", "safe_gain", "top", "relevance", "clean_similarity", "op_similarity")
+
+
+def ubt_detection(profile: Profile, attack: str | None = None, progress: bool = True) -> dict:
+    """UBT's split, overfitting, top-k detection and token relevance (`ubt.find_poison`) on the
+    profile's poisoned data: one cached stage that both UBT variants, and every run differing
+    only in how it unlearns, start from. The seconds it took are in the result."""
+    from .ubt import DETECTION_FIELDS, find_poison
+    prof = with_attack(profile, attack)
+    device = modellib.pick_device(prof.device)
+    prof.ubt.validate(prof.world.n_train_pairs)
+    attacked = poisoned(prof, progress=progress)
+    data = poisoned_data(prof, progress=progress)
+
+    def compute(folder):
+        clean = pretrained(prof, progress=progress)
+        found = find_poison(attacked.model, clean.model, data, attacked.tokenizer(data.captions), prof.ubt,
+                            device, seed=prof.seed, progress=progress)
+        save_file({k: found.pop(k).contiguous() for k in _FOUND_TENSORS}, str(folder / "found.safetensors"))
+        write_json(folder / "found.json", found)
+
+    def load(folder):
+        return {**json.loads((folder / "found.json").read_text()),
+                **load_file(str(folder / "found.safetensors"))}
+
+    return cached("ubt-detection", ("world", "model", "train", "triggers", "ssba", "poison", "ubt"),
+                  compute, load, world=prof.world, model=prof.model, pretrain=prof.pretrain,
+                  attack=prof.attack, poison=prof.poison, finetune=prof.finetune, seed=prof.seed,
+                  detection={f: getattr(prof.ubt, f) for f in DETECTION_FIELDS})
 
 
 def defended(profile: Profile, attack: str | None = None, defense: str = "ubt",
@@ -230,9 +259,10 @@ def defended(profile: Profile, attack: str | None = None, defense: str = "ubt",
             record = {"seconds": time.perf_counter() - start, "pairs_trained": len(pick),
                       "pairs_scored": 0, "curve": curve}
         else:
-            clean = pretrained(prof, progress=progress)
-            model, record = run_ubt(attacked.model, clean.model, data, attacked.tokenizer, cfg, device,
-                                    token_level=defense == "ubt", seed=prof.seed, progress=progress)
+            found = ubt_detection(prof, progress=progress)  # shared by both UBT variants
+            model, record = run_ubt(attacked.model, None, data, attacked.tokenizer, cfg, device,
+                                    token_level=defense == "ubt", seed=prof.seed, progress=progress,
+                                    found=found)
         record.update(defense=defense, attack=prof.attack.name, device=str(device))
         modellib.save(model, folder / "model.safetensors")
         write_json(folder / "record.json", record)
@@ -242,7 +272,8 @@ def defended(profile: Profile, attack: str | None = None, defense: str = "ubt",
         modellib.load(model, folder / "model.safetensors").to(device).eval()
         return Trained(model, tokenizer, json.loads((folder / "record.json").read_text()))
 
-    return cached(f"defended-{defense}", ("world", "model", "train", "triggers", "ssba", "poison",
-                                          "ubt", "cleanclip"), compute, load,
+    code = ("world", "model", "train", "triggers", "ssba", "poison",
+            "cleanclip" if defense == "cleanclip" else "ubt")
+    return cached(f"defended-{defense}", code, compute, load,
                   world=prof.world, model=prof.model, pretrain=prof.pretrain, attack=prof.attack,
                   poison=prof.poison, finetune=prof.finetune, defense=cfg, seed=prof.seed)

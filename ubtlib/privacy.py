@@ -50,6 +50,10 @@ class NamesConfig:
     alpha: float = 0.6            # weight of the backdoor loss
     beta: float = 0.01            # weight of the weight regularisation (0: none)
     neutral: str = "human"        # the term a name is mapped to
+    # also hold the student's embedding of each step's target captions (the captions with the
+    # neutral term) at the teacher's, in the utility term. Not in the paper: a CLIP that never
+    # saw the neutral term drifts it with the names (chapter 7 shows both)
+    anchor_targets: bool = False
     eval_captions: int = 10_000   # clean captions for the similarity metrics
     repeats: int = 10             # experiment repeats (fresh name sets and seeds)
     max_set: int = 64             # largest set of names removed at once (1, 2, 4, ..., max_set)
@@ -386,14 +390,20 @@ def unlearn_names(model, tokenizer, names: Sequence[str], captions: Sequence[str
         idx = next(order)
         picks = torch.randint(len(corpus), (cfg.poisoned_batch,), generator=gen).tolist()
         triggered, targets = caption_pairs([corpus[i] for i in picks], names, neutral, rng)
+        target_tokens = words(targets).to(device)
         clean = clean_tokens[idx].to(device)
         with torch.no_grad(), autocast(device):
             t_clean = (teacher_clean[idx].to(device) if teacher_clean is not None
                        else encode_text(teacher, clean))
-            t_target = encode_text(teacher, words(targets).to(device))
+            t_target = encode_text(teacher, target_tokens)
+        anchored = [target_tokens] if cfg.anchor_targets else []
         with autocast(device):
-            s = encode_text(student, torch.cat([clean, words(triggered).to(device)]))
-        return -_cos(s[:b], t_clean).mean(), -_cos(s[b:], t_target).mean()
+            s = encode_text(student, torch.cat([clean, words(triggered).to(device)] + anchored))
+        p = len(triggered)
+        utility = _cos(s[:b], t_clean)
+        if cfg.anchor_targets:
+            utility = torch.cat([utility, _cos(s[b + p:], t_target)])
+        return -utility.mean(), -_cos(s[b:b + p], t_target).mean()
 
     curve = _distil(student, params, cfg, beta, step_losses, "unlearning names", progress)
     return student, {"seconds": time.perf_counter() - start, "curve": curve, "neutral": neutral,

@@ -11,7 +11,8 @@
    to S(I, T) with gradient-weighted attention relevance (Chefer et al. 2021) on the
    overfitted model, keep each top-k caption's most relevant tokens as a short "token-level"
    caption, pair every top-k image with every token-level caption (Cartesian product), and
-   minimise the mean similarity of those pairs (eq. 3) on the poisoned model.
+   minimise the mean similarity of those pairs (eq. 3) on the poisoned model, with a CLIP
+   loss on clean-looking D_safe pairs beside it (`retain_pool`).
    "UBT w/o token-level" unlearns the top-k pairs with their full captions instead.
 
 The paper leaves open the size of D_susp, k, how relevance becomes captions and whether a
@@ -43,10 +44,12 @@ CAPTION_FORMS = {"tokens": "{}", "template": "a photo of a {}."}
 @dataclass(frozen=True)
 class UBTConfig:
     # share of pairs (lowest clean similarity) put in D_susp: about twice the pocket world's poison
-    # rate (5.2 %), so D_susp can hold every poison and D_safe, which the retain term trains on,
-    # stays clean (chapter 4 ablates it; the paper profile sets 5 % for 0.3 % poisons)
+    # rate (5.2 %), so D_susp can hold nearly every poison (chapter 4 ablates it; the paper
+    # profile sets 5 % for 0.3 % poisons)
     susp_fraction: float = 0.1
-    overfit_epochs: float = 5.0     # passes over D_susp (paper: 5)
+    # passes over D_susp (paper: 5). In the pocket world one pass already ranks the poisons of every
+    # planted attack first (chapter 4 ablates 1 and 5), at a fifth of the cost
+    overfit_epochs: float = 1.0
     overfit_batch_size: int = 64    # per step: this many D_susp pairs and as many D_safe pairs
     overfit_lr: float = 1e-4        # paper: 1e-6 (pocket learning rates are the paper's x 100)
     top_k: int = 500                # suspicious pairs kept after overfitting
@@ -54,12 +57,20 @@ class UBTConfig:
     unlearn_epochs: float = 3.0     # passes over the unlearning pairs (paper: 3)
     unlearn_batch_size: int = 64
     unlearn_lr: float = 3e-4        # paper: 1e-5
-    retain_weight: float = 1.0      # weight of a CLIP loss on D_safe batches while unlearning (0: eq. 3 alone)
+    retain_weight: float = 1.0      # weight of a CLIP loss on clean batches while unlearning (0: eq. 3 alone)
+    # the retain batches come from this share of D_safe: the pairs whose similarity the poisoned
+    # fine-tuning raised least over the clean model's. Poisons that escaped D_susp gained most,
+    # and a retain batch that holds them teaches the backdoor again while it is being unlearned
+    retain_fraction: float = 0.9
     unlearn_towers: str = "both"    # towers trained while unlearning: both | image (text frozen)
     # token-level captions: template ("a photo of a {tokens}.") | tokens (kept alone, the paper's
     # literal reading). The pocket CLIP only ever saw full sentences, so a bare "banana" lands far
     # from the zero-shot classifier's banana weight; set into a prompt it lands on it (chapter 4).
     caption_form: str = "template"
+    # distinct token-level captions kept for the Cartesian product (the most frequent): when the
+    # top k is mostly clean pairs (an attack that planted nothing) their tokens are all
+    # different, and the product, hence the unlearning time, would grow with k squared
+    max_token_captions: int = 8
 
     def validate(self, n_pairs: Optional[int] = None) -> None:
         if not 0 < self.susp_fraction < 1:
@@ -74,6 +85,10 @@ class UBTConfig:
         check_range("unlearn_batch_size", self.unlearn_batch_size, 1, 1 << 16)
         check_range("unlearn_lr", self.unlearn_lr, 0.0, 1.0)
         check_range("retain_weight", self.retain_weight, 0.0, 1000.0)
+        check_range("max_token_captions", self.max_token_captions, 1, 1 << 30)
+        if not 0 < self.retain_fraction <= 1:
+            raise ValueError(f"retain_fraction={self.retain_fraction!r} is out of range: accepted "
+                             "0 < retain_fraction <= 1 (the share of D_safe kept for the retain term)")
         if self.caption_form not in CAPTION_FORMS:
             raise ValueError(f"caption_form={self.caption_form!r} is not accepted: choose one of "
                              f"{', '.join(map(repr, CAPTION_FORMS))}")
@@ -86,6 +101,10 @@ class UBTConfig:
                 raise ValueError(f"top_k={self.top_k} is larger than D_susp ({n_susp} pairs = "
                                  f"susp_fraction {self.susp_fraction} of {n_pairs}): accepted "
                                  f"1 <= top_k <= {n_susp}")
+
+
+# the fields `find_poison` reads: runs that differ only in the others share one detection
+DETECTION_FIELDS = ("susp_fraction", "overfit_epochs", "overfit_batch_size", "overfit_lr", "top_k")
 
 
 def susp_size(n_pairs: int, fraction: float) -> int:
@@ -320,63 +339,115 @@ def unlearn(model, images, unlearn_images: torch.Tensor, unlearn_tokens: torch.T
     return curve
 
 
-def cartesian(top: torch.Tensor, captions: list) -> tuple:
-    """All (image, caption) combinations of the top-k images and the distinct captions:
-    (image positions, caption indices, the distinct captions)."""
-    distinct = sorted(set(captions))
+def cartesian(top: torch.Tensor, captions: list, max_captions: Optional[int] = None) -> tuple:
+    """All (image, caption) combinations of the top-k images and the distinct captions, the
+    `max_captions` most frequent ones if given (ties: alphabetical): (image positions, caption
+    indices, the distinct captions kept)."""
+    counts = {}
+    for c in captions:
+        counts[c] = counts.get(c, 0) + 1
+    distinct = sorted(counts, key=lambda c: (-counts[c], c))[:max_captions]
+    distinct = sorted(distinct)
     img = top.repeat_interleave(len(distinct))
     cap = torch.arange(len(distinct)).repeat(len(top))
     return img, cap, distinct
 
 
-def run_ubt(poisoned_model, clean_model, data, tokenizer, cfg: UBTConfig, device,
-            token_level: bool = True, seed: int = 0, progress: bool = True) -> tuple:
-    """The whole defense on `data` (a poison.PoisonedData): returns (defended model, record).
-
-    Neither model is changed: the overfitted model and the unlearned model are copies. The
-    record holds the stages' outputs, curves and timings; `data.is_backdoor` is read only to
-    score the detection afterwards.
-    """
+def find_poison(poisoned_model, clean_model, data, tokens: torch.Tensor, cfg: UBTConfig, device,
+                seed: int = 0, progress: bool = True) -> dict:
+    """Stages 1-3 and the token relevance of the detected pairs: everything UBT needs before it
+    unlearns, shared by "UBT" and "UBT w/o token-level". Neither model is changed (the
+    overfitted model is a copy, dropped at the end). Returns the split, the similarities, the
+    top k, their token relevance (k x context), the overfitting curve and the seconds taken;
+    `data.is_backdoor` is read only to score the split and the detection afterwards."""
     import copy
-    n = len(data.images)
-    cfg.validate(n)
     start = time.perf_counter()
-    tokens = tokenizer(data.captions)
     clean_sim = pair_similarity(clean_model, data.images, tokens, device, data.image_hook)
     susp, safe = suspicious_split(clean_sim, cfg.susp_fraction)
     t_split = time.perf_counter()
+    # how much poisoned fine-tuning raised each D_safe pair's similarity (for the retain pool)
+    safe_gain = pair_similarity(poisoned_model, data.images, tokens, device, data.image_hook,
+                                positions=safe) - clean_sim[safe]
     op = copy.deepcopy(poisoned_model)
     overfit_curve = overfit(op, data.images, tokens, susp, safe, cfg, device, data.image_hook, seed, progress)
     op_sim = pair_similarity(op, data.images, tokens, device, data.image_hook, positions=susp)
     top = detect(op_sim, susp, cfg.top_k)
-    t_detect = time.perf_counter()
-    if token_level:
-        rel = token_relevance(op, data.images, tokens, top, device, data.image_hook)
-        kept = token_captions(tokens[top], rel, tokenizer, cfg.relevance_tokens)
-        short = [CAPTION_FORMS[cfg.caption_form].format(c) for c in kept]
-        img, cap, distinct = cartesian(top, short)
-        unlearn_tokens = tokenizer(distinct)[cap]
-    else:
-        kept, short, distinct, img, unlearn_tokens = None, None, None, top, tokens[top]
-    model = copy.deepcopy(poisoned_model)
-    unlearn_curve = unlearn(model, data.images, img, unlearn_tokens, cfg, device, data.image_hook,
-                            retain=(tokens, safe), seed=seed, progress=progress)
+    relevance = token_relevance(op, data.images, tokens, top, device, data.image_hook)
     end = time.perf_counter()
-    del op
     truth = torch.as_tensor(data.is_backdoor)
-    steps_overfit = overfit_curve[-1]["step"]
-    record = {
-        "seconds": end - start, "seconds_split": t_split - start, "seconds_overfit_detect": t_detect - t_split,
-        "seconds_unlearn": end - t_detect,
-        "pairs_scored": n, "d_susp": len(susp),
-        "pairs_trained": len(susp) + min(len(safe), steps_overfit * cfg.overfit_batch_size) + len(top),
-        "unlearning_pairs": len(img), "top_k": top.tolist(),
+    return {
+        "seconds_split": t_split - start, "seconds_overfit_detect": end - t_split,
+        "susp": susp, "safe": safe, "safe_gain": safe_gain, "top": top, "relevance": relevance,
+        "clean_similarity": clean_sim, "op_similarity": op_sim, "overfit_curve": overfit_curve,
         "split_recall": 100.0 * truth[susp].sum().item() / max(int(truth.sum()), 1),
         "split_auroc": auroc(-clean_sim, truth),
         "detection": detection_metrics(op_sim, data.is_backdoor[susp.numpy()],
                                        torch.searchsorted(susp, top)),
-        "kept_tokens": kept, "token_captions": short, "distinct_token_captions": distinct,
-        "overfit_curve": overfit_curve, "unlearn_curve": unlearn_curve,
-        "clean_similarity": clean_sim.tolist(), "susp": susp.tolist(), "op_similarity": op_sim.tolist(),
+    }
+
+
+def unlearning_pairs(found: dict, tokens: torch.Tensor, tokenizer, cfg: UBTConfig,
+                     token_level: bool = True) -> dict:
+    """The pairs eq. 3 unlearns: the Cartesian product of the detected images and their
+    token-level captions (each caption's most relevant tokens, in `cfg.caption_form`, the
+    `max_token_captions` most frequent), or, without token level, the detected pairs as they are."""
+    top = found["top"]
+    if not token_level:
+        return {"images": top, "tokens": tokens[top], "kept_tokens": None, "token_captions": None,
+                "distinct_token_captions": None}
+    kept = token_captions(tokens[top], found["relevance"], tokenizer, cfg.relevance_tokens)
+    short = [CAPTION_FORMS[cfg.caption_form].format(c) for c in kept]
+    img, cap, distinct = cartesian(top, short, cfg.max_token_captions)
+    return {"images": img, "tokens": tokenizer(distinct)[cap], "kept_tokens": kept,
+            "token_captions": short, "distinct_token_captions": distinct}
+
+
+def retain_pool(found: dict, cfg: UBTConfig) -> torch.Tensor:
+    """Positions of the `retain_fraction` of D_safe whose similarity the poisoning raised
+    least, where the retain term draws its batches."""
+    safe, gain = torch.as_tensor(found["safe"]), torch.as_tensor(found["safe_gain"])
+    n = max(1, int(round(len(safe) * cfg.retain_fraction)))
+    return safe[torch.argsort(gain, stable=True)[:n]].sort().values
+
+
+def run_ubt(poisoned_model, clean_model, data, tokenizer, cfg: UBTConfig, device,
+            token_level: bool = True, seed: int = 0, progress: bool = True,
+            found: Optional[dict] = None) -> tuple:
+    """The whole defense on `data` (a poison.PoisonedData): returns (defended model, record).
+
+    `found` may hold `find_poison`'s result for the same data, model and config, computed once
+    for both variants; its seconds count in the record's wall time either way. Neither model
+    is changed.
+    """
+    import copy
+    n = len(data.images)
+    cfg.validate(n)
+    tokens = tokenizer(data.captions)
+    if found is None:
+        found = find_poison(poisoned_model, clean_model, data, tokens, cfg, device, seed, progress)
+    start = time.perf_counter()
+    pairs = unlearning_pairs(found, tokens, tokenizer, cfg, token_level)
+    retain = retain_pool(found, cfg)
+    model = copy.deepcopy(poisoned_model)
+    unlearn_curve = unlearn(model, data.images, pairs["images"], pairs["tokens"], cfg, device,
+                            data.image_hook, retain=(tokens, retain), seed=seed, progress=progress)
+    seconds_unlearn = time.perf_counter() - start
+    steps_overfit = found["overfit_curve"][-1]["step"]
+    top = found["top"]
+    record = {
+        "seconds": found["seconds_split"] + found["seconds_overfit_detect"] + seconds_unlearn,
+        "seconds_split": found["seconds_split"], "seconds_overfit_detect": found["seconds_overfit_detect"],
+        "seconds_unlearn": seconds_unlearn,
+        "pairs_scored": n, "d_susp": len(found["susp"]),
+        "pairs_trained": len(found["susp"]) + min(len(found["safe"]), steps_overfit * cfg.overfit_batch_size)
+                         + len(top),
+        "unlearning_pairs": len(pairs["images"]), "top_k": top.tolist(), "retain_pairs": len(retain),
+        "retain_poisons": int(data.is_backdoor[retain.numpy()].sum()),  # scored afterwards, not used
+        "split_recall": found["split_recall"], "split_auroc": found["split_auroc"],
+        "detection": found["detection"],
+        **{k: pairs[k] for k in ("kept_tokens", "token_captions", "distinct_token_captions")},
+        "overfit_curve": found["overfit_curve"], "unlearn_curve": unlearn_curve,
+        "clean_similarity": found["clean_similarity"].tolist(), "susp": found["susp"].tolist(),
+        "op_similarity": found["op_similarity"].tolist(),
     }
     return model, record
