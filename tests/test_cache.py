@@ -45,6 +45,20 @@ def test_failed_compute_leaves_nothing_behind(tmp_cache):
     assert _stage(calls, 5, a=9) == 5 and calls == [5]
 
 
+def test_orphans_of_killed_runs_are_swept_and_live_work_is_kept(tmp_cache):
+    import os
+    stage = tmp_cache / "demo"
+    stage.mkdir()
+    dead_pid = 2**22 + 12345  # above Linux's pid_max default: no such process
+    orphan = stage / f".0123abcd.{dead_pid}.x1y2"
+    live = stage / f".4567ef01.{os.getpid()}.z3w4"
+    for p in (orphan, live):
+        p.mkdir()
+    _stage([], 1, a=1)  # a miss sweeps the stage folder before it writes
+    assert not orphan.exists() and live.exists()
+    assert [p for p in stage.iterdir() if p.name.startswith(".")] == [live]
+
+
 def test_write_json_is_atomic(tmp_path):
     cache.write_json(tmp_path / "x.json", {"a": 1})
     assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}

@@ -76,7 +76,9 @@ def cached(stage: str, modules: tuple, compute: Callable[[pathlib.Path], None],
     if (folder / "key.json").exists():
         return load(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{digest}.", dir=folder.parent))
+    sweep_orphans(folder.parent)
+    # the writer's process id is in the name, so a later run can tell an orphan from work in progress
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{digest}.{os.getpid()}.", dir=folder.parent))
     try:
         compute(tmp)
         (tmp / "key.json").write_text(json.dumps(desc, indent=1, sort_keys=True))
@@ -88,6 +90,34 @@ def cached(stage: str, modules: tuple, compute: Callable[[pathlib.Path], None],
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return load(folder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def sweep_orphans(stage_folder: pathlib.Path, max_age_s: float = 86400.0) -> list:
+    """Delete the temporary folders of runs that were killed before they finished: those whose
+    writer process is gone, and those of an unknown writer older than `max_age_s`. Nothing is
+    ever read from them (entries appear by rename only); this only frees the disk."""
+    import time
+    removed = []
+    for p in stage_folder.iterdir():
+        if not (p.name.startswith(".") and p.is_dir()):
+            continue
+        parts = p.name.split(".")  # "", digest, pid, random suffix
+        pid = int(parts[2]) if len(parts) >= 4 and parts[2].isdigit() else None
+        stale = (not _alive(pid)) if pid is not None else time.time() - p.stat().st_mtime > max_age_s
+        if stale:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    return removed
 
 
 def write_json(path: pathlib.Path, obj) -> None:
