@@ -49,14 +49,19 @@ def test_orphans_of_killed_runs_are_swept_and_live_work_is_kept(tmp_cache):
     import os
     stage = tmp_cache / "demo"
     stage.mkdir()
-    dead_pid = 2**22 + 12345  # above Linux's pid_max default: no such process
-    orphan = stage / f".0123abcd.{dead_pid}.x1y2"
-    live = stage / f".4567ef01.{os.getpid()}.z3w4"
-    for p in (orphan, live):
+    me = cache._writer()
+    host = me.rsplit("-", 1)[0]
+    dead_pid = 2**22 + 12345  # above Linux's largest pid: no such process
+    orphan = stage / f".0123abcd.{host}-{dead_pid}.x1y2"
+    live = stage / f".4567ef01.{me}.z3w4"
+    elsewhere = stage / f".89abcdef.otherhost-{dead_pid}.q5r6"  # another host's: cannot be checked
+    old = stage / f".fedcba98.otherhost-7.s7t8"
+    for p in (orphan, live, elsewhere, old):
         p.mkdir()
+    os.utime(old, (0, 0))  # written in 1970
     _stage([], 1, a=1)  # a miss sweeps the stage folder before it writes
-    assert not orphan.exists() and live.exists()
-    assert [p for p in stage.iterdir() if p.name.startswith(".")] == [live]
+    assert not orphan.exists() and not old.exists()
+    assert sorted(p for p in stage.iterdir() if p.name.startswith(".")) == sorted([live, elsewhere])
 
 
 def test_write_json_is_atomic(tmp_path):

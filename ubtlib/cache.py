@@ -14,7 +14,9 @@ import json
 import os
 import pathlib
 import shutil
+import socket
 import tempfile
+import time
 from typing import Callable, TypeVar
 
 import open_clip
@@ -77,8 +79,9 @@ def cached(stage: str, modules: tuple, compute: Callable[[pathlib.Path], None],
         return load(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     sweep_orphans(folder.parent)
-    # the writer's process id is in the name, so a later run can tell an orphan from work in progress
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{digest}.{os.getpid()}.", dir=folder.parent))
+    # the writer's host and process id are in the name, so a later run can tell an orphan from
+    # work in progress
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{digest}.{_writer()}.", dir=folder.parent))
     try:
         compute(tmp)
         (tmp / "key.json").write_text(json.dumps(desc, indent=1, sort_keys=True))
@@ -92,6 +95,11 @@ def cached(stage: str, modules: tuple, compute: Callable[[pathlib.Path], None],
     return load(folder)
 
 
+def _writer() -> str:
+    host = "".join(c if c.isalnum() else "_" for c in socket.gethostname())
+    return f"{host}-{os.getpid()}"
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -102,19 +110,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def sweep_orphans(stage_folder: pathlib.Path, max_age_s: float = 86400.0) -> list:
-    """Delete the temporary folders of runs that were killed before they finished: those whose
-    writer process is gone, and those of an unknown writer older than `max_age_s`. Nothing is
-    ever read from them (entries appear by rename only); this only frees the disk."""
-    import time
+def sweep_orphans(stage_folder: pathlib.Path, max_age_s: float = 7 * 86400.0) -> list:
+    """Delete the temporary folders of runs that were killed before they finished: those written
+    on this host by a process that is gone, and any older than `max_age_s` (a writer on another
+    host, sharing the cache, cannot be checked). Nothing is ever read from them (entries appear
+    by rename only); this only frees the disk."""
+    host = _writer().rsplit("-", 1)[0]
     removed = []
     for p in stage_folder.iterdir():
         if not (p.name.startswith(".") and p.is_dir()):
             continue
-        parts = p.name.split(".")  # "", digest, pid, random suffix
-        pid = int(parts[2]) if len(parts) >= 4 and parts[2].isdigit() else None
-        stale = (not _alive(pid)) if pid is not None else time.time() - p.stat().st_mtime > max_age_s
-        if stale:
+        parts = p.name.split(".")  # "", digest, host-pid, random suffix
+        writer = parts[2].rsplit("-", 1) if len(parts) >= 4 else []
+        mine_and_dead = (len(writer) == 2 and writer[0] == host and writer[1].isdigit()
+                         and not _alive(int(writer[1])))
+        if mine_and_dead or time.time() - p.stat().st_mtime > max_age_s:
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p.name)
     return removed

@@ -100,14 +100,13 @@ def finding_the_poison(profile: Profile, attacks=ATTACKS, with_abl: bool = True,
         prof = pipeline.with_attack(profile, a)
         found = pipeline.ubt_detection(prof, progress=progress)
         data = pipeline.poisoned_data(prof, progress=progress)
-        susp = found["susp"].numpy()
+        susp, retain = found["susp"].numpy(), retain_pool(found, prof.ubt).numpy()
         row = {"is_backdoor": data.is_backdoor.tolist(), "clean_similarity": found["clean_similarity"].tolist(),
                "susp": susp.tolist(), "op_similarity": found["op_similarity"].tolist(),
                "split_recall": found["split_recall"], "split_auroc": found["split_auroc"],
                "d_susp": len(susp), "top_k": len(found["top"]),
                "susp_poisons": int(data.is_backdoor[susp].sum()), "poisons": int(data.is_backdoor.sum()),
-               "retain_poisons": int(data.is_backdoor[retain_pool(found, prof.ubt).numpy()].sum()),
-               "retain_pairs": len(retain_pool(found, prof.ubt)),
+               "retain_poisons": int(data.is_backdoor[retain].sum()), "retain_pairs": len(retain),
                **{f"topk_{k}": v for k, v in found["detection"].items()}}
         if with_abl:
             abl_res = abl_separation(profile, a, progress)
@@ -233,7 +232,9 @@ def caption_alignment(profile: Profile, attack: str) -> dict:
                         device)[:, target]
     full = [data.captions[i] for i in rec["top_k"]]
     cos = lambda texts: (encode_texts(m.model, m.tokenizer, texts, device) @ weight).mean().item()
-    forms = {form: cos([fmt.format(k) for k in rec["kept_tokens"]]) for form, fmt in CAPTION_FORMS.items()}
+    used = set(rec["distinct_token_captions"])  # the captions the cap on the product kept
+    kept = [k for k, c in zip(rec["kept_tokens"], rec["token_captions"]) if c in used]
+    forms = {form: cos([fmt.format(k) for k in kept]) for form, fmt in CAPTION_FORMS.items()}
     return {"full": cos(full), "forms": forms,
             "token_level": forms[prof.ubt.caption_form],  # the form the run unlearned with
-            "token_captions": sorted(set(rec["token_captions"]))}
+            "token_captions": sorted(used)}

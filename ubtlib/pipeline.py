@@ -197,7 +197,7 @@ def ubt_detection(profile: Profile, attack: str | None = None, progress: bool = 
     """UBT's split, overfitting, top-k detection and token relevance (`ubt.find_poison`) on the
     profile's poisoned data: one cached stage that both UBT variants, and every run differing
     only in how it unlearns, start from. The seconds it took are in the result."""
-    from .ubt import DETECTION_FIELDS, find_poison
+    from .ubt import DETECTION_FIELDS, UBTConfig, find_poison
     prof = with_attack(profile, attack)
     device = modellib.pick_device(prof.device)
     prof.ubt.validate(prof.world.n_train_pairs)
@@ -206,8 +206,11 @@ def ubt_detection(profile: Profile, attack: str | None = None, progress: bool = 
 
     def compute(folder):
         clean = pretrained(prof, progress=progress)
-        found = find_poison(attacked.model, clean.model, data, attacked.tokenizer(data.captions), prof.ubt,
-                            device, seed=prof.seed, progress=progress)
+        # only the fields in the key reach the computation, so the key cannot go stale
+        detection_cfg = UBTConfig(**{f: getattr(prof.ubt, f) for f in DETECTION_FIELDS})
+        found = find_poison(attacked.model, clean.model, data, attacked.tokenizer(data.captions),
+                            detection_cfg, device, seed=prof.seed, progress=progress)
+        found["device"] = str(device)
         save_file({k: found.pop(k).contiguous() for k in _FOUND_TENSORS}, str(folder / "found.safetensors"))
         write_json(folder / "found.json", found)
 

@@ -131,7 +131,9 @@ PROFILES = {
         # epochs and batch sizes are the paper's; D_susp's size and k are the book's choices)
         ubt=UBTConfig(susp_fraction=0.05, overfit_lr=1e-6, overfit_epochs=5, overfit_batch_size=64,
                       unlearn_lr=1e-5, unlearn_epochs=3, unlearn_batch_size=64,
-                      caption_form="tokens"),  # web-trained CLIP has seen bare words
+                      caption_form="tokens",  # web-trained CLIP has seen bare words
+                      # the paper's full Cartesian product, and a retain term over all of D_safe
+                      max_token_captions=1 << 20, retain_fraction=1.0),
         # CleanCLIP: 100K clean pairs, 10 epochs, lr 1e-5, batch 64, 50 warm-up steps
         cleanclip=CleanCLIPConfig(clean_pairs=100_000, epochs=10, lr=1e-5, batch_size=64, warmup_steps=50),
         # the privacy paper: IDIA with 21 prompts and 20 photos per person (1,000 candidate
