@@ -184,9 +184,16 @@ def poisoned(profile: Profile, attack: str | None = None, progress: bool = True)
         modellib.load(model, folder / "model.safetensors").to(device).eval()
         return Trained(model, tokenizer, json.loads((folder / "record.json").read_text()))
 
-    return cached("poisoned", ("world", "model", "train", "triggers", "ssba", "poison"), compute, load,
-                  world=prof.world, model=prof.model, pretrain=prof.pretrain, attack=prof.attack,
-                  poison=prof.poison, finetune=prof.finetune, seed=prof.seed)
+    return cached("poisoned", _POISONED_CODE, compute, load, **_poisoned_key(prof))
+
+
+# what a poisoned model depends on: the stages after it (detection, defenses) extend both
+_POISONED_CODE = ("world", "model", "train", "triggers", "ssba", "poison")
+
+
+def _poisoned_key(prof: Profile) -> dict:
+    return dict(world=prof.world, model=prof.model, pretrain=prof.pretrain, attack=prof.attack,
+                poison=prof.poison, finetune=prof.finetune, seed=prof.seed)
 
 
 DEFENSES = ("cleanclip", "ubt", "ubt_no_token")
@@ -218,9 +225,7 @@ def ubt_detection(profile: Profile, attack: str | None = None, progress: bool = 
         return {**json.loads((folder / "found.json").read_text()),
                 **load_file(str(folder / "found.safetensors"))}
 
-    return cached("ubt-detection", ("world", "model", "train", "triggers", "ssba", "poison", "ubt"),
-                  compute, load, world=prof.world, model=prof.model, pretrain=prof.pretrain,
-                  attack=prof.attack, poison=prof.poison, finetune=prof.finetune, seed=prof.seed,
+    return cached("ubt-detection", _POISONED_CODE + ("ubt",), compute, load, **_poisoned_key(prof),
                   detection={f: getattr(prof.ubt, f) for f in DETECTION_FIELDS})
 
 
@@ -275,8 +280,5 @@ def defended(profile: Profile, attack: str | None = None, defense: str = "ubt",
         modellib.load(model, folder / "model.safetensors").to(device).eval()
         return Trained(model, tokenizer, json.loads((folder / "record.json").read_text()))
 
-    code = ("world", "model", "train", "triggers", "ssba", "poison",
-            "cleanclip" if defense == "cleanclip" else "ubt")
-    return cached(f"defended-{defense}", code, compute, load,
-                  world=prof.world, model=prof.model, pretrain=prof.pretrain, attack=prof.attack,
-                  poison=prof.poison, finetune=prof.finetune, defense=cfg, seed=prof.seed)
+    code = _POISONED_CODE + ("cleanclip" if defense == "cleanclip" else "ubt",)
+    return cached(f"defended-{defense}", code, compute, load, **_poisoned_key(prof), defense=cfg)
