@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 import ubtlib
 from ubtlib import cleanclip, pipeline, ubt
+from ubtlib.model import normalize, to_unit
 
 
 def test_split_takes_the_weakest_fraction():
@@ -104,11 +105,14 @@ def test_cartesian_keeps_the_most_frequent_captions_when_capped():
 
 
 def test_retain_pool_leaves_out_the_pairs_poisoning_raised_most():
-    found = {"safe": torch.tensor([10, 11, 12, 13]), "safe_gain": torch.tensor([0.5, 0.0, 0.1, 0.9])}
+    found = {"retain_candidates": torch.tensor([10, 11, 12, 13]),
+             "candidate_gain": torch.tensor([0.5, 0.0, 0.1, 0.9])}
     assert ubt.retain_pool(found, ubt.UBTConfig(retain_fraction=0.5)).tolist() == [11, 12]
     assert ubt.retain_pool(found, ubt.UBTConfig(retain_fraction=1.0)).tolist() == [10, 11, 12, 13]
     with pytest.raises(ValueError, match="retain_fraction=0 is out of range"):
         ubtlib.configure("smoke", ubt_retain_fraction=0)
+    with pytest.raises(ValueError, match="retain_candidates=0 is out of range"):
+        ubtlib.configure("smoke", ubt_retain_candidates=0)
 
 
 def test_both_ubt_variants_start_from_one_cached_detection(smoke, tmp_path, monkeypatch):
@@ -121,10 +125,11 @@ def test_both_ubt_variants_start_from_one_cached_detection(smoke, tmp_path, monk
     assert len(calls) == 1  # the second variant read the first one's detection
     assert full["top_k"] == bare["top_k"] and full["seconds_split"] == bare["seconds_split"]
     found = pipeline.ubt_detection(smoke, "badnet", progress=False)
-    for rec in (full, bare):  # the shared stage's time counts in each variant's wall time
-        assert rec["seconds"] - rec["seconds_unlearn"] == pytest.approx(
-            found["seconds_split"] + found["seconds_overfit_detect"])
-        assert rec["seconds_unlearn"] > 0
+    shared = found["seconds_split"] + found["seconds_overfit_detect"]
+    # the shared stage's time counts in each variant's wall time, the relevance in UBT's alone
+    assert full["seconds"] - full["seconds_unlearn"] == pytest.approx(shared + found["seconds_relevance"])
+    assert bare["seconds"] - bare["seconds_unlearn"] == pytest.approx(shared)
+    assert found["seconds_relevance"] > 0 and bare["seconds_unlearn"] > 0
     # a run that differs only in how it unlearns reuses the detection too; a new k does not
     pipeline.defended(ubtlib.configure("smoke", ubt_retain_weight=0.5), "badnet", "ubt", progress=False)
     assert len(calls) == 1
@@ -208,3 +213,36 @@ def test_caption_form_sets_kept_tokens_into_a_template(smoke):
     assert all(k and not k.startswith("a photo") for k in rec["kept_tokens"])
     with pytest.raises(ValueError, match="caption_form='words' is not accepted: choose one of 'tokens', 'template'"):
         ubtlib.configure("smoke", ubt_caption_form="words")
+
+
+def test_pair_similarity_encodes_each_caption_once_and_matches_the_pairwise_cosine(smoke):
+    clip = pipeline.poisoned(smoke, "blended", progress=False)
+    data = pipeline.poisoned_data(smoke, "blended", progress=False)
+    tokens = clip.tokenizer(data.captions)
+    positions = torch.arange(0, len(data.images), 3)
+    calls = []
+    real = clip.model.encode_text
+    clip.model.encode_text = lambda t, **k: calls.append(len(t)) or real(t, **k)
+    try:
+        got = ubt.pair_similarity(clip.model, data.images, tokens, "cpu", data.image_hook, positions,
+                                  batch_size=16)
+    finally:
+        del clip.model.encode_text
+    assert sum(calls) == len(torch.unique(tokens[positions], dim=0)) < len(positions)
+    x = data.image_hook(to_unit(data.images[positions], "cpu"), positions)
+    with torch.no_grad():
+        want = (clip.model.encode_image(normalize(x), normalize=True)
+                * clip.model.encode_text(tokens[positions], normalize=True)).sum(-1)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_unlearning_loss_floor_stops_the_pairs_below_it():
+    s = torch.tensor([0.5, -0.2, 0.1], requires_grad=True)
+    loss = ubt.unlearning_loss(s, 0.0)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.2) and s.grad.tolist() == pytest.approx([1 / 3, 0.0, 1 / 3])
+    s.grad = None
+    ubt.unlearning_loss(s, -1.0).backward()  # the paper's eq. 3: every pair pulls
+    assert s.grad.tolist() == pytest.approx([1 / 3] * 3)
+    with pytest.raises(ValueError, match="unlearn_floor=2 is out of range"):
+        ubtlib.configure("smoke", ubt_unlearn_floor=2)

@@ -154,18 +154,15 @@ def unlearning_curve(profile: Profile, attack: str, token_level: bool = True) ->
     device = modellib.pick_device(prof.device)
     found = pipeline.ubt_detection(prof)
     data, attacked, world = pipeline.poisoned_data(prof), pipeline.poisoned(prof), pipeline.world(prof)
-    tokens = attacked.tokenizer(data.captions)
-    pairs = ubt.unlearning_pairs(found, tokens, attacked.tokenizer, prof.ubt, token_level)
     hook = triggered_hook(pipeline.trigger(prof), prof.seed)
-    model = copy.deepcopy(attacked.model)
     points = []
 
-    def on_step(step):
+    def on_step(model, step):
         points.append({"step": step, **backdoor_metrics(model, attacked.tokenizer, world, hook,
                                                         prof.poison.target, device)})
 
-    ubt.unlearn(model, data.images, pairs["images"], pairs["tokens"], prof.ubt, device, data.image_hook,
-                retain=(tokens, ubt.retain_pool(found, prof.ubt)), seed=prof.seed, progress=False, on_step=on_step)
+    ubt.run_ubt(attacked.model, None, data, attacked.tokenizer, prof.ubt, device, token_level,
+                seed=prof.seed, progress=False, found=found, on_step=on_step)
     return points
 
 

@@ -197,7 +197,8 @@ def _poisoned_key(prof: Profile) -> dict:
 
 
 DEFENSES = ("cleanclip", "ubt", "ubt_no_token")
-_FOUND_TENSORS = ("susp", "safe", "safe_gain", "top", "relevance", "clean_similarity", "op_similarity")
+_FOUND_TENSORS = ("susp", "safe", "retain_candidates", "candidate_gain", "top", "relevance",
+                  "clean_similarity", "op_similarity")
 
 
 def ubt_detection(profile: Profile, attack: str | None = None, progress: bool = True) -> dict:

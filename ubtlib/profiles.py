@@ -133,7 +133,8 @@ PROFILES = {
                       unlearn_lr=1e-5, unlearn_epochs=3, unlearn_batch_size=64,
                       caption_form="tokens",  # web-trained CLIP has seen bare words
                       # the paper's full Cartesian product, and a retain term over all of D_safe
-                      max_token_captions=1 << 20, retain_fraction=1.0),
+                      max_token_captions=1 << 20, retain_fraction=1.0,
+                      retain_candidates=1 << 30, unlearn_floor=-1.0),
         # CleanCLIP: 100K clean pairs, 10 epochs, lr 1e-5, batch 64, 50 warm-up steps
         cleanclip=CleanCLIPConfig(clean_pairs=100_000, epochs=10, lr=1e-5, batch_size=64, warmup_steps=50),
         # the privacy paper: IDIA with 21 prompts and 20 photos per person (1,000 candidate

@@ -12,15 +12,19 @@
    overfitted model, keep each top-k caption's most relevant tokens as a short "token-level"
    caption, pair every top-k image with every token-level caption (Cartesian product), and
    minimise the mean similarity of those pairs (eq. 3) on the poisoned model, with a CLIP
-   loss on clean-looking D_safe pairs beside it (`retain_pool`).
+   loss on D_safe pairs beside it (`retain_pool`: the ones the overfitting raised least).
    "UBT w/o token-level" unlearns the top-k pairs with their full captions instead.
 
 The paper leaves open the size of D_susp, k, how relevance becomes captions and whether a
-clean-retention term is needed during unlearning; they are `UBTConfig` fields.
+clean-retention term is needed during unlearning; they are `UBTConfig` fields, and so are the
+pocket world's departures from the paper (a floor on eq. 3, a cap on the product's captions),
+which the paper profile turns off.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -54,23 +58,36 @@ class UBTConfig:
     overfit_lr: float = 1e-4        # paper: 1e-6 (pocket learning rates are the paper's x 100)
     top_k: int = 500                # suspicious pairs kept after overfitting
     relevance_tokens: int = 1       # most relevant tokens kept per caption
-    unlearn_epochs: float = 3.0     # passes over the unlearning pairs (paper: 3)
+    # passes over the unlearning pairs (paper: 3). The pocket product holds one caption (below),
+    # a third of the pairs of three, so more passes give the same number of steps and more
+    unlearn_epochs: float = 12.0
     unlearn_batch_size: int = 64
     unlearn_lr: float = 3e-4        # paper: 1e-5
+    # eq. 3 minimises the mean similarity of the unlearning pairs; a pair below this floor adds
+    # nothing more (-1: never, the paper's loss). Pushing triggered images ever further from the
+    # target caption moves features every image shares, and costs clean accuracy; 0 is below
+    # the pocket CLIP's median similarity of a clean image to "a photo of a banana." (0.18)
+    unlearn_floor: float = 0.0
     retain_weight: float = 1.0      # weight of a CLIP loss on clean batches while unlearning (0: eq. 3 alone)
-    # the retain batches come from this share of D_safe: the pairs whose similarity the poisoned
-    # fine-tuning raised least over the clean model's. Poisons that escaped D_susp gained most,
-    # and a retain batch that holds them teaches the backdoor again while it is being unlearned
-    retain_fraction: float = 0.9
+    # the retain batches come from this share of D_safe: the pairs whose similarity the
+    # overfitting raised least. Poisons that escaped D_susp gain most, and a retain batch that
+    # holds them teaches the backdoor again while it is being unlearned. They are well under
+    # 1 % of D_safe; leaving out more drops the clean pairs that hold clean accuracy
+    retain_fraction: float = 0.97
+    # D_safe pairs (a random sample) scored before and after overfitting for that choice: the
+    # retain term draws only a few thousand pairs, so scoring all of D_safe would cost for nothing
+    retain_candidates: int = 8192
     unlearn_towers: str = "both"    # towers trained while unlearning: both | image (text frozen)
     # token-level captions: template ("a photo of a {tokens}.") | tokens (kept alone, the paper's
     # literal reading). The pocket CLIP only ever saw full sentences, so a bare "banana" lands far
     # from the zero-shot classifier's banana weight; set into a prompt it lands on it (chapter 4).
     caption_form: str = "template"
-    # distinct token-level captions kept for the Cartesian product (the most frequent): when the
-    # top k is mostly clean pairs (an attack that planted nothing) their tokens are all
-    # different, and the product, hence the unlearning time, would grow with k squared
-    max_token_captions: int = 8
+    # distinct token-level captions kept for the Cartesian product (the most frequent). In the
+    # pocket world the top k's captions reduce to the target word, plus a few colour words of
+    # the images' descriptions; unlearning those costs clean accuracy (chapter 4 ablates 1 and
+    # 8). Without a cap, a top k of mostly clean pairs (an attack that planted nothing) has all
+    # different tokens, and the product, hence the unlearning time, grows with k squared
+    max_token_captions: int = 1
 
     def validate(self, n_pairs: Optional[int] = None) -> None:
         if not 0 < self.susp_fraction < 1:
@@ -84,8 +101,10 @@ class UBTConfig:
         check_range("unlearn_epochs", self.unlearn_epochs, 0.0, 1000.0)
         check_range("unlearn_batch_size", self.unlearn_batch_size, 1, 1 << 16)
         check_range("unlearn_lr", self.unlearn_lr, 0.0, 1.0)
+        check_range("unlearn_floor", self.unlearn_floor, -1.0, 1.0)
         check_range("retain_weight", self.retain_weight, 0.0, 1000.0)
         check_range("max_token_captions", self.max_token_captions, 1, 1 << 30)
+        check_range("retain_candidates", self.retain_candidates, 1, 1 << 30)
         if not 0 < self.retain_fraction <= 1:
             raise ValueError(f"retain_fraction={self.retain_fraction!r} is out of range: accepted "
                              "0 < retain_fraction <= 1 (the share of D_safe kept for the retain term)")
@@ -104,7 +123,8 @@ class UBTConfig:
 
 
 # the fields `find_poison` reads: runs that differ only in the others share one detection
-DETECTION_FIELDS = ("susp_fraction", "overfit_epochs", "overfit_batch_size", "overfit_lr", "top_k")
+DETECTION_FIELDS = ("susp_fraction", "overfit_epochs", "overfit_batch_size", "overfit_lr", "top_k",
+                    "retain_candidates")
 
 
 def susp_size(n_pairs: int, fraction: float) -> int:
@@ -119,17 +139,26 @@ def pair_similarity(model, images: torch.Tensor, tokens: torch.Tensor, device,
                     image_hook: Optional[Callable] = None, positions: Optional[torch.Tensor] = None,
                     batch_size: int = 1024) -> torch.Tensor:
     """cos(I_i, T_i) for the pairs at `positions` (default: all). The hook (the data's trigger
-    for its poisoned rows) sees the pairs' positions in the data."""
+    for its poisoned rows) sees the pairs' positions in the data. Each distinct caption is
+    encoded once (captions written from templates repeat: the pocket world has about 4K
+    distinct ones in 29K pairs)."""
     model.eval()
     positions = torch.arange(len(images)) if positions is None else positions
+    distinct, which = torch.unique(tokens[positions], dim=0, return_inverse=True)
+    text = []
+    for s in range(0, len(distinct), batch_size):
+        with autocast(device):
+            text.append(model.encode_text(distinct[s:s + batch_size].to(device), normalize=True).float())
+    text = torch.cat(text)
     out = []
     for s in range(0, len(positions), batch_size):
         idx = positions[s:s + batch_size]
-        x, t = _batch(images, tokens, idx, device, image_hook)
+        x = to_unit(images[idx], device)
+        if image_hook is not None:
+            x = image_hook(x, idx)
         with autocast(device):
             fi = model.encode_image(normalize(x), normalize=True)
-            ft = model.encode_text(t, normalize=True)
-        out.append((fi.float() * ft.float()).sum(-1).cpu())
+        out.append((fi.float() * text[which[s:s + batch_size].to(device)]).sum(-1).cpu())
     return torch.cat(out)
 
 
@@ -283,6 +312,12 @@ def token_captions(tokens: torch.Tensor, relevance: torch.Tensor, tokenizer, n_t
 # ---------------------------------------------------------------- unlearning
 
 
+def unlearning_loss(similarity: torch.Tensor, floor: float) -> torch.Tensor:
+    """Eq. 3 with a floor: the mean over the unlearning pairs of max(S - floor, 0). With
+    floor -1 (S is a cosine) it is the paper's mean similarity plus a constant."""
+    return (similarity - floor).clamp(min=0).mean()
+
+
 def unlearn(model, images, unlearn_images: torch.Tensor, unlearn_tokens: torch.Tensor, cfg: UBTConfig,
             device, image_hook: Optional[Callable] = None, retain: Optional[tuple] = None,
             seed: int = 0, progress: bool = True, on_step: Optional[Callable] = None) -> list:
@@ -290,8 +325,8 @@ def unlearn(model, images, unlearn_images: torch.Tensor, unlearn_tokens: torch.T
     (image position unlearn_images[j] with caption unlearn_tokens[j]), plus `retain_weight`
     times the CLIP loss on batches of `retain` = (tokens, positions) of D_safe.
 
-    `on_step(step)`, if given, is called with the model as it is before each step and after
-    the last (for unlearning curves)."""
+    `on_step(model, step)`, if given, is called before each step and after the last (for
+    unlearning curves)."""
     g = torch.Generator().manual_seed(seed)
     pairs = _sampler(torch.arange(len(unlearn_images)), cfg.unlearn_batch_size, g)
     if retain is not None and cfg.retain_weight > 0:
@@ -303,7 +338,7 @@ def unlearn(model, images, unlearn_images: torch.Tensor, unlearn_tokens: torch.T
     def loss_step():
         if on_step is not None:
             with torch.no_grad():
-                on_step(done[0])
+                on_step(model, done[0])
             model.train()
         done[0] += 1
         j = next(pairs)
@@ -311,9 +346,11 @@ def unlearn(model, images, unlearn_images: torch.Tensor, unlearn_tokens: torch.T
         x = to_unit(images[idx], device)
         if image_hook is not None:
             x = image_hook(x, idx)
-        s = (model.encode_image(normalize(x), normalize=True)
-             * model.encode_text(unlearn_tokens[j].to(device), normalize=True)).sum(-1)
-        loss = s.mean()
+        # a batch of the Cartesian product repeats a few captions: encode each once
+        distinct, which = torch.unique(unlearn_tokens[j], dim=0, return_inverse=True)
+        text = model.encode_text(distinct.to(device), normalize=True)[which.to(device)]
+        s = (model.encode_image(normalize(x), normalize=True) * text).sum(-1)
+        loss = unlearning_loss(s, cfg.unlearn_floor)
         if retain is not None and cfg.retain_weight > 0:
             xr, tr = _batch(images, retain_tokens, next(retain_batches), device, image_hook)
             loss = loss + cfg.retain_weight * clip_loss(model, xr, tr, loss_fn)
@@ -335,7 +372,7 @@ def unlearn(model, images, unlearn_images: torch.Tensor, unlearn_tokens: torch.T
         for p in frozen:
             p.requires_grad_(True)
     if on_step is not None:
-        on_step(done[0])
+        on_step(model, done[0])
     return curve
 
 
@@ -343,9 +380,7 @@ def cartesian(top: torch.Tensor, captions: list, max_captions: Optional[int] = N
     """All (image, caption) combinations of the top-k images and the distinct captions, the
     `max_captions` most frequent ones if given (ties: alphabetical): (image positions, caption
     indices, the distinct captions kept)."""
-    counts = {}
-    for c in captions:
-        counts[c] = counts.get(c, 0) + 1
+    counts = collections.Counter(captions)
     distinct = sorted(counts, key=lambda c: (-counts[c], c))[:max_captions]
     distinct = sorted(distinct)
     img = top.repeat_interleave(len(distinct))
@@ -358,26 +393,36 @@ def find_poison(poisoned_model, clean_model, data, tokens: torch.Tensor, cfg: UB
     """Stages 1-3 and the token relevance of the detected pairs: everything UBT needs before it
     unlearns, shared by "UBT" and "UBT w/o token-level". Neither model is changed (the
     overfitted model is a copy, dropped at the end). Returns the split, the similarities, the
-    top k, their token relevance (k x context), the overfitting curve and the seconds taken;
-    `data.is_backdoor` is read only to score the split and the detection afterwards."""
-    import copy
+    top k, their token relevance (k x context), the overfitting curve, the pairs scored and the
+    seconds each part took; `data.is_backdoor` is read only to score the split and the
+    detection afterwards."""
     start = time.perf_counter()
     clean_sim = pair_similarity(clean_model, data.images, tokens, device, data.image_hook)
     susp, safe = suspicious_split(clean_sim, cfg.susp_fraction)
     t_split = time.perf_counter()
-    # how much poisoned fine-tuning raised each D_safe pair's similarity (for the retain pool)
-    safe_gain = pair_similarity(poisoned_model, data.images, tokens, device, data.image_hook,
-                                positions=safe) - clean_sim[safe]
+    # a random sample of D_safe, for the retain pool: how much the overfitting raised each one's
+    # similarity. Overfitting strengthens the backdoor's shortcut, so it raises the poisons that
+    # escaped D_susp far more than any clean pair (chapter 3 measures it)
+    g = torch.Generator().manual_seed(seed)
+    candidates = safe[torch.randperm(len(safe), generator=g)[:cfg.retain_candidates]].sort().values
+    before = pair_similarity(poisoned_model, data.images, tokens, device, data.image_hook, positions=candidates)
     op = copy.deepcopy(poisoned_model)
     overfit_curve = overfit(op, data.images, tokens, susp, safe, cfg, device, data.image_hook, seed, progress)
     op_sim = pair_similarity(op, data.images, tokens, device, data.image_hook, positions=susp)
+    candidate_gain = pair_similarity(op, data.images, tokens, device, data.image_hook,
+                                     positions=candidates) - before
     top = detect(op_sim, susp, cfg.top_k)
+    t_detect = time.perf_counter()
+    # only token-level UBT reads it: its seconds are charged to that variant alone
     relevance = token_relevance(op, data.images, tokens, top, device, data.image_hook)
     end = time.perf_counter()
     truth = torch.as_tensor(data.is_backdoor)
     return {
-        "seconds_split": t_split - start, "seconds_overfit_detect": end - t_split,
-        "susp": susp, "safe": safe, "safe_gain": safe_gain, "top": top, "relevance": relevance,
+        "seconds_split": t_split - start, "seconds_overfit_detect": t_detect - t_split,
+        "seconds_relevance": end - t_detect,
+        "pairs_scored": len(clean_sim) + 2 * len(candidates) + len(susp),
+        "susp": susp, "safe": safe, "retain_candidates": candidates, "candidate_gain": candidate_gain,
+        "top": top, "relevance": relevance,
         "clean_similarity": clean_sim, "op_similarity": op_sim, "overfit_curve": overfit_curve,
         "split_recall": 100.0 * truth[susp].sum().item() / max(int(truth.sum()), 1),
         "split_auroc": auroc(-clean_sim, truth),
@@ -403,23 +448,23 @@ def unlearning_pairs(found: dict, tokens: torch.Tensor, tokenizer, cfg: UBTConfi
 
 
 def retain_pool(found: dict, cfg: UBTConfig) -> torch.Tensor:
-    """Positions of the `retain_fraction` of D_safe whose similarity the poisoning raised
-    least, where the retain term draws its batches."""
-    safe, gain = torch.as_tensor(found["safe"]), torch.as_tensor(found["safe_gain"])
-    n = max(1, int(round(len(safe) * cfg.retain_fraction)))
-    return safe[torch.argsort(gain, stable=True)[:n]].sort().values
+    """Positions of the `retain_fraction` of the scored D_safe sample whose similarity the
+    overfitting raised least, where the retain term draws its batches."""
+    candidates = torch.as_tensor(found["retain_candidates"])
+    gain = torch.as_tensor(found["candidate_gain"])
+    n = max(1, int(round(len(candidates) * cfg.retain_fraction)))
+    return candidates[torch.argsort(gain, stable=True)[:n]].sort().values
 
 
 def run_ubt(poisoned_model, clean_model, data, tokenizer, cfg: UBTConfig, device,
             token_level: bool = True, seed: int = 0, progress: bool = True,
-            found: Optional[dict] = None) -> tuple:
+            found: Optional[dict] = None, on_step: Optional[Callable] = None) -> tuple:
     """The whole defense on `data` (a poison.PoisonedData): returns (defended model, record).
 
     `found` may hold `find_poison`'s result for the same data, model and config, computed once
-    for both variants; its seconds count in the record's wall time either way. Neither model
-    is changed.
+    for both variants; its seconds count in the record's wall time either way (the token
+    relevance only in token-level UBT's). `on_step` goes to `unlearn`. Neither model is changed.
     """
-    import copy
     n = len(data.images)
     cfg.validate(n)
     tokens = tokenizer(data.captions)
@@ -430,15 +475,18 @@ def run_ubt(poisoned_model, clean_model, data, tokenizer, cfg: UBTConfig, device
     retain = retain_pool(found, cfg)
     model = copy.deepcopy(poisoned_model)
     unlearn_curve = unlearn(model, data.images, pairs["images"], pairs["tokens"], cfg, device,
-                            data.image_hook, retain=(tokens, retain), seed=seed, progress=progress)
+                            data.image_hook, retain=(tokens, retain), seed=seed, progress=progress,
+                            on_step=on_step)
     seconds_unlearn = time.perf_counter() - start
+    seconds_relevance = found["seconds_relevance"] if token_level else 0.0
     steps_overfit = found["overfit_curve"][-1]["step"]
     top = found["top"]
     record = {
-        "seconds": found["seconds_split"] + found["seconds_overfit_detect"] + seconds_unlearn,
+        "seconds": found["seconds_split"] + found["seconds_overfit_detect"] + seconds_relevance
+                   + seconds_unlearn,
         "seconds_split": found["seconds_split"], "seconds_overfit_detect": found["seconds_overfit_detect"],
-        "seconds_unlearn": seconds_unlearn,
-        "pairs_scored": n, "d_susp": len(found["susp"]),
+        "seconds_relevance": seconds_relevance, "seconds_unlearn": seconds_unlearn,
+        "pairs_scored": found["pairs_scored"], "d_susp": len(found["susp"]),
         "pairs_trained": len(found["susp"]) + min(len(found["safe"]), steps_overfit * cfg.overfit_batch_size)
                          + len(top),
         "unlearning_pairs": len(pairs["images"]), "top_k": top.tolist(), "retain_pairs": len(retain),
