@@ -1,3 +1,4 @@
+import copy
 import math
 import random
 
@@ -104,7 +105,7 @@ def test_cartesian_keeps_the_most_frequent_captions_when_capped():
         ubtlib.configure("smoke", ubt_max_token_captions=0)
 
 
-def test_retain_pool_leaves_out_the_pairs_poisoning_raised_most():
+def test_retain_pool_leaves_out_the_pairs_overfitting_raised_most():
     found = {"retain_candidates": torch.tensor([10, 11, 12, 13]),
              "candidate_gain": torch.tensor([0.5, 0.0, 0.1, 0.9])}
     assert ubt.retain_pool(found, ubt.UBTConfig(retain_fraction=0.5)).tolist() == [11, 12]
@@ -135,6 +136,12 @@ def test_both_ubt_variants_start_from_one_cached_detection(smoke, tmp_path, monk
     assert len(calls) == 1
     pipeline.defended(ubtlib.configure("smoke", ubt_top_k=5), "badnet", "ubt", progress=False)
     assert len(calls) == 2
+    # the retain candidates are part of the detection: a new sample size is a new detection
+    small = pipeline.ubt_detection(ubtlib.configure("smoke", ubt_retain_candidates=16), "badnet", progress=False)
+    assert len(calls) == 3
+    candidates, safe = small["retain_candidates"], small["safe"]
+    assert len(candidates) == 16 and bool(torch.isin(candidates, safe).all())
+    assert small["pairs_scored"] == len(small["clean_similarity"]) + 2 * 16 + len(small["susp"])
 
 
 def test_overfitting_raises_and_unlearning_lowers_the_similarity(smoke):
@@ -147,7 +154,7 @@ def test_overfitting_raises_and_unlearning_lowers_the_similarity(smoke):
     planted = torch.from_numpy(np.flatnonzero(data.is_backdoor))
     safe = torch.from_numpy(np.flatnonzero(~data.is_backdoor))
     cfg = ubt.UBTConfig(overfit_epochs=20, overfit_lr=1e-3, top_k=5, unlearn_epochs=20, unlearn_lr=1e-3,
-                        retain_weight=0.0)
+                        retain_weight=0.0, unlearn_floor=-1.0)  # the paper's eq. 3
     model = copy.deepcopy(clip.model)
     sim = lambda m: ubt.pair_similarity(m, data.images, tokens, "cpu", data.image_hook, planted).mean()
     before = sim(model)
@@ -246,3 +253,17 @@ def test_unlearning_loss_floor_stops_the_pairs_below_it():
     assert s.grad.tolist() == pytest.approx([1 / 3] * 3)
     with pytest.raises(ValueError, match="unlearn_floor=2 is out of range"):
         ubtlib.configure("smoke", ubt_unlearn_floor=2)
+
+
+def test_unlearn_uses_the_configured_floor(smoke, monkeypatch):
+    clip = pipeline.poisoned(smoke, "blended", progress=False)
+    data = pipeline.poisoned_data(smoke, "blended", progress=False)
+    tokens = clip.tokenizer(data.captions)
+    planted = torch.from_numpy(np.flatnonzero(data.is_backdoor))
+    floors = []
+    real = ubt.unlearning_loss
+    monkeypatch.setattr(ubt, "unlearning_loss", lambda s, floor: floors.append(floor) or real(s, floor))
+    cfg = ubt.UBTConfig(top_k=5, unlearn_epochs=1, retain_weight=0.0, unlearn_floor=0.25)
+    ubt.unlearn(copy.deepcopy(clip.model), data.images, planted, tokens[planted], cfg, "cpu",
+                data.image_hook, progress=False)
+    assert floors and set(floors) == {0.25}

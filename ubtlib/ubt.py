@@ -58,9 +58,10 @@ class UBTConfig:
     overfit_lr: float = 1e-4        # paper: 1e-6 (pocket learning rates are the paper's x 100)
     top_k: int = 500                # suspicious pairs kept after overfitting
     relevance_tokens: int = 1       # most relevant tokens kept per caption
-    # passes over the unlearning pairs (paper: 3). The pocket product holds one caption (below),
-    # a third of the pairs of three, so more passes give the same number of steps and more
-    unlearn_epochs: float = 12.0
+    # passes over the unlearning pairs (paper: 3). With one token-level caption (below) both
+    # UBT variants unlearn the k detected images once per pass; 10 passes of 500 pairs are 78
+    # steps, where the paper's 3 passes would be 24
+    unlearn_epochs: float = 10.0
     unlearn_batch_size: int = 64
     unlearn_lr: float = 3e-4        # paper: 1e-5
     # eq. 3 minimises the mean similarity of the unlearning pairs; a pair below this floor adds
@@ -107,7 +108,8 @@ class UBTConfig:
         check_range("retain_candidates", self.retain_candidates, 1, 1 << 30)
         if not 0 < self.retain_fraction <= 1:
             raise ValueError(f"retain_fraction={self.retain_fraction!r} is out of range: accepted "
-                             "0 < retain_fraction <= 1 (the share of D_safe kept for the retain term)")
+                             "0 < retain_fraction <= 1 (the share of the scored D_safe sample, retain_candidates, "
+                             "kept for the retain term)")
         if self.caption_form not in CAPTION_FORMS:
             raise ValueError(f"caption_form={self.caption_form!r} is not accepted: choose one of "
                              f"{', '.join(map(repr, CAPTION_FORMS))}")
@@ -321,8 +323,9 @@ def unlearning_loss(similarity: torch.Tensor, floor: float) -> torch.Tensor:
 def unlearn(model, images, unlearn_images: torch.Tensor, unlearn_tokens: torch.Tensor, cfg: UBTConfig,
             device, image_hook: Optional[Callable] = None, retain: Optional[tuple] = None,
             seed: int = 0, progress: bool = True, on_step: Optional[Callable] = None) -> list:
-    """Eq. 3 on `model` in place: minimise the mean cosine similarity of the unlearning pairs
-    (image position unlearn_images[j] with caption unlearn_tokens[j]), plus `retain_weight`
+    """Eq. 3 on `model` in place: minimise `unlearning_loss` (the mean cosine similarity, with
+    `unlearn_floor`) of the unlearning pairs (image position unlearn_images[j] with caption
+    unlearn_tokens[j]), plus `retain_weight`
     times the CLIP loss on batches of `retain` = (tokens, positions) of D_safe.
 
     `on_step(model, step)`, if given, is called before each step and after the last (for
@@ -389,13 +392,13 @@ def cartesian(top: torch.Tensor, captions: list, max_captions: Optional[int] = N
 
 
 def find_poison(poisoned_model, clean_model, data, tokens: torch.Tensor, cfg: UBTConfig, device,
-                seed: int = 0, progress: bool = True) -> dict:
+                seed: int = 0, progress: bool = True, relevance: bool = True) -> dict:
     """Stages 1-3 and the token relevance of the detected pairs: everything UBT needs before it
     unlearns, shared by "UBT" and "UBT w/o token-level". Neither model is changed (the
     overfitted model is a copy, dropped at the end). Returns the split, the similarities, the
     top k, their token relevance (k x context), the overfitting curve, the pairs scored and the
     seconds each part took; `data.is_backdoor` is read only to score the split and the
-    detection afterwards."""
+    detection afterwards. relevance=False skips the token relevance (None in the result)."""
     start = time.perf_counter()
     clean_sim = pair_similarity(clean_model, data.images, tokens, device, data.image_hook)
     susp, safe = suspicious_split(clean_sim, cfg.susp_fraction)
@@ -414,7 +417,7 @@ def find_poison(poisoned_model, clean_model, data, tokens: torch.Tensor, cfg: UB
     top = detect(op_sim, susp, cfg.top_k)
     t_detect = time.perf_counter()
     # only token-level UBT reads it: its seconds are charged to that variant alone
-    relevance = token_relevance(op, data.images, tokens, top, device, data.image_hook)
+    scores = token_relevance(op, data.images, tokens, top, device, data.image_hook) if relevance else None
     end = time.perf_counter()
     truth = torch.as_tensor(data.is_backdoor)
     return {
@@ -422,7 +425,7 @@ def find_poison(poisoned_model, clean_model, data, tokens: torch.Tensor, cfg: UB
         "seconds_relevance": end - t_detect,
         "pairs_scored": len(clean_sim) + 2 * len(candidates) + len(susp),
         "susp": susp, "safe": safe, "retain_candidates": candidates, "candidate_gain": candidate_gain,
-        "top": top, "relevance": relevance,
+        "top": top, "relevance": scores,
         "clean_similarity": clean_sim, "op_similarity": op_sim, "overfit_curve": overfit_curve,
         "split_recall": 100.0 * truth[susp].sum().item() / max(int(truth.sum()), 1),
         "split_auroc": auroc(-clean_sim, truth),
@@ -469,7 +472,8 @@ def run_ubt(poisoned_model, clean_model, data, tokenizer, cfg: UBTConfig, device
     cfg.validate(n)
     tokens = tokenizer(data.captions)
     if found is None:
-        found = find_poison(poisoned_model, clean_model, data, tokens, cfg, device, seed, progress)
+        found = find_poison(poisoned_model, clean_model, data, tokens, cfg, device, seed, progress,
+                            relevance=token_level)
     start = time.perf_counter()
     pairs = unlearning_pairs(found, tokens, tokenizer, cfg, token_level)
     retain = retain_pool(found, cfg)
