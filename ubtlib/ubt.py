@@ -85,9 +85,10 @@ class UBTConfig:
     caption_form: str = "template"
     # distinct token-level captions kept for the Cartesian product (the most frequent). In the
     # pocket world the top k's captions reduce to the target word, plus a few colour words of
-    # the images' descriptions; unlearning those costs clean accuracy (chapter 4 ablates 1 and
-    # 8). Without a cap, a top k of mostly clean pairs (an attack that planted nothing) has all
-    # different tokens, and the product, hence the unlearning time, grows with k squared
+    # the images' descriptions. One caption keeps the unlearning time flat: chapter 4 ablates
+    # 1 and 8 (8 took 1.5x as long there; their effect on CA is within the seed noise). Without
+    # a cap, a top k of mostly clean pairs (an attack that planted nothing) has all different
+    # tokens, and the product, hence the unlearning time, grows with k squared
     max_token_captions: int = 1
 
     def validate(self, n_pairs: Optional[int] = None) -> None:
