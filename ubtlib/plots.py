@@ -1,6 +1,7 @@
 """Figures shared by the chapters. Each returns a matplotlib Figure, stamped with provenance."""
 from __future__ import annotations
 
+import math
 import textwrap
 
 import matplotlib.pyplot as plt
@@ -252,8 +253,12 @@ def ablation_bars(flat, prov: dict):
     """CA and ASR per ablated value, one panel per parameter (flat: a DataFrame with columns
     attack, parameter, value, CA, ASR)."""
     params = list(dict.fromkeys(flat["parameter"]))
-    fig, axes = plt.subplots(1, len(params), figsize=(3.2 * len(params), 3), squeeze=False)
-    for ax, p in zip(axes[0], params):
+    ncols = min(len(params), 5)  # wrap into rows: ten panels in one row would be 32 inches wide
+    nrows = math.ceil(len(params) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3 * nrows), squeeze=False)
+    for ax in axes.flat[len(params):]:
+        ax.set_visible(False)
+    for ax, p in zip(axes.flat, params):
         sub = flat[flat["parameter"] == p]
         labels = [f"{a}\n{v:g}" if isinstance(v, (int, float)) else f"{a}\n{v}"
                   for a, v in zip(sub["attack"], sub["value"])]
