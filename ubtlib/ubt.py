@@ -156,9 +156,7 @@ def pair_similarity(model, images: torch.Tensor, tokens: torch.Tensor, device,
     out = []
     for s in range(0, len(positions), batch_size):
         idx = positions[s:s + batch_size]
-        x = to_unit(images[idx], device)
-        if image_hook is not None:
-            x = image_hook(x, idx)
+        x = _images(images, idx, device, image_hook)
         with autocast(device):
             fi = model.encode_image(normalize(x), normalize=True)
         out.append((fi.float() * text[which[s:s + batch_size].to(device)]).sum(-1).cpu())
@@ -184,11 +182,14 @@ def _sampler(positions: torch.Tensor, batch_size: int, generator: torch.Generato
             yield perm[b * batch_size:(b + 1) * batch_size]
 
 
-def _batch(images, tokens, idx, device, image_hook):
+def _images(images, idx, device, image_hook):
+    """The images at positions `idx` as [0, 1] floats on `device`, triggered by the hook."""
     x = to_unit(images[idx], device)
-    if image_hook is not None:
-        x = image_hook(x, idx)
-    return x, tokens[idx].to(device)
+    return x if image_hook is None else image_hook(x, idx)
+
+
+def _batch(images, tokens, idx, device, image_hook):
+    return _images(images, idx, device, image_hook), tokens[idx].to(device)
 
 
 def overfit(model, images, tokens, susp: torch.Tensor, safe: torch.Tensor, cfg: UBTConfig, device,
@@ -346,10 +347,7 @@ def unlearn(model, images, unlearn_images: torch.Tensor, unlearn_tokens: torch.T
             model.train()
         done[0] += 1
         j = next(pairs)
-        idx = unlearn_images[j]
-        x = to_unit(images[idx], device)
-        if image_hook is not None:
-            x = image_hook(x, idx)
+        x = _images(images, unlearn_images[j], device, image_hook)
         # a batch of the Cartesian product repeats a few captions: encode each once
         distinct, which = torch.unique(unlearn_tokens[j], dim=0, return_inverse=True)
         text = model.encode_text(distinct.to(device), normalize=True)[which.to(device)]
