@@ -92,3 +92,18 @@ def test_attack_on_the_smoke_model_runs(smoke, smoke_world):
     n = len(smoke_world.identities)
     assert res.hits.shape == (n,) and res.prompt_hits.shape == (smoke.idia.prompts, n)
     assert ((res.hits >= smoke.idia.min_hits) == res.recognised).all()
+
+
+def test_template_backdoor_is_one_where_the_name_is_the_neutral_term(smoke):
+    from ubtlib import pipeline
+    m = pipeline.pretrained(smoke, progress=False)
+    sim = idia.template_backdoor(m.model, m.tokenizer, ["human", "human"], "human", torch.device("cpu"), 5)
+    assert sim.shape == (5,)
+    assert torch.allclose(sim, torch.ones(5), atol=1e-5)
+
+
+def test_name_first_marks_the_templates_that_begin_with_the_name():
+    first = idia.name_first()
+    assert first[idia.PROMPTS.index("{}")] and first[idia.PROMPTS.index("{} smiling.")]
+    assert not first[idia.PROMPTS.index("a photo of {}.")]
+    assert len(first) == len(idia.PROMPTS) and len(idia.name_first(3)) == 3

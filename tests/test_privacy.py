@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ubtlib
-from ubtlib import pipeline, privacy
+from ubtlib import idia, pipeline, privacy
 
 CPU = torch.device("cpu")
 
@@ -165,6 +165,11 @@ def test_name_unlearning_plants_the_backdoor_and_keeps_clean_captions(smoke, smo
     assert after["sim_backdoor"] > before["sim_backdoor"] + 0.05
     assert after["sim_backdoor"] > 0.9
     assert after["sim_clean"] > 0.9 and after["sim_targets"] > 0.9
+    # per IDIA template, the backdoor raises the similarity of the named prompt to the neutral one
+    per_before = idia.template_backdoor(m.model, m.tokenizer, names, "human", CPU)
+    per_after = idia.template_backdoor(student, m.tokenizer, names, "human", CPU)
+    assert per_after.shape == (len(idia.PROMPTS),)
+    assert per_after.mean() > per_before.mean()
     # the original model is untouched
     assert privacy.text_similarities(m.model, m.model, m.tokenizer, evals, names, "human",
                                      CPU)["sim_backdoor"] == pytest.approx(before["sim_backdoor"])

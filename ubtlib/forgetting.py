@@ -245,6 +245,25 @@ def sweep_names(s: Setting, neutrals=("human",), regs=(True, False), sizes=None,
     return pd.DataFrame(rows)
 
 
+def by_template(s: Setting, row) -> pd.DataFrame:
+    """One name-unlearning run of a sweep (`row`: its size, neutral term, reg and repeat), per
+    IDIA template: how many of the removed people the template's majority vote still names,
+    and Sim_Backdoor for that phrasing (idia.template_backdoor). The run's student is trained
+    again with its seed."""
+    cfg = s.profile.names
+    ids = people_order(s, int(row["repeat"]))[:int(row["size"])]
+    _, student = forget_names(s, ids, neutral=row["neutral"], beta=cfg.beta if row["reg"] else 0.0,
+                              repeat=int(row["repeat"]), return_model=True)
+    n_prompts = s.profile.idia.prompts
+    prompts = idia.prompt_features(student, s.tokenizer, s.names, s.device, n_prompts)
+    after = idia.attack(s.faces, prompts, s.profile.idia.min_hits)
+    sim = idia.template_backdoor(student, s.tokenizer, [s.world.names[i] for i in ids], row["neutral"],
+                                 s.device, n_prompts)
+    return pd.DataFrame({"template": idia.PROMPTS[:n_prompts], "starts with the name": idia.name_first(n_prompts),
+                         "removed people named": after.prompt_hits[:, ids].sum(1),
+                         "Sim_Backdoor": sim.numpy()})
+
+
 # ---------------------------------------------------------------- faces
 
 

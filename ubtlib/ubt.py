@@ -75,9 +75,10 @@ class UBTConfig:
     # holds them teaches the backdoor again while it is being unlearned. They are well under
     # 1 % of D_safe; leaving out more drops the clean pairs that hold clean accuracy
     retain_fraction: float = 0.97
-    # D_safe pairs (a random sample) scored before and after overfitting for that choice: the
-    # retain term draws only a few thousand pairs, so scoring all of D_safe would cost for nothing
-    retain_candidates: int = 8192
+    # D_safe pairs (a random sample) scored before and after overfitting for that choice. The
+    # retain term draws 78 x 64 = 4,992 pairs in all, so scoring all of D_safe would cost for
+    # nothing; 4096 against 8192 saves a sixth of the pairs UBT scores, and chapter 4 ablates both
+    retain_candidates: int = 4096
     unlearn_towers: str = "both"    # towers trained while unlearning: both | image (text frozen)
     # token-level captions: template ("a photo of a {tokens}.") | tokens (kept alone, the paper's
     # literal reading). The pocket CLIP only ever saw full sentences, so a bare "banana" lands far
