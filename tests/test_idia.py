@@ -94,16 +94,17 @@ def test_attack_on_the_smoke_model_runs(smoke, smoke_world):
     assert ((res.hits >= smoke.idia.min_hits) == res.recognised).all()
 
 
-def test_template_backdoor_is_one_where_the_name_is_the_neutral_term(smoke):
-    from ubtlib import pipeline
-    m = pipeline.pretrained(smoke, progress=False)
-    sim = idia.template_backdoor(m.model, m.tokenizer, ["human", "human"], "human", torch.device("cpu"), 5)
-    assert sim.shape == (5,)
-    assert torch.allclose(sim, torch.ones(5), atol=1e-5)
-
-
-def test_name_first_marks_the_templates_that_begin_with_the_name():
-    first = idia.name_first()
-    assert first[idia.PROMPTS.index("{}")] and first[idia.PROMPTS.index("{} smiling.")]
-    assert not first[idia.PROMPTS.index("a photo of {}.")]
-    assert len(first) == len(idia.PROMPTS) and len(idia.name_first(3)) == 3
+def test_template_backdoor_compares_each_template_with_the_name_and_the_neutral_term(smoke):
+    from ubtlib import pipeline, privacy
+    m, cpu = pipeline.pretrained(smoke, progress=False), torch.device("cpu")
+    names = ["Kalo Maraston", "Vinike Rentoard"]
+    sim = idia.template_backdoor(m.model, m.tokenizer, names, "human", cpu, 3)
+    assert sim.shape == (3,)
+    words = privacy.WordTokens(m.tokenizer)
+    for p in range(3):
+        named = privacy.text_features(m.model, words([idia.PROMPTS[p].format(n) for n in names]), cpu)
+        plain = privacy.text_features(m.model, words([idia.PROMPTS[p].format("human")]), cpu)
+        assert sim[p].item() == pytest.approx((named @ plain[0]).mean().item(), abs=1e-5)
+    assert (sim < 1 - 1e-4).all()  # a name is not the neutral term, before any unlearning
+    same = idia.template_backdoor(m.model, m.tokenizer, ["human"], "human", cpu, 3)
+    assert torch.allclose(same, torch.ones(3), atol=1e-5)

@@ -245,11 +245,11 @@ def sweep_names(s: Setting, neutrals=("human",), regs=(True, False), sizes=None,
     return pd.DataFrame(rows)
 
 
-def by_template(s: Setting, row) -> pd.DataFrame:
+def by_template(s: Setting, row) -> dict:
     """One name-unlearning run of a sweep (`row`: its size, neutral term, reg and repeat), per
     IDIA template: how many of the removed people the template's majority vote still names,
     and Sim_Backdoor for that phrasing (idia.template_backdoor). The run's student is trained
-    again with its seed."""
+    again with its seed; "tpr" is the IDIA's on it, to compare with the sweep's row."""
     cfg = s.profile.names
     ids = people_order(s, int(row["repeat"]))[:int(row["size"])]
     _, student = forget_names(s, ids, neutral=row["neutral"], beta=cfg.beta if row["reg"] else 0.0,
@@ -259,9 +259,10 @@ def by_template(s: Setting, row) -> pd.DataFrame:
     after = idia.attack(s.faces, prompts, s.profile.idia.min_hits)
     sim = idia.template_backdoor(student, s.tokenizer, [s.world.names[i] for i in ids], row["neutral"],
                                  s.device, n_prompts)
-    return pd.DataFrame({"template": idia.PROMPTS[:n_prompts], "starts with the name": idia.name_first(n_prompts),
-                         "removed people named": after.prompt_hits[:, ids].sum(1),
-                         "Sim_Backdoor": sim.numpy()})
+    table = pd.DataFrame({"template": idia.PROMPTS[:n_prompts],
+                          "starts with the name": [p.startswith("{}") for p in idia.PROMPTS[:n_prompts]],
+                          "removed people named": after.prompt_hits[:, ids].sum(1), "Sim_Backdoor": sim.numpy()})
+    return {"table": table, "tpr": idia.outcome(s.before, after, ids)["tpr"]}
 
 
 # ---------------------------------------------------------------- faces

@@ -83,19 +83,9 @@ def template_backdoor(model, tokenizer, names, neutral: str, device,
     """Sim_Backdoor per prompt template: for each of the first `n_prompts` templates, the mean
     over `names` of cos(model(template with the name), model(template with `neutral`)). Shows
     which phrasings a name backdoor covers: the attack needs only one it misses."""
-    from .privacy import WordTokens, text_features
-    words = WordTokens(tokenizer)
-    out = []
-    for p in PROMPTS[:n_prompts]:
-        named = text_features(model, words([p.format(n) for n in names]), device)
-        plain = text_features(model, words([p.format(neutral)]), device)
-        out.append((named @ plain[0]).mean())
-    return torch.stack(out).cpu()
-
-
-def name_first(n_prompts: int = len(PROMPTS)) -> np.ndarray:
-    """Whether each of the first `n_prompts` templates starts with the name."""
-    return np.array([p.startswith("{}") for p in PROMPTS[:n_prompts]])
+    named = prompt_features(model, tokenizer, names, device, n_prompts)       # P x K x d
+    plain = prompt_features(model, tokenizer, [neutral], device, n_prompts)   # P x 1 x d
+    return (named * plain).sum(-1).mean(1).cpu()
 
 
 def face_features(model, world, device, n_images: int, image_hook=None) -> torch.Tensor:

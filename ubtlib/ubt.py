@@ -59,8 +59,8 @@ class UBTConfig:
     top_k: int = 500                # suspicious pairs kept after overfitting
     relevance_tokens: int = 1       # most relevant tokens kept per caption
     # passes over the unlearning pairs (paper: 3). With one token-level caption (below) both
-    # UBT variants unlearn the k detected images once per pass; 10 passes of 500 pairs are 78
-    # steps, where the paper's 3 passes would be 24
+    # UBT variants unlearn the k detected images once per pass; 10 passes of 500 pairs are 79
+    # steps of 64, where the paper's 3 passes would be 24
     unlearn_epochs: float = 10.0
     unlearn_batch_size: int = 64
     unlearn_lr: float = 3e-4        # paper: 1e-5
@@ -76,8 +76,9 @@ class UBTConfig:
     # 1 % of D_safe; leaving out more drops the clean pairs that hold clean accuracy
     retain_fraction: float = 0.97
     # D_safe pairs (a random sample) scored before and after overfitting for that choice. The
-    # retain term draws 78 x 64 = 4,992 pairs in all, so scoring all of D_safe would cost for
-    # nothing; 4096 against 8192 saves a sixth of the pairs UBT scores, and chapter 4 ablates both
+    # retain term draws 79 x 64 = 5,056 pairs in all, about 1.3 passes over the 3,973 kept of
+    # 4,096; scoring all of D_safe would cost time for nothing. 8,192 (no pair drawn twice)
+    # scores a sixth more pairs in all; chapter 4 ablates both
     retain_candidates: int = 4096
     unlearn_towers: str = "both"    # towers trained while unlearning: both | image (text frozen)
     # token-level captions: template ("a photo of a {tokens}.") | tokens (kept alone, the paper's
