@@ -49,6 +49,69 @@ def visibility(profile: Profile, attacks=ATTACKS, split: str = "heldout") -> dic
     return out
 
 
+def probe_accuracy(clean: torch.Tensor, triggered: torch.Tensor, l2: float = 1e-3) -> float:
+    """Held-out accuracy (%) of a logistic-regression probe telling triggered from clean features.
+
+    clean, triggered: N x d features of the same N images. The probe trains on both versions of
+    the first half of the images and is tested on both versions of the second half, so it never
+    sees a test image in either form. 50 % is chance: a probe that sees no difference labels the
+    two versions of an image alike, one right and one wrong."""
+    n = len(clean) // 2
+    if n < 1 or clean.shape != triggered.shape:
+        raise ValueError(f"probe_accuracy needs two equal N x d feature sets, N >= 2: got "
+                         f"{tuple(clean.shape)} and {tuple(triggered.shape)}")
+    x_train, x_test = torch.cat([clean[:n], triggered[:n]]), torch.cat([clean[n:], triggered[n:]])
+    y_train = torch.cat([torch.zeros(n), torch.ones(n)])
+    y_test = torch.cat([torch.zeros(len(clean) - n), torch.ones(len(clean) - n)])
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+    # zero start: the fit is convex, so the answer does not depend on a random initialisation
+    w = torch.zeros(x_train.shape[1] + 1, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        logits = x_train @ w[:-1] + w[-1]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y_train) + l2 * w[:-1].pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return 100.0 * ((x_test @ w[:-1] + w[-1] > 0).float() == y_test).float().mean().item()
+
+
+def trigger_footprint(profile: Profile, attacks=ATTACKS, strengths: dict | None = None,
+                      n_images: int = 3000) -> dict:
+    """What each trigger does to the *pre-trained* model's image features, before any poisoning,
+    on up to `n_images` held-out images:
+
+    * probe: held-out accuracy (%) of a linear probe telling triggered from clean (50 = chance);
+    * shift: mean feature change, as a share of the mean distance between two clean images;
+    * consistency: mean cosine between each image's change and the average change (1: every
+      image moves the same way, the direction a fine-tune can tie to the target caption).
+
+    `strengths` maps an attack to a multiple of its main knob (trigger_at_strength)."""
+    from .evaluate import encode_images
+    w = pipeline.world(profile)
+    model = pipeline.pretrained(profile).model
+    device = modellib.pick_device(profile.device)
+    images = w.images[w.indices("heldout")][:n_images]
+    clean = encode_images(model, images, device).cpu()
+    spread = torch.cdist(clean[:500], clean[:500]).mean().item()
+    out = {}
+    for a in attacks:
+        trigger = trigger_at_strength(profile, a, (strengths or {}).get(a, 1.0))
+        hook = lambda x, idx: trigger(x, torch.Generator().manual_seed(profile.seed + int(idx[0])))
+        moved = encode_images(model, images, device, image_hook=hook).cpu()
+        change = moved - clean
+        out[a] = {"probe": probe_accuracy(clean, moved),
+                  "shift": change.norm(dim=1).mean().item() / spread,
+                  "consistency": torch.nn.functional.cosine_similarity(change, change.mean(0, keepdim=True),
+                                                                       dim=1).mean().item()}
+    return out
+
+
 def no_defense(profile: Profile, attacks=ATTACKS, progress: bool = True) -> dict:
     """Per attack: CA and ASR of the poisoned model, with its fine-tuning time and curve."""
     w = pipeline.world(profile, progress=progress)
