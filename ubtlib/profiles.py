@@ -117,7 +117,7 @@ PROFILES = {
         names=NamesConfig(steps=50, lr=3e-3, beta=0.005, repeats=2, term_sizes=(1, 8, 64),
                           term_repeats=1, anchor_targets=True),
         faces=FacesConfig(clean_batch=64, poisoned_batch=64, size_min=0.5, size_max=1.0, jitter=0.0,
-                          hue=0.0, people_share=0.5, repeats=1)),
+                          hue=0.0, people_share=0.5, repeats=2)),
     "paper": Profile(
         name="paper", seed=42, description="the papers' settings: ViT-B-32 weights and real data sets, on a GPU",
         world=None, model=None, pretrain=None, device="cuda",
