@@ -251,3 +251,39 @@ def test_people_are_given_by_name_or_index_and_checked(smoke_world):
         forgetting._ids(s, [0, 12])
     with pytest.raises(ValueError, match="empty"):
         forgetting._ids(s, [])
+
+
+def test_downstream_retrieval_on_a_hand_built_case(smoke_world, monkeypatch):
+    """Photos of identity i point along axis i; the original text encoder maps each name to its
+    person's axis, the defended one maps every name to the neutral term's axis, along which only
+    identity 3's photos lie. Retrieval must then find the person with the original encoder,
+    never with the defended one, and return exactly the neutral term's photos."""
+    from types import SimpleNamespace
+    from ubtlib import forgetting
+    w = smoke_world
+    n, per, d = len(w.identities), 4, len(w.identities) + 1
+    faces = torch.zeros(n, per, d)
+    for i in range(n):
+        faces[i, :, i] = 1.0
+        faces[i, :, -1] = torch.linspace(0.0, 0.1, per)   # a little of the neutral axis for everyone
+    faces[3, :, -1] = 0.9 + torch.linspace(0.0, 0.05, per)   # identity 3 lies along it
+    axis = torch.eye(d)
+
+    def prompt_features(model, tokenizer, names, device, n_prompts):
+        rows = [axis[-1] if model == "defended" or name == "human" else axis[list(w.names).index(name)]
+                for name in names]
+        return torch.stack(rows).expand(n_prompts, -1, -1)
+
+    monkeypatch.setattr(forgetting.idia, "prompt_features", prompt_features)
+    s = SimpleNamespace(world=w, faces=faces, model="original", tokenizer=None, device="cpu",
+                        profile=SimpleNamespace(idia=SimpleNamespace(prompts=2)))
+    out = forgetting.downstream_retrieval(s, "defended", [0, 1], "human", k=per)
+    assert out["shows_original"] == 100.0 and out["shows_defended"] == 0.0
+    assert out["like_neutral_defended"] == 100.0 and out["like_neutral_original"] == 0.0
+    assert out["chance"] == pytest.approx(100.0 / n)
+    # the photos are world indices: the original encoder returns person 0's own eval photos
+    own = set(idia.eval_faces(w, per)[0].tolist())
+    assert set(out["photos"]["original"][0, 0].tolist()) == own
+    assert out["per_template"].shape[0] == 2
+    with pytest.raises(ValueError, match="k="):
+        forgetting.downstream_retrieval(s, "defended", [0], "human", k=0)

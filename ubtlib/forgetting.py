@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from . import idia, pipeline, privacy
 from . import model as modellib
 from .cache import cached, write_json
+from .checks import check_range
 from .evaluate import classifier, encode_images, pocket_templates, topk_accuracy
 from .profiles import Profile
 from .world import object_vocabulary
@@ -263,6 +264,53 @@ def by_template(s: Setting, row) -> dict:
                           "starts with the name": [p.startswith("{}") for p in idia.PROMPTS[:n_prompts]],
                           "removed people named": after.prompt_hits[:, ids].sum(1), "Sim_Backdoor": sim.numpy()})
     return {"table": table, "tpr": idia.outcome(s.before, after, ids)["tpr"]}
+
+
+def downstream_retrieval(s: Setting, student, people, neutral: str, k: int = 5) -> dict:
+    """The paper's Fig. 4 in the pocket world: a downstream system that keeps its own image side
+    and swaps in the defended text encoder (the paper: Stable Diffusion, which uses CLIP's text
+    encoder). No image generator runs here, so the "generator" is text-to-image retrieval: a
+    prompt returns the k photos nearest to it among every identity's eval photos, embedded by
+    the *original* image encoder.
+
+    For each IDIA template and removed person (names or identity indices), three prompts: the
+    template with the name through the original text encoder, the same through `student`, and
+    the template with `neutral` through the original. Returns, as means over people (%):
+    "shows_original" and "shows_defended", the share of the k photos that show the person
+    (chance: one in the number of identities); "like_neutral_original" and
+    "like_neutral_defended", the share of those photos that the neutral prompt also returns.
+    "per_template" holds the same per template; "photos" the retrieved world indices
+    (templates x people x k) per prompt kind, for the figure."""
+    check_range("k", k, 1, s.faces.shape[0] * s.faces.shape[1])
+    ids = _ids(s, people)
+    w = s.world
+    n_prompts = s.profile.idia.prompts
+    names = [w.names[i] for i in ids]
+    gallery = s.faces.reshape(-1, s.faces.shape[-1])           # s.faces: identities x photos x d
+    owner = torch.arange(s.faces.shape[0]).repeat_interleave(s.faces.shape[1])
+    world_index = torch.from_numpy(idia.eval_faces(w, s.faces.shape[1]).reshape(-1))
+
+    def nearest(prompts):                                       # P x K x d -> P x K x k
+        return (prompts @ gallery.T).topk(k, dim=-1).indices.cpu()
+
+    found = {"original": nearest(idia.prompt_features(s.model, s.tokenizer, names, s.device, n_prompts)),
+             "defended": nearest(idia.prompt_features(student, s.tokenizer, names, s.device, n_prompts)),
+             "neutral": nearest(idia.prompt_features(s.model, s.tokenizer, [neutral], s.device, n_prompts))}
+    person = torch.tensor(ids).view(1, -1, 1)
+    shows = {kind: 100 * (owner[found[kind]] == person).float().mean(-1) for kind in ("original", "defended")}
+    like = {kind: 100 * (found[kind].unsqueeze(-1) == found["neutral"].unsqueeze(-2)).any(-1).float().mean(-1)
+            for kind in ("original", "defended")}
+    per_template = pd.DataFrame({
+        "template": idia.PROMPTS[:n_prompts],
+        "shows the person, original (%)": shows["original"].mean(1).numpy(),
+        "shows the person, defended (%)": shows["defended"].mean(1).numpy(),
+        "as for the neutral term, defended (%)": like["defended"].mean(1).numpy()})
+    return {"shows_original": shows["original"].mean().item(), "shows_defended": shows["defended"].mean().item(),
+            "like_neutral_original": like["original"].mean().item(),
+            "like_neutral_defended": like["defended"].mean().item(),
+            "chance": 100.0 / s.faces.shape[0], "k": k, "neutral": neutral, "ids": ids,
+            "per_template": per_template,
+            "photos": {kind: world_index[t.reshape(-1)].reshape(t.shape) for kind, t in found.items()}}
 
 
 # ---------------------------------------------------------------- faces

@@ -140,3 +140,37 @@ def accuracy(summary, prov: dict, group: str, before: dict, title: str = ""):
         ax.axhline(before[k], color="0.3", ls="--", lw=1, label="before unlearning")
         ax.legend(fontsize=7)
     return fig
+
+
+def downstream(world, result: dict, prov: dict, template: str, n_people: int = 2):
+    """The paper's Fig. 4 analogue: for the first `n_people` removed people, the photos that
+    text-to-image retrieval returns for `template` with the name (original text encoder, then the
+    defended one) and with the neutral term (original). A photo of the person is framed."""
+    from .idia import PROMPTS
+    t = list(PROMPTS).index(template)
+    if t >= result["photos"]["original"].shape[0]:
+        raise ValueError(f"template {template!r} is not among the {result['photos']['original'].shape[0]} "
+                         f"templates of this result: pick one of {list(PROMPTS[:result['photos']['original'].shape[0]])}")
+    k, ids = result["k"], result["ids"][:n_people]
+    rows = [(p, kind) for p in range(len(ids)) for kind in ("original", "defended", "neutral")]
+    fig, axes = plt.subplots(len(rows), k, figsize=(1.25 * k + 2.6, 1.35 * len(rows)), squeeze=False)
+    label = {"original": "original encoder,\n\"{}\"", "defended": "defended encoder,\n\"{}\"",
+             "neutral": "original encoder,\n\"{}\""}
+    for r, (p, kind) in enumerate(rows):
+        filler = result["neutral"] if kind == "neutral" else world.names[ids[p]]
+        for j in range(k):
+            ax = axes[r, j]
+            i = int(result["photos"][kind][t, 0 if kind == "neutral" else p, j])
+            ax.imshow(world.images[i].permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            own = int(world.identity[i]) == ids[p]
+            for side in ax.spines.values():
+                side.set_color("C2" if own else "0.8")
+                side.set_linewidth(3 if own else 0.5)
+        axes[r, 0].set_ylabel(label[kind].format(template.format(filler)), rotation=0, ha="right",
+                              va="center", fontsize=7)
+    fig.suptitle("A downstream system on the defended text encoder: the photos a prompt retrieves\n"
+                 "(framed green: a photo of the person named)", fontsize=9)
+    fig.tight_layout()
+    stamp(fig, prov)
+    return fig
