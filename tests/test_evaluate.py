@@ -79,22 +79,3 @@ def test_a_second_run_reuses_the_cached_model(smoke):
     b = pipeline.pretrained(smoke, progress=False)
     assert a.record == b.record  # record.json (with its timing) came back from the cache
 
-
-def test_probe_accuracy_is_chance_for_no_change_and_perfect_for_a_fixed_offset():
-    from ubtlib.experiments import probe_accuracy
-    clean = torch.randn(200, 16, generator=torch.Generator().manual_seed(0))
-    # a probe sees the two versions of each test image alike: one right, one wrong
-    assert probe_accuracy(clean, clean.clone()) == 50.0
-    offset = torch.zeros(16)
-    offset[3] = 10.0   # one feature moved by ten standard deviations, for every image: separable
-    assert probe_accuracy(clean, clean + offset) == 100.0
-    # moved by two: the best threshold (at one) is right for Phi(1) = 84 % of images
-    offset[3] = 2.0
-    assert 76.0 < probe_accuracy(clean, clean + offset) < 92.0
-
-
-def test_probe_accuracy_rejects_mismatched_features():
-    import pytest
-    from ubtlib.experiments import probe_accuracy
-    with pytest.raises(ValueError, match="two equal"):
-        probe_accuracy(torch.zeros(10, 4), torch.zeros(10, 5))

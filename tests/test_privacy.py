@@ -254,10 +254,12 @@ def test_people_are_given_by_name_or_index_and_checked(smoke_world):
 
 
 def test_downstream_retrieval_on_a_hand_built_case(smoke_world, monkeypatch):
-    """Photos of identity i point along axis i; the original text encoder maps each name to its
-    person's axis, the defended one maps every name to the neutral term's axis, along which only
-    identity 3's photos lie. Retrieval must then find the person with the original encoder,
-    never with the defended one, and return exactly the neutral term's photos."""
+    """Photos of identity i point along axis i. The original text encoder maps each name to its
+    person's axis. The defended one maps a name to the neutral term's axis (along which only
+    identity 3's photos lie) under template 0, but misses template 1, where the name keeps its
+    person's axis. Retrieval must find the person with the original encoder under both
+    templates, with the defended one under template 1 only, and return exactly the neutral
+    term's photos under template 0."""
     from types import SimpleNamespace
     from ubtlib import forgetting
     w = smoke_world
@@ -268,22 +270,34 @@ def test_downstream_retrieval_on_a_hand_built_case(smoke_world, monkeypatch):
         faces[i, :, -1] = torch.linspace(0.0, 0.1, per)   # a little of the neutral axis for everyone
     faces[3, :, -1] = 0.9 + torch.linspace(0.0, 0.05, per)   # identity 3 lies along it
     axis = torch.eye(d)
+    names = list(w.names)
 
-    def prompt_features(model, tokenizer, names, device, n_prompts):
-        rows = [axis[-1] if model == "defended" or name == "human" else axis[list(w.names).index(name)]
-                for name in names]
-        return torch.stack(rows).expand(n_prompts, -1, -1)
+    def prompt_features(model, tokenizer, words, device, n_prompts):
+        assert n_prompts == 2
+        per_template = []
+        for t in range(n_prompts):
+            hidden = (model == "defended" and t == 0) or words == ["human"]
+            per_template.append(torch.stack([axis[-1] if hidden else axis[names.index(x)] for x in words]))
+        return torch.stack(per_template)
 
     monkeypatch.setattr(forgetting.idia, "prompt_features", prompt_features)
-    s = SimpleNamespace(world=w, faces=faces, model="original", tokenizer=None, device="cpu",
-                        profile=SimpleNamespace(idia=SimpleNamespace(prompts=2)))
-    out = forgetting.downstream_retrieval(s, "defended", [0, 1], "human", k=per)
-    assert out["shows_original"] == 100.0 and out["shows_defended"] == 0.0
-    assert out["like_neutral_defended"] == 100.0 and out["like_neutral_original"] == 0.0
+    original = torch.stack([axis[:n]] * 2)                      # P x K x d, identities first
+    s = SimpleNamespace(world=w, faces=faces, prompts=original, model="original", tokenizer=None,
+                        device="cpu", profile=SimpleNamespace(idia=SimpleNamespace(prompts=2)))
+    out = forgetting.downstream_retrieval(s, "defended", [2, 0], "human", k=per)
+    table = out["per_template"]
+    assert table["shows the person, original (%)"].tolist() == [100.0, 100.0]
+    assert table["shows the person, defended (%)"].tolist() == [0.0, 100.0]
+    assert table["as for the neutral term, defended (%)"].tolist() == [100.0, 0.0]
+    assert out["shows_original"] == 100.0 and out["shows_defended"] == 50.0
+    assert out["like_neutral_defended"] == 50.0 and out["like_neutral_original"] == 0.0
     assert out["chance"] == pytest.approx(100.0 / n)
-    # the photos are world indices: the original encoder returns person 0's own eval photos
-    own = set(idia.eval_faces(w, per)[0].tolist())
-    assert set(out["photos"]["original"][0, 0].tolist()) == own
-    assert out["per_template"].shape[0] == 2
+    # the photos are world indices: position 0 is identity 2, whose own eval photos come back
+    eval_photos = idia.eval_faces(w, per)
+    assert set(out["photos"]["original"][0, 0].tolist()) == set(eval_photos[2].tolist())
+    assert set(out["photos"]["defended"][1, 1].tolist()) == set(eval_photos[0].tolist())
+    assert set(out["photos"]["neutral"][0, 0].tolist()) == set(eval_photos[3].tolist())
     with pytest.raises(ValueError, match="k="):
         forgetting.downstream_retrieval(s, "defended", [0], "human", k=0)
+    with pytest.raises(ValueError, match="neutral"):
+        forgetting.downstream_retrieval(s, "defended", [0], " ", k=1)

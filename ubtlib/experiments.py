@@ -52,14 +52,16 @@ def visibility(profile: Profile, attacks=ATTACKS, split: str = "heldout") -> dic
 def probe_accuracy(clean: torch.Tensor, triggered: torch.Tensor, l2: float = 1e-3) -> float:
     """Held-out accuracy (%) of a logistic-regression probe telling triggered from clean features.
 
-    clean, triggered: N x d features of the same N images. The probe trains on both versions of
-    the first half of the images and is tested on both versions of the second half, so it never
-    sees a test image in either form. 50 % is chance: a probe that sees no difference labels the
-    two versions of an image alike, one right and one wrong."""
+    clean, triggered: N x d features of the same N images, in a random order (the split is by
+    position). The probe trains on both versions of the first half of the images and is tested
+    on both versions of the second half, so it never sees a test image in either form. 50 % is
+    chance: a probe that sees no difference labels the two versions of an image alike, one
+    right and one wrong."""
     n = len(clean) // 2
     if n < 1 or clean.shape != triggered.shape:
         raise ValueError(f"probe_accuracy needs two equal N x d feature sets, N >= 2: got "
                          f"{tuple(clean.shape)} and {tuple(triggered.shape)}")
+    clean, triggered = clean.detach().float().cpu(), triggered.detach().float().cpu()
     x_train, x_test = torch.cat([clean[:n], triggered[:n]]), torch.cat([clean[n:], triggered[n:]])
     y_train = torch.cat([torch.zeros(n), torch.ones(n)])
     y_test = torch.cat([torch.zeros(len(clean) - n), torch.ones(len(clean) - n)])
@@ -76,34 +78,36 @@ def probe_accuracy(clean: torch.Tensor, triggered: torch.Tensor, l2: float = 1e-
         loss.backward()
         return loss
 
-    opt.step(closure)
+    with torch.enable_grad():   # callers may be inside no_grad
+        opt.step(closure)
     with torch.no_grad():
         return 100.0 * ((x_test @ w[:-1] + w[-1] > 0).float() == y_test).float().mean().item()
 
 
-def trigger_footprint(profile: Profile, attacks=ATTACKS, strengths: dict | None = None,
-                      n_images: int = 3000) -> dict:
+def trigger_footprint(profile: Profile, attacks=ATTACKS, n_images: int = 3000) -> dict:
     """What each trigger does to the *pre-trained* model's image features, before any poisoning,
-    on up to `n_images` held-out images:
+    on a seeded random sample of up to `n_images` held-out images:
 
     * probe: held-out accuracy (%) of a linear probe telling triggered from clean (50 = chance);
-    * shift: mean feature change, as a share of the mean distance between two clean images;
+    * shift: mean length of the feature change, as a share of the mean distance between two
+      clean images;
     * consistency: mean cosine between each image's change and the average change (1: every
-      image moves the same way, the direction a fine-tune can tie to the target caption).
+      image moves the same way, a direction a fine-tune can tie to the target caption).
 
-    `strengths` maps an attack to a multiple of its main knob (trigger_at_strength)."""
+    The triggers are the profile's, applied as in the ASR measurement (poison.triggered_hook)."""
     from .evaluate import encode_images
     w = pipeline.world(profile)
     model = pipeline.pretrained(profile).model
     device = modellib.pick_device(profile.device)
-    images = w.images[w.indices("heldout")][:n_images]
+    # held-out indices run category by category: shuffle, so the probe's halves hold every class
+    order = np.random.default_rng(profile.seed).permutation(w.indices("heldout"))[:n_images]
+    images = w.images[torch.from_numpy(order)]
     clean = encode_images(model, images, device).cpu()
-    spread = torch.cdist(clean[:500], clean[:500]).mean().item()
+    spread = torch.pdist(clean[:500]).mean().item()
     out = {}
     for a in attacks:
-        trigger = trigger_at_strength(profile, a, (strengths or {}).get(a, 1.0))
-        hook = lambda x, idx: trigger(x, torch.Generator().manual_seed(profile.seed + int(idx[0])))
-        moved = encode_images(model, images, device, image_hook=hook).cpu()
+        moved = encode_images(model, images, device,
+                              image_hook=triggered_hook(pipeline.trigger(profile, a), profile.seed)).cpu()
         change = moved - clean
         out[a] = {"probe": probe_accuracy(clean, moved),
                   "shift": change.norm(dim=1).mean().item() / spread,

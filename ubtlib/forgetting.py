@@ -280,8 +280,10 @@ def downstream_retrieval(s: Setting, student, people, neutral: str, k: int = 5) 
     (chance: one in the number of identities); "like_neutral_original" and
     "like_neutral_defended", the share of those photos that the neutral prompt also returns.
     "per_template" holds the same per template; "photos" the retrieved world indices
-    (templates x people x k) per prompt kind, for the figure."""
+    (templates x people x k; one "person" for the neutral prompt) per prompt kind, for the figure.
+    The photos are the first `idia_images` eval photos of each identity, the ones the IDIA votes with."""
     check_range("k", k, 1, s.faces.shape[0] * s.faces.shape[1])
+    neutral = privacy.check_term("neutral", neutral)
     ids = _ids(s, people)
     w = s.world
     n_prompts = s.profile.idia.prompts
@@ -293,7 +295,7 @@ def downstream_retrieval(s: Setting, student, people, neutral: str, k: int = 5) 
     def nearest(prompts):                                       # P x K x d -> P x K x k
         return (prompts @ gallery.T).topk(k, dim=-1).indices.cpu()
 
-    found = {"original": nearest(idia.prompt_features(s.model, s.tokenizer, names, s.device, n_prompts)),
+    found = {"original": nearest(s.prompts[:, ids]),            # the original's prompts, identities first
              "defended": nearest(idia.prompt_features(student, s.tokenizer, names, s.device, n_prompts)),
              "neutral": nearest(idia.prompt_features(s.model, s.tokenizer, [neutral], s.device, n_prompts))}
     person = torch.tensor(ids).view(1, -1, 1)

@@ -145,12 +145,12 @@ def accuracy(summary, prov: dict, group: str, before: dict, title: str = ""):
 def downstream(world, result: dict, prov: dict, template: str, n_people: int = 2):
     """The paper's Fig. 4 analogue: for the first `n_people` removed people, the photos that
     text-to-image retrieval returns for `template` with the name (original text encoder, then the
-    defended one) and with the neutral term (original). A photo of the person is framed."""
+    defended one) and with the neutral term (original). A photo of the removed person is framed."""
     from .idia import PROMPTS
-    t = list(PROMPTS).index(template)
-    if t >= result["photos"]["original"].shape[0]:
-        raise ValueError(f"template {template!r} is not among the {result['photos']['original'].shape[0]} "
-                         f"templates of this result: pick one of {list(PROMPTS[:result['photos']['original'].shape[0]])}")
+    used = list(PROMPTS[:result["photos"]["original"].shape[0]])
+    if template not in used:
+        raise ValueError(f"template={template!r} is not one of this result's templates: {used}")
+    t = used.index(template)
     k, ids = result["k"], result["ids"][:n_people]
     rows = [(p, kind) for p in range(len(ids)) for kind in ("original", "defended", "neutral")]
     fig, axes = plt.subplots(len(rows), k, figsize=(1.25 * k + 2.6, 1.35 * len(rows)), squeeze=False)
@@ -170,7 +170,7 @@ def downstream(world, result: dict, prov: dict, template: str, n_people: int = 2
         axes[r, 0].set_ylabel(label[kind].format(template.format(filler)), rotation=0, ha="right",
                               va="center", fontsize=7)
     fig.suptitle("A downstream system on the defended text encoder: the photos a prompt retrieves\n"
-                 "(framed green: a photo of the person named)", fontsize=9)
+                 "(framed green: a photo of the removed person)", fontsize=9)
     fig.tight_layout()
     stamp(fig, prov)
     return fig

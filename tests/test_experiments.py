@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from ubtlib import experiments
+
+
+def test_probe_accuracy_is_chance_for_no_change_and_perfect_for_a_fixed_offset():
+    clean = torch.randn(200, 16, generator=torch.Generator().manual_seed(0))
+    # a probe sees the two versions of each test image alike: one right, one wrong
+    assert experiments.probe_accuracy(clean, clean.clone()) == 50.0
+    offset = torch.zeros(16)
+    offset[3] = 10.0   # one feature moved by ten standard deviations, for every image: separable
+    assert experiments.probe_accuracy(clean, clean + offset) == 100.0
+    # moved by two: the best threshold (at one) is right for Phi(1) = 84 % of images
+    offset[3] = 2.0
+    assert 76.0 < experiments.probe_accuracy(clean, clean + offset) < 92.0
+
+
+def test_probe_accuracy_is_measured_on_images_it_did_not_fit():
+    # unrelated noise as the "triggered" version: a probe can fit its training half (64
+    # features, 100 training images per class) but must fall to chance on the other half
+    g = torch.Generator().manual_seed(1)
+    clean, noise = torch.randn(200, 64, generator=g), torch.randn(200, 64, generator=g)
+    assert 38.0 < experiments.probe_accuracy(clean, noise) < 62.0
+
+
+def test_probe_accuracy_rejects_mismatched_features():
+    with pytest.raises(ValueError, match="two equal"):
+        experiments.probe_accuracy(torch.zeros(10, 4), torch.zeros(10, 5))
+
+
+def test_trigger_footprint_reports_each_attack_in_range(smoke):
+    out = experiments.trigger_footprint(smoke, ("badnet", "blended"), n_images=64)
+    assert set(out) == {"badnet", "blended"}
+    for row in out.values():
+        assert 0.0 <= row["probe"] <= 100.0
+        assert row["shift"] > 0.0                       # a trigger changes the features
+        assert -1.0 <= row["consistency"] <= 1.0
