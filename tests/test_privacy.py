@@ -301,3 +301,16 @@ def test_downstream_retrieval_on_a_hand_built_case(smoke_world, monkeypatch):
         forgetting.downstream_retrieval(s, "defended", [0], "human", k=0)
     with pytest.raises(ValueError, match="neutral"):
         forgetting.downstream_retrieval(s, "defended", [0], " ", k=1)
+
+
+def test_template_reading_counts_the_answers_of_name_first_templates():
+    import pandas as pd
+    from ubtlib import forgetting
+    table = pd.DataFrame({"template": ["{}", "{} smiling.", "a photo of {}.", "portrait of {}."],
+                          "starts with the name": [True, True, False, False],
+                          "removed people named": [3, 0, 1, 0]})
+    assert forgetting.template_reading(table) == (
+        "3 of the 4 template answers that still name a removed person come from templates that "
+        "begin with the name (75%, where such templates are 50% of all)")
+    table["removed people named"] = 0
+    assert forgetting.template_reading(table) == "no template names a removed person in this run"

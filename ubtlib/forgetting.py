@@ -266,6 +266,39 @@ def by_template(s: Setting, row) -> dict:
     return {"table": table, "tpr": idia.outcome(s.before, after, ids)["tpr"]}
 
 
+def both_by_template(s: Setting, row) -> dict:
+    """One two-encoder run of the face sweep (`row`: its size, reg and repeat), per IDIA
+    template: how many of the removed people the template's majority vote still names. The
+    image student is trained again with the run's seed and paired with the text student's
+    prompts (forget_names, cached); "tpr" is the IDIA's on the pair, to compare with the row."""
+    fcfg, ncfg = s.profile.faces, s.profile.names
+    size, reg, repeat = int(row["size"]), bool(row["reg"]), int(row["repeat"])
+    ids = _ids(s, people_order(s, repeat)[:size])
+    student = _face_student(s, ids, fcfg, reg, repeat)[0]
+    faces_after = idia.face_features(student, s.world, s.device, s.profile.idia.images)
+    text = forget_names(s, ids, beta=ncfg.beta if reg else 0.0, repeat=repeat)
+    after = idia.attack(faces_after, text["prompts"], s.profile.idia.min_hits)
+    n_prompts = s.profile.idia.prompts
+    table = pd.DataFrame({"template": idia.PROMPTS[:n_prompts],
+                          "starts with the name": [p.startswith("{}") for p in idia.PROMPTS[:n_prompts]],
+                          "removed people named": after.prompt_hits[:, ids].sum(1)})
+    return {"table": table, "tpr": idia.outcome(s.before, after, ids)["tpr"]}
+
+
+def template_reading(table: pd.DataFrame) -> str:
+    """A sentence on a per-template table (by_template, both_by_template): how many of the
+    answers that still name a removed person come from templates that begin with the name,
+    against the share of such templates."""
+    first = table["starts with the name"]
+    hits = int(table["removed people named"].sum())
+    if hits == 0:
+        return "no template names a removed person in this run"
+    first_hits = int(table.loc[first, "removed people named"].sum())
+    return (f"{first_hits} of the {hits} template answers that still name a removed person come from "
+            f"templates that begin with the name ({first_hits / hits:.0%}, where such templates are "
+            f"{float(first.mean()):.0%} of all)")
+
+
 def downstream_retrieval(s: Setting, student, people, neutral: str, k: int = 5) -> dict:
     """The paper's Fig. 4 in the pocket world: a downstream system that keeps its own image side
     and swaps in the defended text encoder (the paper: Stable Diffusion, which uses CLIP's text
@@ -346,6 +379,19 @@ def face_target(s: Setting) -> torch.Tensor:
     return s.cache["target"]
 
 
+def _face_student(s: Setting, ids, fcfg, reg: bool, repeat: int) -> tuple:
+    """(student, log, face sets, target) of one seeded face-unlearning run: the same run again
+    for the same arguments."""
+    w = s.world
+    sets = face_sets(s, ids, fcfg.eval_images)
+    target = face_target(s)
+    student, log = privacy.unlearn_faces(
+        s.model, [w.images[t] for t in sets["triggers"]], w.images[sets["clean"]], target, fcfg,
+        s.device, seed=_seed(s, repeat), beta=fcfg.beta if reg else 0.0,
+        is_person=torch.from_numpy(w.kind[sets["clean"]] == "person"))
+    return student, log, sets, target
+
+
 def forget_faces(s: Setting, people, reg: bool = True, repeat: int = 0, both: bool = True,
                  faces_cfg=None) -> list:
     """Unlearn the faces of `people` (names or identity indices) from the image encoder and
@@ -361,12 +407,7 @@ def forget_faces(s: Setting, people, reg: bool = True, repeat: int = 0, both: bo
     w = s.world
 
     def compute():
-        sets = face_sets(s, ids, fcfg.eval_images)
-        target = face_target(s)
-        student, log = privacy.unlearn_faces(
-            s.model, [w.images[t] for t in sets["triggers"]], w.images[sets["clean"]], target, fcfg,
-            s.device, seed=_seed(s, repeat), beta=fcfg.beta if reg else 0.0,
-            is_person=torch.from_numpy(w.kind[sets["clean"]] == "person"))
+        student, log, sets, target = _face_student(s, ids, fcfg, reg, repeat)
         faces_after = idia.face_features(student, w, s.device, s.profile.idia.images)
         after = idia.attack(faces_after, s.prompts, s.profile.idia.min_hits)
         sims = privacy.image_similarities(
