@@ -78,4 +78,3 @@ def test_a_second_run_reuses_the_cached_model(smoke):
     a = pipeline.pretrained(smoke, progress=False)
     b = pipeline.pretrained(smoke, progress=False)
     assert a.record == b.record  # record.json (with its timing) came back from the cache
-

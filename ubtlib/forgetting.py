@@ -260,9 +260,7 @@ def by_template(s: Setting, row) -> dict:
     after = idia.attack(s.faces, prompts, s.profile.idia.min_hits)
     sim = idia.template_backdoor(student, s.tokenizer, [s.world.names[i] for i in ids], row["neutral"],
                                  s.device, n_prompts)
-    table = pd.DataFrame({"template": idia.PROMPTS[:n_prompts],
-                          "starts with the name": [p.startswith("{}") for p in idia.PROMPTS[:n_prompts]],
-                          "removed people named": after.prompt_hits[:, ids].sum(1), "Sim_Backdoor": sim.numpy()})
+    table = _template_table(after, ids, n_prompts).assign(Sim_Backdoor=sim.numpy())
     return {"table": table, "tpr": idia.outcome(s.before, after, ids)["tpr"]}
 
 
@@ -278,11 +276,16 @@ def both_by_template(s: Setting, row) -> dict:
     faces_after = idia.face_features(student, s.world, s.device, s.profile.idia.images)
     text = forget_names(s, ids, beta=ncfg.beta if reg else 0.0, repeat=repeat)
     after = idia.attack(faces_after, text["prompts"], s.profile.idia.min_hits)
-    n_prompts = s.profile.idia.prompts
-    table = pd.DataFrame({"template": idia.PROMPTS[:n_prompts],
-                          "starts with the name": [p.startswith("{}") for p in idia.PROMPTS[:n_prompts]],
-                          "removed people named": after.prompt_hits[:, ids].sum(1)})
-    return {"table": table, "tpr": idia.outcome(s.before, after, ids)["tpr"]}
+    return {"table": _template_table(after, ids, s.profile.idia.prompts),
+            "tpr": idia.outcome(s.before, after, ids)["tpr"]}
+
+
+def _template_table(after: idia.IdiaResult, ids, n_prompts: int) -> pd.DataFrame:
+    """Per IDIA template: whether it begins with the name, and how many of `ids` its majority
+    vote still names in the attack result `after`."""
+    return pd.DataFrame({"template": idia.PROMPTS[:n_prompts],
+                         "starts with the name": [p.startswith("{}") for p in idia.PROMPTS[:n_prompts]],
+                         "removed people named": after.prompt_hits[:, ids].sum(1)})
 
 
 def template_reading(table: pd.DataFrame) -> str:
