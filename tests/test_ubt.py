@@ -267,3 +267,21 @@ def test_unlearn_uses_the_configured_floor(smoke, monkeypatch):
     ubt.unlearn(copy.deepcopy(clip.model), data.images, planted, tokens[planted], cfg, "cpu",
                 data.image_hook, progress=False)
     assert floors and set(floors) == {0.25}
+
+
+def test_abl_losses_are_cached_by_their_config(smoke, tmp_path, monkeypatch):
+    from ubtlib import abl, experiments
+    monkeypatch.setenv("UBT_CACHE_DIR", str(tmp_path))
+    calls = []
+    real = abl.lga_train
+    monkeypatch.setattr(abl, "lga_train", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = experiments.abl_separation(smoke, "badnet", progress=False)
+    again = experiments.abl_separation(smoke, "badnet", progress=False)
+    assert len(calls) == 1 and first == again  # the second read the cached losses
+    data = pipeline.poisoned_data(smoke, "badnet", progress=False)
+    assert len(first["losses"]) == len(data.images)
+    # a new isolation ratio reuses the losses; a new LGA threshold trains again
+    experiments.abl_separation(ubtlib.configure("smoke", abl_isolation_ratio=0.05), "badnet", progress=False)
+    assert len(calls) == 1
+    experiments.abl_separation(ubtlib.configure("smoke", abl_gamma=0.5), "badnet", progress=False)
+    assert len(calls) == 2

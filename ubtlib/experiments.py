@@ -142,18 +142,14 @@ def pretrained_backdoor_metrics(profile: Profile, attack: str = "badnet") -> dic
 
 def abl_separation(profile: Profile, attack: str, progress: bool = True) -> dict:
     """ABL's isolation on the poisoned data: per-pair losses after LGA training from the clean
-    pre-trained model, with precision / recall / AUROC of isolating the poisons."""
-    from . import abl
+    pre-trained model (the cached `pipeline.abl_losses`), with precision / recall / AUROC of
+    isolating the poisons."""
+    from .abl import isolate
     from .ubt import detection_metrics
     prof = pipeline.with_attack(profile, attack)
-    device = modellib.pick_device(prof.device)
     data = pipeline.poisoned_data(prof, progress=progress)
-    clean = pipeline.pretrained(prof, progress=progress)
-    tokens = clean.tokenizer(data.captions)
-    model = copy.deepcopy(clean.model)
-    abl.lga_train(model, data.images, tokens, prof.abl, device, data.image_hook, prof.seed, progress)
-    losses = abl.per_pair_loss(model, data.images, tokens, device, data.image_hook, seed=prof.seed)
-    picked = abl.isolate(losses, prof.abl.isolation_ratio)
+    losses = pipeline.abl_losses(prof, progress=progress)
+    picked = isolate(losses, prof.abl.isolation_ratio)
     return {"losses": losses.tolist(), **detection_metrics(-losses, data.is_backdoor, picked)}
 
 

@@ -196,6 +196,35 @@ def _poisoned_key(prof: Profile) -> dict:
                 poison=prof.poison, finetune=prof.finetune, seed=prof.seed)
 
 
+def abl_losses(profile: Profile, attack: str | None = None, progress: bool = True) -> torch.Tensor:
+    """ABL's per-pair losses on the profile's poisoned data, after LGA training from the clean
+    pre-trained model (abl.py): the scores its isolation ranks. Cached like a defense, so a
+    chapter re-run does not train ABL again."""
+    from . import abl
+    prof = with_attack(profile, attack)
+    device = modellib.pick_device(prof.device)
+    prof.abl.validate()
+    data = poisoned_data(prof, progress=progress)
+    # the isolation ratio only reads the losses: leave it out of the key (and of the computation,
+    # so the key cannot go stale)
+    training = dataclasses.replace(prof.abl, isolation_ratio=abl.ABLConfig.isolation_ratio)
+
+    def compute(folder):
+        clean = pretrained(prof, progress=progress)
+        tokens = clean.tokenizer(data.captions)
+        model = copy.deepcopy(clean.model)
+        abl.lga_train(model, data.images, tokens, training, device, data.image_hook, prof.seed, progress)
+        losses = abl.per_pair_loss(model, data.images, tokens, device, data.image_hook, seed=prof.seed)
+        save_file({"losses": losses.float().cpu().contiguous()}, str(folder / "losses.safetensors"))
+
+    def load(folder):
+        return load_file(str(folder / "losses.safetensors"))["losses"]
+
+    return cached("abl", _POISONED_CODE + ("abl",), compute, load, world=prof.world, model=prof.model,
+                  pretrain=prof.pretrain, attack=prof.attack, poison=prof.poison, abl=training,
+                  seed=prof.seed)
+
+
 DEFENSES = ("cleanclip", "ubt", "ubt_no_token")
 _FOUND_TENSORS = ("susp", "safe", "retain_candidates", "candidate_gain", "top", "relevance",
                   "clean_similarity", "op_similarity")
