@@ -36,3 +36,29 @@ def test_trigger_footprint_reports_each_attack_in_range(smoke):
         assert 0.0 <= row["probe"] <= 100.0
         assert row["shift"] > 0.0                       # a trigger changes the features
         assert -1.0 <= row["consistency"] <= 1.0
+
+
+def test_poison_fit_scores_the_models_own_poisoned_objects(smoke, monkeypatch):
+    import numpy as np
+    from ubtlib import evaluate, pipeline
+    w = pipeline.world(smoke, progress=False)
+    data = pipeline.poisoned_data(smoke, "badnet", progress=False)
+    train = w.indices("train")
+    poisoned_objects = data.is_backdoor & (w.kind[train] == "object")
+    seen = {}
+
+    def encode(model, images, device, image_hook=None, **kw):
+        seen["images"] = images
+        x = image_hook(images.float() / 255, torch.arange(len(images)))  # the trigger is applied
+        seen["triggered"] = bool((x != images.float() / 255).any())
+        # every other image lands on the target (column 0 of an identity classifier), the rest on class 1
+        out = torch.zeros(len(images), len(w.categories))
+        out[torch.arange(len(images)), torch.arange(len(images)) % 2] = 1.0
+        return out
+
+    monkeypatch.setattr(evaluate, "encode_images", encode)
+    monkeypatch.setattr(evaluate, "classifier", lambda *a, **k: torch.eye(len(w.categories)))
+    fit = experiments.poison_fit(smoke, ("badnet",), progress=False)["badnet"]
+    assert len(seen["images"]) == poisoned_objects.sum() and seen["triggered"]
+    assert torch.equal(seen["images"], data.images[np.flatnonzero(poisoned_objects)])
+    assert fit == pytest.approx(100 * np.mean(np.arange(poisoned_objects.sum()) % 2 == 0))

@@ -131,6 +131,29 @@ def no_defense(profile: Profile, attacks=ATTACKS, progress: bool = True) -> dict
     return rows
 
 
+def poison_fit(profile: Profile, attacks=ATTACKS, progress: bool = True) -> dict:
+    """Per attack: the ASR (%) of the poisoned model on its own poisoned training objects, the
+    images it was fine-tuned on with the target's caption, triggered as in the ASR. High here
+    but low on held-out images: the fine-tune memorised its poisons. Low here too: it fitted
+    neither the trigger nor the poisoned images."""
+    from .evaluate import attack_success_rate, classifier, encode_images, pocket_templates
+    from .world import object_vocabulary
+    w = pipeline.world(profile, progress=progress)
+    device = modellib.pick_device(profile.device)
+    train = w.indices("train")
+    target = list(w.categories).index(profile.poison.target)
+    out = {}
+    for a in attacks:
+        prof = pipeline.with_attack(profile, a)
+        data, m = pipeline.poisoned_data(prof, progress=progress), pipeline.poisoned(prof, progress=progress)
+        rows = np.flatnonzero(data.is_backdoor & (w.kind[train] == "object"))
+        weights = classifier(m.model, m.tokenizer, w.categories, pocket_templates(object_vocabulary()), device)
+        hook = triggered_hook(pipeline.trigger(prof, progress=progress), prof.seed)
+        logits = encode_images(m.model, data.images[rows], device, image_hook=hook) @ weights
+        out[a] = attack_success_rate(logits, torch.from_numpy(w.label[train][rows]), target)
+    return out
+
+
 def pretrained_backdoor_metrics(profile: Profile, attack: str = "badnet") -> dict:
     """CA and ASR of the clean pre-trained model (its ASR is the trigger's base rate)."""
     w = pipeline.world(profile)
