@@ -314,3 +314,26 @@ def test_template_reading_counts_the_answers_of_name_first_templates():
         "begin with the name (75%, where such templates are 50% of all)")
     table["removed people named"] = 0
     assert forgetting.template_reading(table) == "no template names a removed person in this run"
+
+
+def test_a_longer_sweep_reuses_the_runs_of_a_shorter_one(smoke, tmp_path, monkeypatch):
+    from ubtlib import forgetting
+    monkeypatch.setenv("UBT_CACHE_DIR", str(tmp_path))
+    calls = []
+    real = privacy.unlearn_names
+    monkeypatch.setattr(privacy, "unlearn_names", lambda *a, **k: calls.append(1) or real(*a, **k))
+    short = forgetting.sweep_names(forgetting.setting(smoke, progress=False), regs=(True,), progress=False)
+    runs = len(calls)
+    assert runs == len(short) > 0
+    longer = ubtlib.configure("smoke", names_repeats=2 * smoke.names.repeats)
+    rows = forgetting.sweep_names(forgetting.setting(longer, progress=False), regs=(True,), progress=False)
+    assert len(rows) == 2 * runs and len(calls) == 2 * runs  # only the new repeats were trained
+    first = rows[rows.repeat == 0].drop(columns="seconds").reset_index(drop=True)
+    assert first.equals(short.drop(columns="seconds").reset_index(drop=True))
+    # a field of the recipe itself is a new run
+    forgetting.forget_names(forgetting.setting(ubtlib.configure("smoke", names_lr=2e-3), progress=False), [0])
+    assert len(calls) == 2 * runs + 1
+    # the faces recipe leaves out the same sweep-only fields
+    assert forgetting._recipe(ubtlib.configure("smoke", faces_repeats=3, faces_max_set=1).faces) == \
+        forgetting._recipe(smoke.faces)
+    assert forgetting._recipe(ubtlib.configure("smoke", faces_lr=2e-3).faces) != forgetting._recipe(smoke.faces)

@@ -9,6 +9,7 @@ it back, and the face chapter's "both encoders" runs reuse the name chapter's te
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -117,6 +118,18 @@ def _seed(s: Setting, repeat: int) -> int:
     return s.profile.seed * 1000 + repeat
 
 
+# Config fields that only shape a sweep (how many repeats, which set sizes). One run is the same
+# run whatever sweep it belongs to, so these stay out of its cache key and out of its computation.
+_SWEEP_FIELDS = ("repeats", "max_set", "term_sizes", "term_repeats")
+
+
+def _recipe(cfg):
+    """`cfg` (NamesConfig or FacesConfig) with its sweep-only fields at their defaults: what one
+    run uses. A longer sweep (more repeats, larger sets) then reuses the runs of a shorter one."""
+    return dataclasses.replace(cfg, **{f.name: f.default for f in dataclasses.fields(cfg)
+                                       if f.name in _SWEEP_FIELDS})
+
+
 def _key(s: Setting) -> dict:
     p = s.profile
     return dict(world=p.world, model=p.model, pretrain=p.pretrain, seed=p.seed, idia=p.idia)
@@ -175,7 +188,7 @@ def forget_names(s: Setting, people, neutral: str | None = None, beta: float | N
     prompt embeddings and zero-shot class weights (for the two-encoder defence); with
     return_model=True also the student CLIP (models are not cached: on a cache hit the same
     seeded run is trained again to return it)."""
-    cfg = s.profile.names
+    cfg = _recipe(s.profile.names)
     ids = _ids(s, people)
     neutral = privacy.check_term("neutral", cfg.neutral if neutral is None else neutral)
     beta = cfg.beta if beta is None else beta
@@ -269,7 +282,7 @@ def both_by_template(s: Setting, row) -> dict:
     template: how many of the removed people the template's majority vote still names. The
     image student is trained again with the run's seed and paired with the text student's
     prompts (forget_names, cached); "tpr" is the IDIA's on the pair, to compare with the row."""
-    fcfg, ncfg = s.profile.faces, s.profile.names
+    fcfg, ncfg = _recipe(s.profile.faces), _recipe(s.profile.names)
     size, reg, repeat = int(row["size"]), bool(row["reg"]), int(row["repeat"])
     ids = _ids(s, people_order(s, repeat)[:size])
     student = _face_student(s, ids, fcfg, reg, repeat)[0]
@@ -404,7 +417,7 @@ def forget_faces(s: Setting, people, reg: bool = True, repeat: int = 0, both: bo
     names (forget_names with the profile's neutral term, read from the cache when the name
     chapter made it): the defence of both encoders. Returns one row per defended model
     (encoders "image", and "both"). `faces_cfg` replaces the profile's FacesConfig."""
-    fcfg, ncfg = faces_cfg or s.profile.faces, s.profile.names
+    fcfg, ncfg = _recipe(faces_cfg or s.profile.faces), _recipe(s.profile.names)
     fcfg.validate()
     ids = _ids(s, people)
     w = s.world
