@@ -333,7 +333,13 @@ def test_a_longer_sweep_reuses_the_runs_of_a_shorter_one(smoke, tmp_path, monkey
     # a field of the recipe itself is a new run
     forgetting.forget_names(forgetting.setting(ubtlib.configure("smoke", names_lr=2e-3), progress=False), [0])
     assert len(calls) == 2 * runs + 1
-    # the faces recipe leaves out the same sweep-only fields
-    assert forgetting._recipe(ubtlib.configure("smoke", faces_repeats=3, faces_max_set=1).faces) == \
-        forgetting._recipe(smoke.faces)
-    assert forgetting._recipe(ubtlib.configure("smoke", faces_lr=2e-3).faces) != forgetting._recipe(smoke.faces)
+    # and so do the face runs
+    face_calls = []
+    real_faces = privacy.unlearn_faces
+    monkeypatch.setattr(privacy, "unlearn_faces", lambda *a, **k: face_calls.append(1) or real_faces(*a, **k))
+    short = forgetting.sweep_faces(forgetting.setting(smoke, progress=False), regs=(True,), progress=False)
+    runs = len(face_calls)
+    assert runs == len(short[short.encoders == "image"]) > 0
+    longer = ubtlib.configure("smoke", faces_repeats=2 * smoke.faces.repeats)
+    rows = forgetting.sweep_faces(forgetting.setting(longer, progress=False), regs=(True,), progress=False)
+    assert len(rows) == 2 * len(short) and len(face_calls) == 2 * runs

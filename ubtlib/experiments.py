@@ -116,6 +116,10 @@ def trigger_footprint(profile: Profile, attacks=ATTACKS, n_images: int = 3000) -
     return out
 
 
+# a No-defense ASR (%) from which an attack's backdoor counts as planted (chapters 3 and 5)
+PLANTED_ASR = 50.0
+
+
 def no_defense(profile: Profile, attacks=ATTACKS, progress: bool = True) -> dict:
     """Per attack: CA and ASR of the poisoned model, with its fine-tuning time and curve."""
     w = pipeline.world(profile, progress=progress)

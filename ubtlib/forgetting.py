@@ -4,8 +4,9 @@ A `Setting` holds what every run shares (the world, the original model, its IDIA
 its zero-shot accuracy, and embeddings that do not change); `forget_names` and
 `forget_faces` unlearn one set of people and measure the result; `sweep_*` run the paper's
 grid (set sizes 1, 2, 4, ..., nested; neutral terms; with and without weight regularisation;
-repeats). Each run is cached, keyed by every parameter and the code: a chapter re-run reads
-it back, and the face chapter's "both encoders" runs reuse the name chapter's text runs.
+repeats). Each run is cached, keyed by every parameter it uses and the code (not by the
+sweep-only ones: a longer sweep reuses the runs of a shorter one): a chapter re-run reads it
+back, and the face chapter's "both encoders" runs reuse the name chapter's text runs.
 """
 from __future__ import annotations
 
@@ -417,8 +418,8 @@ def forget_faces(s: Setting, people, reg: bool = True, repeat: int = 0, both: bo
     names (forget_names with the profile's neutral term, read from the cache when the name
     chapter made it): the defence of both encoders. Returns one row per defended model
     (encoders "image", and "both"). `faces_cfg` replaces the profile's FacesConfig."""
+    (faces_cfg or s.profile.faces).validate()
     fcfg, ncfg = _recipe(faces_cfg or s.profile.faces), _recipe(s.profile.names)
-    fcfg.validate()
     ids = _ids(s, people)
     w = s.world
 
