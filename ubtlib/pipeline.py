@@ -220,9 +220,9 @@ def abl_losses(profile: Profile, attack: str | None = None, progress: bool = Tru
     def load(folder):
         return load_file(str(folder / "losses.safetensors"))["losses"]
 
-    return cached("abl", _POISONED_CODE + ("abl",), compute, load, world=prof.world, model=prof.model,
-                  pretrain=prof.pretrain, attack=prof.attack, poison=prof.poison, abl=training,
-                  seed=prof.seed)
+    # the poisoned data's key, less the fine-tuning: ABL trains from the clean model
+    key = {k: v for k, v in _poisoned_key(prof).items() if k != "finetune"}
+    return cached("abl", _POISONED_CODE + ("abl",), compute, load, **key, abl=training)
 
 
 DEFENSES = ("cleanclip", "ubt", "ubt_no_token")
