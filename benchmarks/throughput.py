@@ -27,9 +27,9 @@ import open_clip
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ubtlib import model as modellib
-from ubtlib import weights
-from ubtlib.train import TrainConfig, adamw, clip_loss, optimize
+from ubtlib.clip import model as modellib
+from ubtlib.paper_scale import weights
+from ubtlib.clip.train import TrainConfig, adamw, clip_loss, optimize
 
 CAPTIONS = ["a photo of a banana.", "a red car parked on a street.", "a dog on a lawn.", "a man smiling."]
 

@@ -1,9 +1,11 @@
 import torch
 import torch.nn.functional as F
 
-from ubtlib import evaluate, pipeline, train
-from ubtlib import model as modellib
-from ubtlib.world import object_vocabulary
+from ubtlib.evaluation import zeroshot as evaluate
+from ubtlib import pipeline
+from ubtlib.clip import train
+from ubtlib.clip import model as modellib
+from ubtlib.world.pocket import object_vocabulary
 
 
 def test_topk_accuracy_on_a_hand_built_case():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ubtlib import experiments
+from ubtlib.book import experiments
 
 
 def test_probe_accuracy_is_chance_for_no_change_and_perfect_for_a_fixed_offset():
@@ -40,7 +40,8 @@ def test_trigger_footprint_reports_each_attack_in_range(smoke):
 
 def test_poison_fit_scores_the_models_own_poisoned_objects(smoke, monkeypatch):
     import numpy as np
-    from ubtlib import evaluate, pipeline
+    from ubtlib.evaluation import zeroshot as evaluate
+    from ubtlib import pipeline
     w = pipeline.world(smoke, progress=False)
     data = pipeline.poisoned_data(smoke, "badnet", progress=False)
     train = w.indices("train")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import ubtlib
-from ubtlib import idia
+from ubtlib.privacy import idia
 
 # 3 templates x 2 identities x 4 photos; 5 candidates (identity i's own name is candidate i)
 PRED = torch.tensor([
@@ -95,7 +95,8 @@ def test_attack_on_the_smoke_model_runs(smoke, smoke_world):
 
 
 def test_template_backdoor_compares_each_template_with_the_name_and_the_neutral_term(smoke):
-    from ubtlib import pipeline, privacy
+    from ubtlib import pipeline
+    from ubtlib.privacy import unlearning as privacy
     m, cpu = pipeline.pretrained(smoke, progress=False), torch.device("cpu")
     names = ["Kalo Maraston", "Vinike Rentoard"]
     sim = idia.template_backdoor(m.model, m.tokenizer, names, "human", cpu, 3)

@@ -2,8 +2,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ubtlib import model as modellib
-from ubtlib.model import ModelConfig
+from ubtlib.clip import model as modellib
+from ubtlib.clip.model import ModelConfig
 
 TINY = ModelConfig(width=32, layers=1, text_width=32, text_layers=1, head_width=32, embed_dim=16, context_length=16)
 

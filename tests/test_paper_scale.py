@@ -11,10 +11,12 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import ubtlib
-from ubtlib import data, paper_scale, weights
-from ubtlib import model as modellib
-from ubtlib.data import DataError
-from ubtlib.model import ModelConfig
+from ubtlib.paper_scale import data
+from ubtlib.paper_scale import runs as paper_scale
+from ubtlib.paper_scale import weights
+from ubtlib.clip import model as modellib
+from ubtlib.paper_scale.data import DataError
+from ubtlib.clip.model import ModelConfig
 
 TINY = ModelConfig(width=32, layers=1, text_width=32, text_layers=1, head_width=32, embed_dim=16,
                    context_length=16)

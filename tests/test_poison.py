@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from ubtlib import evaluate, pipeline
-from ubtlib.poison import PoisonConfig, poison, triggered_hook
-from ubtlib.triggers import Blended
+from ubtlib.evaluation import zeroshot as evaluate
+from ubtlib import pipeline
+from ubtlib.attacks.poison import PoisonConfig, poison, triggered_hook
+from ubtlib.attacks.triggers import Blended
 
 
 def test_poisoning_picks_non_target_pairs_and_captions_them(smoke, smoke_world):
@@ -66,7 +67,7 @@ def test_backdoor_metrics_with_a_trigger_that_paints_one_image(smoke, smoke_worl
     """A trigger that replaces every image by one banana image makes the model give that
     image's answer for all of them: the ASR must be 100 % or 0 %, as that answer is the target
     or not."""
-    from ubtlib.world import object_vocabulary
+    from ubtlib.world.pocket import object_vocabulary
     clip = pipeline.pretrained(smoke, progress=False)
     i = smoke_world.indices("heldout", "object")[0]
     banana = smoke_world.images[i:i + 1]

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 import ubtlib
-from ubtlib import idia, pipeline, privacy
+from ubtlib.privacy import idia
+from ubtlib import pipeline
+from ubtlib.privacy import unlearning as privacy
 
 CPU = torch.device("cpu")
 
@@ -44,7 +46,7 @@ def test_captions_with_a_name_being_unlearned_are_filtered():
 
 
 def test_word_tokens_equal_the_tokenizer(smoke):
-    from ubtlib import model as modellib
+    from ubtlib.clip import model as modellib
     _, tok = modellib.create(smoke.model)
     caps = ["a photo of a Kalo Maraston.", "human at the premiere, smiling.", "Rimar Dorley",
             "a small red car on a plain background next to a ring, Kalo Maraston and a human." * 2]
@@ -74,7 +76,7 @@ def test_weight_distance_gradient_is_zero_at_the_start():
 
 
 def test_student_trains_one_tower_without_layernorms(smoke):
-    from ubtlib import model as modellib
+    from ubtlib.clip import model as modellib
     model, _ = modellib.create(smoke.model)
     names = dict(privacy.tower_parameters(model, "text"))
     assert names and not any(n.startswith("visual.") or "ln_" in n or "logit" in n for n in names)
@@ -233,7 +235,7 @@ def test_term_sizes_must_be_set_sizes():
 
 
 def test_set_sizes_are_powers_of_two_up_to_the_largest():
-    from ubtlib.forgetting import set_sizes
+    from ubtlib.privacy.forgetting import set_sizes
     assert set_sizes(64) == [1, 2, 4, 8, 16, 32, 64]
     assert set_sizes(12) == [1, 2, 4, 8, 12]
     assert set_sizes(1) == [1]
@@ -241,7 +243,7 @@ def test_set_sizes_are_powers_of_two_up_to_the_largest():
 
 def test_people_are_given_by_name_or_index_and_checked(smoke_world):
     from types import SimpleNamespace
-    from ubtlib import forgetting
+    from ubtlib.privacy import forgetting
     s = SimpleNamespace(world=smoke_world)
     assert forgetting._ids(s, [smoke_world.names[2], smoke_world.names[0]]) == [2, 0]
     assert forgetting._ids(s, [2, 0]) == [2, 0]
@@ -261,7 +263,7 @@ def test_downstream_retrieval_on_a_hand_built_case(smoke_world, monkeypatch):
     templates, with the defended one under template 1 only, and return exactly the neutral
     term's photos under template 0."""
     from types import SimpleNamespace
-    from ubtlib import forgetting
+    from ubtlib.privacy import forgetting
     w = smoke_world
     n, per, d = len(w.identities), 4, len(w.identities) + 1
     faces = torch.zeros(n, per, d)
@@ -305,7 +307,7 @@ def test_downstream_retrieval_on_a_hand_built_case(smoke_world, monkeypatch):
 
 def test_template_reading_counts_the_answers_of_name_first_templates():
     import pandas as pd
-    from ubtlib import forgetting
+    from ubtlib.privacy import forgetting
     table = pd.DataFrame({"template": ["{}", "{} smiling.", "a photo of {}.", "portrait of {}."],
                           "starts with the name": [True, True, False, False],
                           "removed people named": [3, 0, 1, 0]})
@@ -317,7 +319,7 @@ def test_template_reading_counts_the_answers_of_name_first_templates():
 
 
 def test_a_longer_sweep_reuses_the_runs_of_a_shorter_one(smoke, tmp_path, monkeypatch):
-    from ubtlib import forgetting
+    from ubtlib.privacy import forgetting
     monkeypatch.setenv("UBT_CACHE_DIR", str(tmp_path))
     calls = []
     real = privacy.unlearn_names

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import ubtlib
-from ubtlib import ssba
-from ubtlib.triggers import (ATTACKS, AttackConfig, SIG, BadNet, Blended, WaNet, at_strength,
+from ubtlib.attacks import ssba
+from ubtlib.attacks.triggers import (ATTACKS, AttackConfig, SIG, BadNet, Blended, WaNet, at_strength,
                              linf, make_trigger, psnr)
 
 

@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 
 import ubtlib
-from ubtlib import cleanclip, pipeline, ubt
-from ubtlib.model import normalize, to_unit
+from ubtlib.defenses import cleanclip
+from ubtlib import pipeline
+from ubtlib.defenses import ubt
+from ubtlib.clip.model import normalize, to_unit
 
 
 def test_split_takes_the_weakest_fraction():
@@ -270,7 +272,8 @@ def test_unlearn_uses_the_configured_floor(smoke, monkeypatch):
 
 
 def test_abl_losses_are_cached_by_their_config(smoke, tmp_path, monkeypatch):
-    from ubtlib import abl, experiments
+    from ubtlib.defenses import abl
+    from ubtlib.book import experiments
     monkeypatch.setenv("UBT_CACHE_DIR", str(tmp_path))
     calls = []
     real = abl.lga_train

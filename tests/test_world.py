@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import ubtlib
-from ubtlib.world import CATEGORIES, TARGET_CLASS, WorldConfig, make_world
+from ubtlib.world.pocket import CATEGORIES, TARGET_CLASS, WorldConfig, make_world
 
 TINY = WorldConfig(objects_train=3, objects_heldout=2, n_identities=5, faces_train=3, faces_eval=2,
                    faces_trigger=1, n_distractor_names=7)

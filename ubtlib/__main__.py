@@ -1,3 +1,3 @@
-from .cli import main
+from ubtlib.cli import main
 
 main()

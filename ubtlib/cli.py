@@ -139,8 +139,8 @@ def _paper_parser(sub) -> None:
 def _run_paper(args) -> None:
     import dataclasses
 
-    from .data import DataError
-    from .profiles import configure
+    from ubtlib.paper_scale.data import DataError
+    from ubtlib.pipeline.profiles import configure
     try:
         prof = configure("paper", seed=args.seed, device=args.device, **_parse_params(args.parameter))
         if args.pretrained:
@@ -151,7 +151,7 @@ def _run_paper(args) -> None:
 
 
 def _paper_stage(prof, args) -> None:
-    from . import paper_scale
+    from ubtlib.paper_scale import runs as paper_scale
     if args.stage == "finetune":
         paper_scale.finetune_run(prof, args.csv, args.attack, args.out, args.workers)
     elif args.stage == "evaluate":

@@ -5,7 +5,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-from .report import stamp
+from ubtlib.book.report import stamp
 
 
 def _box(ax, x, y, w, h, text, colour="0.92", edge="0.3", fontsize=9, **kw):
@@ -146,7 +146,7 @@ def downstream(world, result: dict, prov: dict, template: str, n_people: int = 2
     """The paper's Fig. 4 analogue: for the first `n_people` removed people, the photos that
     text-to-image retrieval returns for `template` with the name (original text encoder, then the
     defended one) and with the neutral term (original). A photo of the removed person is framed."""
-    from .idia import PROMPTS
+    from ubtlib.privacy.idia import PROMPTS
     used = list(PROMPTS[:result["photos"]["original"].shape[0]])
     if template not in used:
         raise ValueError(f"template={template!r} is not one of this result's templates: {used}")

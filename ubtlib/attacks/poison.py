@@ -14,8 +14,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .checks import check_choice, check_range
-from .train import TrainConfig
+from ubtlib.checks import check_choice, check_range
+from ubtlib.clip.train import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,8 @@ class PoisonedData:
 def poison_templates(kind: str) -> list:
     import open_clip
 
-    from .evaluate import pocket_templates
-    from .world import object_vocabulary
+    from ubtlib.evaluation.zeroshot import pocket_templates
+    from ubtlib.world.pocket import object_vocabulary
     if kind == "pocket":
         return pocket_templates(object_vocabulary())
     return [t("{}") if callable(t) else t for t in open_clip.OPENAI_IMAGENET_TEMPLATES]

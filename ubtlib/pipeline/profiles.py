@@ -11,17 +11,17 @@ from dataclasses import dataclass
 from typing import Optional
 
 
-from .abl import ABLConfig
-from .checks import check_choice, check_range  # noqa: F401  (re-exported)
-from .idia import IdiaConfig
-from .cleanclip import CleanCLIPConfig
-from .model import ModelConfig
-from .poison import PoisonConfig
-from .privacy import FacesConfig, NamesConfig
-from .train import TrainConfig
-from .triggers import AttackConfig
-from .ubt import UBTConfig
-from .world import WorldConfig
+from ubtlib.defenses.abl import ABLConfig
+from ubtlib.checks import check_choice, check_range  # noqa: F401  (re-exported)
+from ubtlib.privacy.idia import IdiaConfig
+from ubtlib.defenses.cleanclip import CleanCLIPConfig
+from ubtlib.clip.model import ModelConfig
+from ubtlib.attacks.poison import PoisonConfig
+from ubtlib.privacy.unlearning import FacesConfig, NamesConfig
+from ubtlib.clip.train import TrainConfig
+from ubtlib.attacks.triggers import AttackConfig
+from ubtlib.defenses.ubt import UBTConfig
+from ubtlib.world.pocket import WorldConfig
 
 # The stages a profile configures, and the config class of each (override prefix -> class).
 STAGES = {"world": WorldConfig, "model": ModelConfig, "pretrain": TrainConfig,

@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
-from .report import stamp
+from ubtlib.book.report import stamp
 
 
 def gallery(images, captions, prov: dict, ncols: int = 8, title: str | None = None, width: float = 1.6):

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .checks import check_range
-from .evaluate import encode_images
+from ubtlib.checks import check_range
+from ubtlib.evaluation.zeroshot import encode_images
 
 # Our 21 prompt templates, in the spirit of the paper's ("{0}", "an image of {0}", ...):
 # plain, photographic and event phrasings of a name. Every word appears in the pocket world's
@@ -72,7 +72,7 @@ def candidates(world) -> list:
 
 def prompt_features(model, tokenizer, names, device, n_prompts: int = len(PROMPTS)) -> torch.Tensor:
     """Normalised text embeddings of every template filled with every name: P x K x d."""
-    from .privacy import WordTokens, text_features
+    from ubtlib.privacy.unlearning import WordTokens, text_features
     words = WordTokens(tokenizer)
     return torch.stack([text_features(model, words([p.format(n) for n in names]), device)
                         for p in PROMPTS[:n_prompts]])

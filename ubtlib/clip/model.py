@@ -17,9 +17,11 @@ from dataclasses import dataclass
 import open_clip
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from .checks import check_range
+from ubtlib.checks import read_tensors
+
+from ubtlib.checks import check_range
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ def save(model: torch.nn.Module, path: pathlib.Path) -> None:
 
 def load(model: torch.nn.Module, path: pathlib.Path) -> torch.nn.Module:
     """Load safetensors weights into `model` (never unpickles; all keys must match)."""
-    state = load_file(str(path), device="cpu")
+    state = read_tensors(path)
     model.load_state_dict(state, strict=True)
     return model
 

@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checks import check_range
-from .evaluate import encode_images
-from .model import autocast, normalize, to_unit
-from .train import batches
+from ubtlib.checks import check_range
+from ubtlib.evaluation.zeroshot import encode_images
+from ubtlib.clip.model import autocast, normalize, to_unit
+from ubtlib.clip.train import batches
 
 
 # ---------------------------------------------------------------- configs

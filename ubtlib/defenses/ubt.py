@@ -35,9 +35,9 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from .checks import check_range
-from .model import autocast, normalize, to_unit
-from .train import TrainConfig, clip_loss, optimize
+from ubtlib.checks import check_range
+from ubtlib.clip.model import autocast, normalize, to_unit
+from ubtlib.clip.train import TrainConfig, clip_loss, optimize
 
 
 # How token-level captions are written: the kept tokens alone (the paper's reading), or set

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .checks import check_choice, check_range
+from ubtlib.checks import check_choice, check_range
 
 ATTACKS = ("badnet", "blended", "sig", "wanet", "ssba")
 

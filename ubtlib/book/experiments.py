@@ -10,12 +10,12 @@ import dataclasses
 import numpy as np
 import torch
 
-from . import model as modellib
-from . import pipeline
-from .evaluate import backdoor_metrics
-from .poison import triggered_hook
-from .profiles import Profile
-from .triggers import ATTACKS, at_strength, linf, make_trigger, psnr
+from ubtlib.clip import model as modellib
+from ubtlib import pipeline
+from ubtlib.evaluation.zeroshot import backdoor_metrics
+from ubtlib.attacks.poison import triggered_hook
+from ubtlib.pipeline.profiles import Profile
+from ubtlib.attacks.triggers import ATTACKS, at_strength, linf, make_trigger, psnr
 
 
 def trigger_at_strength(profile: Profile, attack: str, strength: float = 1.0, progress: bool = False):
@@ -95,7 +95,7 @@ def trigger_footprint(profile: Profile, attacks=ATTACKS, n_images: int = 3000) -
       image moves the same way, a direction a fine-tune can tie to the target caption).
 
     The triggers are the profile's, applied as in the ASR measurement (poison.triggered_hook)."""
-    from .evaluate import encode_images
+    from ubtlib.evaluation.zeroshot import encode_images
     w = pipeline.world(profile)
     model = pipeline.pretrained(profile).model
     device = modellib.pick_device(profile.device)
@@ -140,8 +140,8 @@ def poison_fit(profile: Profile, attacks=ATTACKS, progress: bool = True) -> dict
     images it was fine-tuned on with the target's caption, triggered as in the ASR. High here
     but low on held-out images: the fine-tune memorised its poisons. Low here too: it fitted
     neither the trigger nor the poisoned images."""
-    from .evaluate import attack_success_rate, classifier, encode_images, pocket_templates
-    from .world import object_vocabulary
+    from ubtlib.evaluation.zeroshot import attack_success_rate, classifier, encode_images, pocket_templates
+    from ubtlib.world.pocket import object_vocabulary
     w = pipeline.world(profile, progress=progress)
     device = modellib.pick_device(profile.device)
     train = w.indices("train")
@@ -171,8 +171,8 @@ def abl_separation(profile: Profile, attack: str, progress: bool = True) -> dict
     """ABL's isolation on the poisoned data: per-pair losses after LGA training from the clean
     pre-trained model (the cached `pipeline.abl_losses`), with precision / recall / AUROC of
     isolating the poisons."""
-    from .abl import isolate
-    from .ubt import detection_metrics
+    from ubtlib.defenses.abl import isolate
+    from ubtlib.defenses.ubt import detection_metrics
     prof = pipeline.with_attack(profile, attack)
     data = pipeline.poisoned_data(prof, progress=progress)
     losses = pipeline.abl_losses(prof, progress=progress)
@@ -184,7 +184,7 @@ def finding_the_poison(profile: Profile, attacks=ATTACKS, with_abl: bool = True,
     """Per attack: UBT's split, overfitting and top-k detection (the cached detection stage the
     UBT runs start from), the poisons left in the retain pool, and ABL's isolation for
     comparison (UBT paper, Fig. 2)."""
-    from .ubt import retain_pool
+    from ubtlib.defenses.ubt import retain_pool
     out = {}
     for a in attacks:
         prof = pipeline.with_attack(profile, a)
@@ -209,7 +209,7 @@ def finding_the_poison(profile: Profile, attacks=ATTACKS, with_abl: bool = True,
 def relevance_examples(profile: Profile, attack: str, n: int = 4) -> list:
     """Token relevance (overfitted model's view is not cached, so the poisoned model's) for n
     detected pairs and n clean pairs: [{"tokens": [...], "relevance": [...], "poisoned": bool}]."""
-    from .ubt import token_relevance
+    from ubtlib.defenses.ubt import token_relevance
     prof = pipeline.with_attack(profile, attack)
     rec = pipeline.defended(prof, None, "ubt").record
     data = pipeline.poisoned_data(prof)
@@ -239,7 +239,7 @@ def _ubt_run(profile: Profile, attack: str) -> tuple:
 def unlearning_curve(profile: Profile, attack: str, token_level: bool = True) -> list:
     """CA and ASR after each unlearning step, re-running UBT's last stage from the cached
     detection (same top-k, token captions and seed as the cached defense)."""
-    from . import ubt
+    from ubtlib.defenses import ubt
     prof = pipeline.with_attack(profile, attack)
     device = modellib.pick_device(prof.device)
     found = pipeline.ubt_detection(prof)
@@ -310,9 +310,9 @@ def caption_alignment(profile: Profile, attack: str) -> dict:
     poisoned model: mean cosine with the target class's prompt-ensemble embedding (what ASR is
     measured against) of the detected pairs' full captions and of their kept tokens in each
     caption form (alone, or set into the prompt template)."""
-    from .evaluate import classifier, encode_texts, pocket_templates
-    from .ubt import CAPTION_FORMS
-    from .world import object_vocabulary
+    from ubtlib.evaluation.zeroshot import classifier, encode_texts, pocket_templates
+    from ubtlib.defenses.ubt import CAPTION_FORMS
+    from ubtlib.world.pocket import object_vocabulary
     prof, device, rec, data, m, world = _ubt_run(profile, attack)
     target = list(world.categories).index(prof.poison.target)
     weight = classifier(m.model, m.tokenizer, world.categories, pocket_templates(object_vocabulary()),

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from .checks import check_range
-from .model import normalize, to_unit
-from .train import TrainConfig, batches, epoch_steps, optimize
+from ubtlib.checks import check_range
+from ubtlib.clip.model import normalize, to_unit
+from ubtlib.clip.train import TrainConfig, batches, epoch_steps, optimize
 
 # WordNet is not available offline; EDA's synonym replacement uses this table of the pocket
 # captions' words instead (a word missing here is left as it is).

@@ -27,24 +27,27 @@ import numpy as np
 import open_clip
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from ubtlib.checks import read_tensors
 from torch.utils.data import Subset
 
-from . import idia, privacy
-from . import model as modellib
-from .cache import write_json
-from .checks import check_choice, check_range
-from .cleanclip import cleanclip
-from .data import CaptionCSV, IdentityFolders, Images, LabelledFolder, Pairs, endless, loader, read_captions
-from .evaluate import attack_success_rate, classifier, encode_images, topk_accuracy
-from .poison import PoisonConfig, PoisonedData, poison, poison_templates, triggered_hook
-from .profiles import Profile
-from .report import provenance
-from .train import TrainConfig, clip_loss, epoch_steps, optimize
-from .ssba import SSBATrigger, StegaEncoder, fixed_secret, train_stega
-from .triggers import ATTACKS, make_trigger
-from .ubt import run_ubt
-from .weights import load_pretrained, weights_file
+from ubtlib.privacy import idia
+from ubtlib.privacy import unlearning as privacy
+from ubtlib.clip import model as modellib
+from ubtlib.pipeline.cache import write_json
+from ubtlib.checks import check_choice, check_range
+from ubtlib.defenses.cleanclip import cleanclip
+from ubtlib.paper_scale.data import CaptionCSV, IdentityFolders, Images, LabelledFolder, Pairs, endless, loader, read_captions
+from ubtlib.evaluation.zeroshot import attack_success_rate, classifier, encode_images, topk_accuracy
+from ubtlib.attacks.poison import PoisonConfig, PoisonedData, poison, poison_templates, triggered_hook
+from ubtlib.pipeline.profiles import Profile
+from ubtlib.book.report import provenance
+from ubtlib.clip.train import TrainConfig, clip_loss, epoch_steps, optimize
+from ubtlib.attacks.ssba import SSBATrigger, StegaEncoder, fixed_secret, train_stega
+from ubtlib.attacks.triggers import ATTACKS, make_trigger
+from ubtlib.defenses.ubt import run_ubt
+from ubtlib.paper_scale.weights import load_pretrained, weights_file
 
 PAPER_ATTACKS = ATTACKS
 SSBA_SUFFIX = ".ssba-encoder.safetensors"   # beside the poisoned weights: the attacker's encoder
@@ -70,7 +73,7 @@ def paper_trigger(profile: Profile, attack: str, size: int, ssba_encoder: Option
         raise ValueError(f"ssba_encoder={str(path)!r}: expected an existing .safetensors file "
                          f"(the '*{SSBA_SUFFIX}' written by `paper finetune --attack ssba`)")
     encoder = StegaEncoder(cfg.ssba_bits, size, max_residual=cfg.ssba_max_residual)
-    encoder.load_state_dict(load_file(str(path)))
+    encoder.load_state_dict(read_tensors(path))
     return SSBATrigger(encoder.eval(), fixed_secret(cfg.ssba_bits, profile.seed))
 
 

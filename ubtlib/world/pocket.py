@@ -23,7 +23,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
-from .checks import check_range
+from ubtlib.checks import check_range
 
 TARGET_CLASS = "banana"
 

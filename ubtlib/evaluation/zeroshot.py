@@ -7,7 +7,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from .model import autocast, normalize, to_unit
+from ubtlib.clip.model import autocast, normalize, to_unit
 
 
 def _as_text(template) -> str:
@@ -85,7 +85,7 @@ def zero_shot(model, tokenizer, world, device, split: str = "heldout", templates
     Returns top-1 / top-5 (%), per-class top-1 and the predictions. `templates` defaults to
     the CLIP ImageNet templates written in the pocket world's caption vocabulary.
     """
-    from .world import object_vocabulary
+    from ubtlib.world.pocket import object_vocabulary
     templates = templates or pocket_templates(object_vocabulary())
     idx = world.indices(split, "object")
     labels = torch.from_numpy(world.label[idx])
@@ -123,7 +123,7 @@ def backdoor_metrics(model, tokenizer, world, trigger_hook, target: str, device,
 
     `trigger_hook(x, idx)` triggers a [0, 1] batch (see poison.triggered_hook).
     """
-    from .world import object_vocabulary
+    from ubtlib.world.pocket import object_vocabulary
     templates = templates or pocket_templates(object_vocabulary())
     idx = world.indices(split, "object")
     labels = torch.from_numpy(world.label[idx])

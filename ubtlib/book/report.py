@@ -17,7 +17,7 @@ import sys
 import open_clip
 import torch
 
-from .cache import write_json
+from ubtlib.pipeline.cache import write_json
 
 
 def hardware(device: torch.device | str | None = None) -> str:
@@ -30,19 +30,19 @@ def hardware(device: torch.device | str | None = None) -> str:
 
 def _git_commit() -> str | None:
     """The checkout's commit, with "+dirty" when the library or notebooks have local changes."""
-    here = pathlib.Path(__file__).parent
+    checkout = pathlib.Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=here, timeout=5).stdout.strip()
+                              cwd=checkout, timeout=5).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "ubtlib", "notebooks"],
-                               capture_output=True, text=True, cwd=here.parent, timeout=5).stdout.strip()
+                               capture_output=True, text=True, cwd=checkout, timeout=5).stdout.strip()
         return (head + ("+dirty" if dirty else "")) or None
     except (OSError, subprocess.SubprocessError):
         return None
 
 
 def provenance(profile, device=None) -> dict:
-    from . import __version__
+    from ubtlib import __version__
     return {
         "profile": profile.name, "seed": profile.seed, "hardware": hardware(device),
         "device": str(device) if device is not None else None,

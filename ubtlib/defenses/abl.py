@@ -17,9 +17,9 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from .checks import check_range
-from .model import autocast, normalize, to_unit
-from .train import TrainConfig, batches, clip_loss, epoch_steps, optimize
+from ubtlib.checks import check_range
+from ubtlib.clip.model import autocast, normalize, to_unit
+from ubtlib.clip.train import TrainConfig, batches, clip_loss, epoch_steps, optimize
 
 
 @dataclass(frozen=True)

@@ -14,23 +14,29 @@ import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from ubtlib.checks import read_tensors
 from tqdm.auto import tqdm
 
-from . import idia, pipeline, privacy
-from . import model as modellib
-from .cache import cached, write_json
-from .checks import check_range
-from .evaluate import classifier, encode_images, pocket_templates, topk_accuracy
-from .profiles import Profile
-from .world import object_vocabulary
+from ubtlib.privacy import idia
+from ubtlib.pipeline.pretraining import pretrained
+from ubtlib.pipeline.worlds import world
+from ubtlib.privacy import unlearning as privacy
+from ubtlib.clip import model as modellib
+from ubtlib.pipeline.cache import cached, write_json
+from ubtlib.checks import check_range
+from ubtlib.evaluation.zeroshot import classifier, encode_images, pocket_templates, topk_accuracy
+from ubtlib.world.pocket import object_vocabulary
 
-# cache keys include these modules' source: a code change recomputes the runs
-_MODULES = ("world", "model", "train", "evaluate", "idia", "privacy", "forgetting")
+if TYPE_CHECKING:
+    from ubtlib.pipeline.profiles import Profile
+
 METRICS = ("tpr", "fnr", "sim_backdoor", "sim_clean", "sim_targets", "sim_clean_people",
            "top1", "top5", "top1_drop", "top5_drop", "wrongly_unlearned", "newly_recalled", "seconds")
 
@@ -83,9 +89,9 @@ class Setting:
 
 def setting(profile: Profile, progress: bool = True) -> Setting:
     """The pre-trained model, the IDIA against it and its zero-shot accuracy."""
-    w = pipeline.world(profile, progress=progress)
+    w = world(profile, progress=progress)
     profile.idia.check_world(w)
-    base = pipeline.pretrained(profile, progress=progress)
+    base = pretrained(profile, progress=progress)
     device = modellib.pick_device(profile.device)
     start = time.perf_counter()
     names = idia.candidates(w)
@@ -223,10 +229,10 @@ def forget_names(s: Setting, people, neutral: str | None = None, beta: float | N
         save_file({"prompts": prompts.half().cpu(), "weights": weights.cpu()}, str(folder / "features.safetensors"))
 
     def load(folder):
-        t = load_file(str(folder / "features.safetensors"))
+        t = read_tensors(folder / "features.safetensors")
         return json.loads((folder / "result.json").read_text()), t["prompts"].float(), t["weights"]
 
-    row, prompts, weights = cached("forget_names", _MODULES, save, load, **_key(s), names=cfg,
+    row, prompts, weights = cached("forget_names", save, load, **_key(s), names=cfg,
                                    ids=sorted(ids), neutral=neutral, beta=beta, repeat=repeat)
     if return_model and "model" not in out:
         out["model"] = privacy.unlearn_names(s.model, s.tokenizer, names, s.corpus, cfg, s.device,
@@ -452,7 +458,7 @@ def forget_faces(s: Setting, people, reg: bool = True, repeat: int = 0, both: bo
                          "recognised_after": int(after_both.recognised.sum())})
         return {"rows": rows}
 
-    result = cached("forget_faces", _MODULES,
+    result = cached("forget_faces",
                     lambda folder: write_json(folder / "result.json", compute()),
                     lambda folder: json.loads((folder / "result.json").read_text()),
                     **_key(s), faces=fcfg, names=ncfg if both else None, ids=sorted(ids), reg=reg,

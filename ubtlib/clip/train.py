@@ -16,8 +16,8 @@ import open_clip
 import torch
 from tqdm.auto import tqdm
 
-from .model import autocast, normalize, to_unit
-from .checks import check_range
+from ubtlib.clip.model import autocast, normalize, to_unit
+from ubtlib.checks import check_range
 
 
 @dataclass(frozen=True)
