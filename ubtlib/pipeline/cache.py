@@ -66,7 +66,8 @@ def package_sources(package: pathlib.Path = PACKAGE) -> dict:
 SOURCES = package_sources()
 
 
-def _is_package(module: str, sources: Mapping[str, str]) -> bool:
+def is_package(module: str, sources: Mapping[str, str]) -> bool:
+    """True when `module` is a package (an __init__.py) among `sources`."""
     return any(m.startswith(module + ".") for m in sources)
 
 
@@ -97,7 +98,7 @@ def _import_statements(source: str) -> tuple:
 
 def imported_modules(module: str, sources: Mapping[str, str]) -> set:
     """The modules of `sources` that `module` imports anywhere in its code."""
-    package = module if _is_package(module, sources) else module.rpartition(".")[0]
+    package = module if is_package(module, sources) else module.rpartition(".")[0]
     found = set()
     for level, name, names in _import_statements(sources[module]):
         if not names:  # `import a.b.c` runs a.b.c (and binds a)
