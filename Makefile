@@ -4,7 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: book test chapters clean clean-cache
+.PHONY: help book test unit lint chapters clean clean-cache
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  \1\t/'
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,14 +18,21 @@ $(STAMP): pyproject.toml constraints.txt
 book: $(STAMP)  ## execute every chapter (pocket profile) and build the HTML book
 	$(BIN)/python -m ubtlib book
 
-test: $(STAMP)  ## unit tests, every chapter at the smoke profile, one clean book build
+lint: $(STAMP)  ## ruff check and ruff format --check on the repository (notebooks included)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+unit: $(STAMP)  ## the unit tests: all but the chapter runs, the book build and the slow tests (under a minute)
+	$(BIN)/python -m pytest -q -m "not book and not slow" tests
+
+test: lint $(STAMP)  ## lint, unit tests, every chapter at the smoke profile, one clean book build
 	$(BIN)/python -m pytest -q tests
 
 chapters: $(STAMP)  ## list the chapters and their parameters
 	$(BIN)/python -m ubtlib chapters
 
-clean:
+clean:  ## remove the built book and the executed chapters
 	rm -rf _build book/chapters
 
-clean-cache:
+clean-cache:  ## remove the cached pipeline stages (.cache)
 	rm -rf .cache

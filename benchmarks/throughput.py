@@ -15,6 +15,7 @@ peak). Data loading is not timed: this measures the training loop itself.
     OMP_NUM_THREADS=2 python benchmarks/throughput.py                     # pocket CLIP, CPU
     python benchmarks/throughput.py --model ViT-B-32 --device cuda --precision bf16
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,14 +23,14 @@ import copy
 import statistics
 import time
 
-import ubtlib  # noqa: F401  (before open_clip: see ubtlib/_compat.py)
 import open_clip
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+import ubtlib  # noqa: F401  (before open_clip: see ubtlib/_compat.py)
 from ubtlib.clip import model as modellib
-from ubtlib.paper_scale import weights
 from ubtlib.clip.train import TrainConfig, adamw, clip_loss, optimize
+from ubtlib.paper_scale import weights
 
 CAPTIONS = ["a photo of a banana.", "a red car parked on a street.", "a dog on a lawn.", "a man smiling."]
 
@@ -42,7 +43,7 @@ def sync(device):
 def library_loop(model, images_u8, tokens, steps, device) -> float:
     """Seconds for `steps` steps of train.optimize."""
     loss_fn = open_clip.ClipLoss()
-    cfg = TrainConfig(epochs=1, batch_size=len(tokens), lr=1e-5, warmup_steps=0, log_every=10 ** 9)
+    cfg = TrainConfig(epochs=1, batch_size=len(tokens), lr=1e-5, warmup_steps=0, log_every=10**9)
     loss_step = lambda: clip_loss(model, modellib.to_unit(images_u8, device), tokens, loss_fn)  # noqa: E731
     sync(device)
     start = time.perf_counter()
@@ -77,8 +78,12 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="pocket", help="pocket (the book's pocket CLIP) or an open_clip name")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    ap.add_argument("--precision", default=None, choices=("fp32", "bf16"),
-                    help="the library trains in fp32 on a CPU and in bf16 autocast on CUDA")
+    ap.add_argument(
+        "--precision",
+        default=None,
+        choices=("fp32", "bf16"),
+        help="the library trains in fp32 on a CPU and in bf16 autocast on CUDA",
+    )
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=20, help="timed steps per run")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each loop, interleaved; medians reported")
@@ -99,8 +104,10 @@ def main(argv=None) -> None:
     tokens = tokenizer([CAPTIONS[k % len(CAPTIONS)] + f" number {k}" for k in range(args.batch)]).to(device)
     images = modellib.normalize(images_u8.float() / 255)
     models = {"library": copy.deepcopy(model), "bare": copy.deepcopy(model)}
-    run = {"library": lambda m, n: library_loop(m, images_u8, tokens, n, device),
-           "bare": lambda m, n: bare_loop(m, images, tokens, n, device)}
+    run = {
+        "library": lambda m, n: library_loop(m, images_u8, tokens, n, device),
+        "bare": lambda m, n: bare_loop(m, images, tokens, n, device),
+    }
     for name in run:  # warm-up: allocations, kernels, optimizer state
         run[name](models[name], 2)
     seconds = {name: [] for name in run}
@@ -114,8 +121,10 @@ def main(argv=None) -> None:
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"{args.model} ({params:.1f}M parameters, {size} px), batch {args.batch}, {precision}, {where}")
     for name in run:
-        print(f"  {name:8s} {rate[name]:9.1f} pairs/s   (runs of {args.steps} steps: "
-              f"{', '.join(f'{s:.2f}' for s in seconds[name])} s)")
+        print(
+            f"  {name:8s} {rate[name]:9.1f} pairs/s   (runs of {args.steps} steps: "
+            f"{', '.join(f'{s:.2f}' for s in seconds[name])} s)"
+        )
     print(f"  ratio library / bare: {rate['library'] / rate['bare']:.3f}")
     if device.type == "cuda":
         m = models["bare"]
@@ -126,8 +135,10 @@ def main(argv=None) -> None:
         for name in run:
             achieved = flops * rate[name] / args.batch
             mfu = 100 * achieved / (args.peak_tflops * 1e12)
-            print(f"  {name:8s} {achieved / 1e12:7.1f} TFLOP/s, MFU {mfu:.1f} % of {args.peak_tflops:.0f} "
-                  f"TFLOP/s ({flops / args.batch / 1e9:.1f} GFLOP per pair)")
+            print(
+                f"  {name:8s} {achieved / 1e12:7.1f} TFLOP/s, MFU {mfu:.1f} % of {args.peak_tflops:.0f} "
+                f"TFLOP/s ({flops / args.batch / 1e9:.1f} GFLOP per pair)"
+            )
 
 
 if __name__ == "__main__":

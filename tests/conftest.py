@@ -20,4 +20,5 @@ def smoke():
 @pytest.fixture(scope="session")
 def smoke_world(smoke):
     from ubtlib import pipeline
+
     return pipeline.world(smoke, progress=False)

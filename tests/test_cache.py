@@ -35,8 +35,13 @@ def _stage(calls, value, **parts):
         calls.append(value)
         (folder / "value.json").write_text(json.dumps(value))
 
-    return cache.cached("demo", compute, lambda f: json.loads((f / "value.json").read_text()),
-                        code_module="ubtlib.pipeline.cache", **parts)
+    return cache.cached(
+        "demo",
+        compute,
+        lambda f: json.loads((f / "value.json").read_text()),
+        code_module="ubtlib.pipeline.cache",
+        **parts,
+    )
 
 
 def _edited(module: str, old: str, new: str) -> dict:
@@ -58,8 +63,11 @@ def test_a_module_reached_only_through_another_is_in_the_key():
     """poison.py builds the poisoned captions with evaluation.zeroshot.pocket_templates: an
     edit there must miss the poisoned stage (a hand-written module list missed it)."""
     assert "ubtlib.evaluation.zeroshot" in cache.module_closure("ubtlib.pipeline.poisoning")
-    sources = _edited("ubtlib.evaluation.zeroshot", "def pocket_templates(",
-                      "def _unused():\n    return 1\n\n\ndef pocket_templates(")
+    sources = _edited(
+        "ubtlib.evaluation.zeroshot",
+        "def pocket_templates(",
+        "def _unused():\n    return 1\n\n\ndef pocket_templates(",
+    )
     before, after = _hashes(cache.SOURCES), _hashes(sources)
     assert after["poisoned"] != before["poisoned"]
     assert after["world"] == before["world"] and after["pretrained"] == before["pretrained"]
@@ -99,7 +107,7 @@ def test_type_checking_imports_and_unknown_modules():
     sources = {
         "pkg": "",
         "pkg.a": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import b\n"
-                 "def f():\n    from pkg.c import g\n    return g()\n",
+        "def f():\n    from pkg.c import g\n    return g()\n",
         "pkg.b": "import pkg.c\n",
         "pkg.c": "def g():\n    return 1\n",
     }
@@ -135,8 +143,7 @@ def test_failed_compute_leaves_nothing_behind(tmp_cache):
 
     with pytest.raises(RuntimeError):
         cache.cached("demo", boom, lambda f: None, code_module="ubtlib.pipeline.cache", a=9)
-    assert not any(p.name.startswith(".") or (p / "partial").exists()
-                   for p in (tmp_cache / "demo").iterdir())
+    assert not any(p.name.startswith(".") or (p / "partial").exists() for p in (tmp_cache / "demo").iterdir())
     calls = []
     assert _stage(calls, 5, a=9) == 5 and calls == [5]
 
@@ -157,12 +164,14 @@ _SLOW_STAGE = textwrap.dedent("""
 
 def _slow(tmp_cache, seconds):
     env = {**os.environ, "UBT_CACHE_DIR": str(tmp_cache), "UBT_TEST_LOG": str(tmp_cache / "log")}
-    return subprocess.Popen([sys.executable, "-c", _SLOW_STAGE, str(seconds)], env=env,
-                            stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", _SLOW_STAGE, str(seconds)], env=env, stdout=subprocess.PIPE, text=True
+    )
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_stage_both_finish_with_one_entry(tmp_cache):
-    first, second = _slow(tmp_cache, 2), _slow(tmp_cache, 2)
+    first, second = _slow(tmp_cache, 1), _slow(tmp_cache, 1)
     outs = [p.communicate(timeout=120)[0].strip() for p in (first, second)]
     assert first.returncode == 0 and second.returncode == 0
     assert outs[0] == outs[1]  # both read the one entry
@@ -171,6 +180,7 @@ def test_two_processes_on_one_stage_both_finish_with_one_entry(tmp_cache):
     assert len(entries) == 1 and not [p for p in (tmp_cache / "slow").iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_stage_leaves_nothing_that_is_read(tmp_cache):
     victim = _slow(tmp_cache, 60)
     deadline = time.time() + 60
@@ -180,15 +190,27 @@ def test_a_run_killed_mid_stage_leaves_nothing_that_is_read(tmp_cache):
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
     assert not [p for p in (tmp_cache / "slow").iterdir() if not p.name.startswith(".")]
-    rerun = _slow(tmp_cache, 0)
-    out = rerun.communicate(timeout=120)[0].strip()
-    assert rerun.returncode == 0 and out == str(rerun.pid)  # recomputed by the new run
+    calls = []
+
+    def compute(folder):  # the same stage and key as the killed run's
+        calls.append(1)
+        (folder / "value.json").write_text(json.dumps(os.getpid()))
+
+    value = cache.cached(
+        "slow",
+        compute,
+        lambda f: json.loads((f / "value.json").read_text()),
+        code_module="ubtlib.pipeline.cache",
+        a=1,
+    )
+    assert value == os.getpid() and calls == [1]  # recomputed by the new run, not read
     assert not [p for p in (tmp_cache / "slow").iterdir() if p.name.startswith(".")]  # orphan swept
 
 
 def test_a_damaged_entry_gives_one_line_naming_it(tmp_cache):
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
+
     from ubtlib.checks import read_tensors
 
     def compute(folder):

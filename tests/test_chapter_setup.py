@@ -6,12 +6,12 @@ import pytest
 import ubtlib
 from ubtlib.book.chapter import is_profile_override, parameter_names
 
-PARAMETERS = '''profile: str = "smoke"  # smoke | pocket | paper
+PARAMETERS = """profile: str = "smoke"  # smoke | pocket | paper
 seed: int = 0  # the world
 attacks: list = ["badnet", "sig"]  # any of the five
 seeds: list = None  # None: the profile's
 ubt_top_k: int = None  # None: the profile's
-'''
+"""
 
 
 @pytest.fixture
@@ -25,8 +25,14 @@ def notebooks(tmp_path):
 
 
 def _namespace(**changes):
-    ns = {"profile": "smoke", "seed": 0, "attacks": ["badnet", "sig"], "seeds": None, "ubt_top_k": None,
-          "unrelated": 3}
+    ns = {
+        "profile": "smoke",
+        "seed": 0,
+        "attacks": ["badnet", "sig"],
+        "seeds": None,
+        "ubt_top_k": None,
+        "unrelated": 3,
+    }
     return {**ns, **changes}
 
 
@@ -38,19 +44,30 @@ def test_names_come_from_the_parameters_cell(notebooks):
 def test_setup_configures_the_profile_and_records_every_parameter(notebooks, capsys):
     ch = ubtlib.setup("09_demo", _namespace(seed=3, ubt_top_k=7), notebooks)
     assert ch.profile.name == "smoke" and ch.profile.seed == 3 and ch.profile.ubt.top_k == 7
-    assert ch.params == {"profile": "smoke", "seed": 3, "attacks": ["badnet", "sig"],
-                         "seeds": list(ch.profile.table_seeds), "ubt_top_k": 7}  # not `unrelated`
+    assert ch.params == {
+        "profile": "smoke",
+        "seed": 3,
+        "attacks": ["badnet", "sig"],
+        "seeds": list(ch.profile.table_seeds),
+        "ubt_top_k": 7,
+    }  # not `unrelated`
     assert ch.device.type == "cpu" and ch.provenance["seed"] == 3
     assert capsys.readouterr().out.strip() == ch.stamp
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"attacks": ["badnet", "badnett"]}, "attacks entry='badnett' is not accepted: choose one of 'badnet'"),
-    ({"attacks": []}, "attacks=\\[\\] must be a non-empty list"),
-    ({"seeds": [0, -1]}, "seeds entry=-1 is out of range"),
-    ({"ubt_top_k": 0}, "top_k=0"),
-    ({"profile": "pockett"}, "profile='pockett' is not accepted"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (
+            {"attacks": ["badnet", "badnett"]},
+            "attacks entry='badnett' is not accepted: choose one of 'badnet'",
+        ),
+        ({"attacks": []}, "attacks=\\[\\] must be a non-empty list"),
+        ({"seeds": [0, -1]}, "seeds entry=-1 is out of range"),
+        ({"ubt_top_k": 0}, "top_k=0"),
+        ({"profile": "pockett"}, "profile='pockett' is not accepted"),
+    ],
+)
 def test_bad_values_fail_before_any_compute(notebooks, changes, message):
     with pytest.raises(ValueError, match=message):
         ubtlib.setup("09_demo", _namespace(**changes), notebooks)

@@ -1,10 +1,10 @@
 import torch
 import torch.nn.functional as F
 
-from ubtlib.evaluation import zeroshot as evaluate
 from ubtlib import pipeline
-from ubtlib.clip import train
 from ubtlib.clip import model as modellib
+from ubtlib.clip import train
+from ubtlib.evaluation import zeroshot as evaluate
 from ubtlib.world.pocket import object_vocabulary
 
 
@@ -12,8 +12,8 @@ def test_topk_accuracy_on_a_hand_built_case():
     logits = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.3, 0.5], [0.1, 0.5, 0.4], [0.2, 0.3, 0.4]])
     labels = torch.tensor([0, 1, 2, 0])
     acc = evaluate.topk_accuracy(logits, labels, ks=(1, 2))
-    assert acc["top1"] == 25.0   # only row 0
-    assert acc["top2"] == 75.0   # rows 0, 1 (0.3 is second), 2 (0.4 is second); not row 3
+    assert acc["top1"] == 25.0  # only row 0
+    assert acc["top2"] == 75.0  # rows 0, 1 (0.3 is second), 2 (0.4 is second); not row 3
 
 
 def test_pocket_templates_are_in_vocabulary():
@@ -26,8 +26,9 @@ def test_classifier_is_the_normalised_template_mean(smoke):
     m, tok = modellib.create(smoke.model)
     w = evaluate.classifier(m, tok, ["banana", "apple"], ["a photo of a {}.", "a {}."], "cpu")
     assert w.shape == (smoke.model.embed_dim, 2)
-    by_hand = F.normalize(evaluate.encode_texts(m, tok, ["a photo of a banana.", "a banana."], "cpu")
-                          .mean(0), dim=-1)
+    by_hand = F.normalize(
+        evaluate.encode_texts(m, tok, ["a photo of a banana.", "a banana."], "cpu").mean(0), dim=-1
+    )
     assert torch.allclose(w[:, 0], by_hand, atol=1e-5)
 
 
@@ -47,17 +48,24 @@ def test_training_learns_a_separable_toy_task():
     real data never looks like that, so the toy has per-image noise and varied wording.)
     """
     torch.manual_seed(0)
-    cfg = modellib.ModelConfig(width=32, layers=1, text_width=32, text_layers=1, head_width=32, embed_dim=16, context_length=16)
+    cfg = modellib.ModelConfig(
+        width=32, layers=1, text_width=32, text_layers=1, head_width=32, embed_dim=16, context_length=16
+    )
     m, tok = modellib.create(cfg)
     g = torch.Generator().manual_seed(0)
     images = (torch.rand(64, 3, 32, 32, generator=g) * 60).to(torch.uint8)
-    images[:32, 0] += 190   # red
-    images[32:, 2] += 190   # blue
+    images[:32, 0] += 190  # red
+    images[32:, 2] += 190  # blue
     openings = ["a photo of", "look at", "here is", "my", "the", "an image of"]
     captions = [f"{openings[i % 6]} a {'red' if i < 32 else 'blue'} square number {i}." for i in range(64)]
-    curve = train.train_clip(m, images, tok(captions), train.TrainConfig(
-        epochs=40, batch_size=16, lr=2e-3, warmup_steps=5, log_every=20), torch.device("cpu"),
-        progress=False)
+    curve = train.train_clip(
+        m,
+        images,
+        tok(captions),
+        train.TrainConfig(epochs=40, batch_size=16, lr=2e-3, warmup_steps=5, log_every=20),
+        torch.device("cpu"),
+        progress=False,
+    )
     assert curve[-1]["loss"] < curve[0]["loss"] - 0.3
     w = evaluate.classifier(m, tok, ["red", "blue"], ["a photo of a {} square."], "cpu")
     logits = evaluate.encode_images(m, images, "cpu") @ w

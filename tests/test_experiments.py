@@ -1,3 +1,6 @@
+import math
+import types
+
 import pytest
 import torch
 
@@ -9,7 +12,7 @@ def test_probe_accuracy_is_chance_for_no_change_and_perfect_for_a_fixed_offset()
     # a probe sees the two versions of each test image alike: one right, one wrong
     assert experiments.probe_accuracy(clean, clean.clone()) == 50.0
     offset = torch.zeros(16)
-    offset[3] = 10.0   # one feature moved by ten standard deviations, for every image: separable
+    offset[3] = 10.0  # one feature moved by ten standard deviations, for every image: separable
     assert experiments.probe_accuracy(clean, clean + offset) == 100.0
     # moved by two: the best threshold (at one) is right for Phi(1) = 84 % of images
     offset[3] = 2.0
@@ -29,19 +32,50 @@ def test_probe_accuracy_rejects_mismatched_features():
         experiments.probe_accuracy(torch.zeros(10, 4), torch.zeros(10, 5))
 
 
-def test_trigger_footprint_reports_each_attack_in_range(smoke):
-    out = experiments.trigger_footprint(smoke, ("badnet", "blended"), n_images=64)
-    assert set(out) == {"badnet", "blended"}
-    for row in out.values():
-        assert 0.0 <= row["probe"] <= 100.0
-        assert row["shift"] > 0.0                       # a trigger changes the features
-        assert -1.0 <= row["consistency"] <= 1.0
+def test_trigger_footprint_on_hand_built_features(smoke, monkeypatch):
+    """Features built so that every number has a written-out answer.
+
+    Clean image k is the one-hot e_k in n + 2 dimensions: any two clean images are sqrt(2)
+    apart, so `shift` is a change's length over sqrt(2). The "triggers" (named by the attack)
+    move the features as follows:
+      badnet:  every image by 10 * e_n            -> probe 100, shift 10/sqrt(2), consistency 1
+      blended: not at all                         -> probe 50 (chance), shift 0, consistency 0
+      sig:     even images by 10 * e_n, odd ones by 10 * e_(n+1), two orthogonal moves
+               -> probe 100, shift 10/sqrt(2), consistency cos(e_n, (e_n + e_(n+1))/2) = 1/sqrt(2)
+    """
+    from ubtlib import pipeline
+    from ubtlib.evaluation import zeroshot as evaluate
+
+    def encode(model, images, device, image_hook=None, **kw):
+        n = len(images)
+        assert n % 2 == 0
+        x = torch.eye(n, n + 2)
+        if image_hook == "badnet":
+            x[:, n] += 10.0
+        elif image_hook == "sig":
+            x[0::2, n] += 10.0
+            x[1::2, n + 1] += 10.0
+        return x
+
+    monkeypatch.setattr(pipeline, "pretrained", lambda profile, **kw: types.SimpleNamespace(model=None))
+    monkeypatch.setattr(pipeline, "trigger", lambda profile, attack: attack)
+    monkeypatch.setattr(experiments, "triggered_hook", lambda trigger, seed: trigger)
+    monkeypatch.setattr(evaluate, "encode_images", encode)
+    out = experiments.trigger_footprint(smoke, ("badnet", "blended", "sig"), n_images=64)
+    assert list(out) == ["badnet", "blended", "sig"]
+    assert out["badnet"] == pytest.approx({"probe": 100.0, "shift": 10 / math.sqrt(2), "consistency": 1.0})
+    assert out["blended"] == pytest.approx({"probe": 50.0, "shift": 0.0, "consistency": 0.0})
+    assert out["sig"] == pytest.approx(
+        {"probe": 100.0, "shift": 10 / math.sqrt(2), "consistency": 1 / math.sqrt(2)}
+    )
 
 
 def test_poison_fit_scores_the_models_own_poisoned_objects(smoke, monkeypatch):
     import numpy as np
-    from ubtlib.evaluation import zeroshot as evaluate
+
     from ubtlib import pipeline
+    from ubtlib.evaluation import zeroshot as evaluate
+
     w = pipeline.world(smoke, progress=False)
     data = pipeline.poisoned_data(smoke, "badnet", progress=False)
     train = w.indices("train")

@@ -2,14 +2,18 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from ubtlib.checks import UnreadableFile
 from ubtlib.clip import model as modellib
 from ubtlib.clip.model import ModelConfig
 
-TINY = ModelConfig(width=32, layers=1, text_width=32, text_layers=1, head_width=32, embed_dim=16, context_length=16)
+TINY = ModelConfig(
+    width=32, layers=1, text_width=32, text_layers=1, head_width=32, embed_dim=16, context_length=16
+)
 
 
 def test_register_is_idempotent_and_builds_open_clip():
     import open_clip
+
     assert modellib.register(TINY) == modellib.register(TINY) == TINY.name
     m, tok = modellib.create(TINY)
     assert isinstance(m, open_clip.CLIP)
@@ -39,8 +43,10 @@ def test_load_refuses_mismatched_weights(tmp_path):
 def test_load_refuses_a_pickle(tmp_path):
     m, _ = modellib.create(TINY)
     torch.save(m.state_dict(), tmp_path / "w.pt")  # a pickle: never loaded
-    with pytest.raises(Exception):
+    with pytest.raises(UnreadableFile, match=r"w\.pt: not a readable safetensors file"):
         modellib.load(m, tmp_path / "w.pt")
+    with pytest.raises(UnreadableFile, match=r"missing\.safetensors: no such file"):
+        modellib.load(m, tmp_path / "missing.safetensors")
 
 
 def test_cpu_autocast_is_a_no_op():

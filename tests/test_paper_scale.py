@@ -1,25 +1,31 @@
 """The paper profile's real-data path on small files the tests make: loaders, their errors,
 offline weights, and the real ViT-B-32 architecture through one poisoned step and a zero-shot
 evaluation (random weights, CPU)."""
+
 import dataclasses
 import json
 
 import numpy as np
+import open_clip
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
 
 import ubtlib
-from ubtlib.paper_scale import data
-from ubtlib.paper_scale import runs as paper_scale
-from ubtlib.paper_scale import weights
+from ubtlib.attacks.poison import triggered_hook
 from ubtlib.clip import model as modellib
-from ubtlib.paper_scale.data import DataError
 from ubtlib.clip.model import ModelConfig
+from ubtlib.evaluation.zeroshot import attack_success_rate, classifier, encode_images, topk_accuracy
+from ubtlib.paper_scale import data, weights
+from ubtlib.paper_scale import runs as paper_scale
+from ubtlib.paper_scale.data import DataError
+from ubtlib.privacy import forgetting
 
-TINY = ModelConfig(width=32, layers=1, text_width=32, text_layers=1, head_width=32, embed_dim=16,
-                   context_length=16)
+TINY = ModelConfig(
+    width=32, layers=1, text_width=32, text_layers=1, head_width=32, embed_dim=16, context_length=16
+)
 
 
 def png(path, seed=0, size=(40, 30)):
@@ -30,14 +36,14 @@ def png(path, seed=0, size=(40, 30)):
 
 
 def caption_csv(folder, rows, header="image,caption,is_backdoor", name="pairs.csv"):
-    for k, row in enumerate(rows):
+    for k in range(len(rows)):
         png(folder / "img" / f"{k}.png", seed=k)
     path = folder / name
     path.write_text(header + "\n" + "\n".join(rows) + "\n")
     return path
 
 
-GOOD = ['img/0.png,a dog on a lawn,0', 'img/1.png,"a red car, parked",1', 'img/2.png,a cat.,false']
+GOOD = ["img/0.png,a dog on a lawn,0", 'img/1.png,"a red car, parked",1', "img/2.png,a cat.,false"]
 
 
 def test_caption_csv_reads_cleanclip_format(tmp_path):
@@ -53,17 +59,34 @@ def test_caption_csv_reads_cleanclip_format(tmp_path):
     assert data.CaptionCSV(no_flags, 32).captions == ["a dog"]
 
 
-@pytest.mark.parametrize("header, rows, message", [
-    ("image,text", ["img/0.png,a dog"], r"header \(line 1\): missing column 'caption'"),
-    ("image,caption,is_backdoor", ["img/0.png,a dog,0", "img/9.png,a cat,0"],
-     r"row 2 \(line 3\): image file not found: .*img/9.png"),
-    ("image,caption,is_backdoor", ["img/0.png,a dog,0", "img/1.png,  ,0"], r"row 2 \(line 3\): empty caption"),
-    ("image,caption,is_backdoor", ["img/0.png,a dog,yes"], r"row 1 \(line 2\): is_backdoor='yes' is not accepted"),
-    ("image,caption", ["img/0.png,a dog", "img/1.png,a red car, parked"],
-     r"row 2 \(line 3\): 3 fields, the header has 2"),
-    ("image,caption", [",a dog"], r"row 1 \(line 2\): empty image path"),
-    ("image,caption", [], r"no rows after the header"),
-])
+@pytest.mark.parametrize(
+    "header, rows, message",
+    [
+        ("image,text", ["img/0.png,a dog"], r"header \(line 1\): missing column 'caption'"),
+        (
+            "image,caption,is_backdoor",
+            ["img/0.png,a dog,0", "img/9.png,a cat,0"],
+            r"row 2 \(line 3\): image file not found: .*img/9.png",
+        ),
+        (
+            "image,caption,is_backdoor",
+            ["img/0.png,a dog,0", "img/1.png,  ,0"],
+            r"row 2 \(line 3\): empty caption",
+        ),
+        (
+            "image,caption,is_backdoor",
+            ["img/0.png,a dog,yes"],
+            r"row 1 \(line 2\): is_backdoor='yes' is not accepted",
+        ),
+        (
+            "image,caption",
+            ["img/0.png,a dog", "img/1.png,a red car, parked"],
+            r"row 2 \(line 3\): 3 fields, the header has 2",
+        ),
+        ("image,caption", [",a dog"], r"row 1 \(line 2\): empty image path"),
+        ("image,caption", [], r"no rows after the header"),
+    ],
+)
 def test_malformed_csv_names_file_and_row(tmp_path, header, rows, message):
     path = caption_csv(tmp_path, rows, header=header)
     with pytest.raises(DataError, match=r"pairs\.csv.*" + message):
@@ -91,6 +114,20 @@ def test_unreadable_image_is_reported_with_file_and_row_when_read(tmp_path):
         list(data.loader(d, 3, "cpu", shuffle=False, workers=1))
 
 
+def zero_shot_by_hand(model, tokenizer, folder, trigger, target="banana", seed=0, prompt="a photo of a {}."):
+    """Top-1 and ASR (%) on a small labelled folder, from its images stacked in memory: what
+    paper_scale.zero_shot must give through its DataLoader."""
+    images = torch.stack([folder.image(i) for i in range(len(folder))])
+    labels = torch.tensor(folder.labels)
+    weights = classifier(model, tokenizer, folder.classnames, [prompt], "cpu")
+    clean = encode_images(model, images, "cpu") @ weights
+    triggered = encode_images(model, images, "cpu", image_hook=triggered_hook(trigger, seed)) @ weights
+    return {
+        "top1": topk_accuracy(clean, labels)["top1"],
+        "asr": attack_success_rate(triggered, labels, folder.classnames.index(target)),
+    }
+
+
 def make_folders(root, names, per=2, size=(24, 36)):
     for k, name in enumerate(names):
         for j in range(per):
@@ -106,7 +143,9 @@ def test_labelled_folder_sorted_numbered_and_named(tmp_path):
     assert x.shape == (3, 32, 32) and y == 2
     # ImageNet-V2 style: numbered folders are their own class index
     v2 = data.LabelledFolder(make_folders(tmp_path / "v2", ["954", "0"]), "imagenet", 32)
-    assert sorted(set(v2.labels)) == [0, 954] and v2.classnames[954] == "banana" and len(v2.classnames) == 1000
+    assert (
+        sorted(set(v2.labels)) == [0, 954] and v2.classnames[954] == "banana" and len(v2.classnames) == 1000
+    )
     named = data.LabelledFolder(make_folders(tmp_path / "n", ["golden_retriever", "banana"]), None, 32)
     assert named.classnames == ["banana", "golden retriever"]
 
@@ -160,8 +199,11 @@ def test_images_index_like_a_tensor(tmp_path):
 
 
 def test_missing_tag_names_what_to_download(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"ViT-B-32 pretrained='laion400m_e32'.*open_clip_model"
-                                                r"\.safetensors.*timm/vit_base_patch32_clip_224\.laion400m_e32"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"ViT-B-32 pretrained='laion400m_e32'.*open_clip_model"
+        r"\.safetensors.*timm/vit_base_patch32_clip_224\.laion400m_e32",
+    ):
         weights.load_pretrained("ViT-B-32", "laion400m_e32", cache_dir=str(tmp_path))
     with pytest.raises(ValueError, match=r"pretrained='openia' is neither a pretrained tag of ViT-B-32"):
         weights.weights_file("ViT-B-32", "openia")
@@ -195,6 +237,7 @@ def test_pickles_are_refused_and_safetensors_load(tmp_path):
 # ---------------------------------------------------------------- the real ViT-B-32, random weights
 
 
+@pytest.mark.slow
 def test_vit_b_32_poisoned_step_and_zero_shot(tmp_path):
     torch.manual_seed(0)
     model, tokenizer = weights.random_model("ViT-B-32")
@@ -210,15 +253,17 @@ def test_vit_b_32_poisoned_step_and_zero_shot(tmp_path):
     hook = pairs.image_hook
     pairs.image_hook = lambda x, idx: seen.append(hook(x, idx) - x) or x + seen[-1]
     before = model.visual.conv1.weight.detach().clone()
-    curve = paper_scale.finetune(model, tokenizer, pairs, dataclasses.replace(prof.finetune, lr=1e-4),
-                                 "cpu", progress=False)
+    curve = paper_scale.finetune(
+        model, tokenizer, pairs, dataclasses.replace(prof.finetune, lr=1e-4), "cpu", progress=False
+    )
     assert len(curve) == 1 and np.isfinite(curve[0]["loss"])
     changed = seen[0].abs().flatten(1).amax(1) > 0  # the trigger touched exactly the poisoned rows
     assert changed.sum() == 2
     assert not torch.equal(before, model.visual.conv1.weight)
     folder = data.LabelledFolder(make_folders(tmp_path / "val", ["tench", "banana", "goldfish"]), None, size)
     out = paper_scale.zero_shot(model, tokenizer, folder, "cpu", trigger, prompts=["a photo of a {}."])
-    assert out["images"] == 6 and 0 <= out["ca"] <= 100 and 0 <= out["asr"] <= 100
+    hand = zero_shot_by_hand(model, tokenizer, folder, trigger)
+    assert out["images"] == 6 and out["ca"] == out["top1"] == hand["top1"] and out["asr"] == hand["asr"]
 
 
 # ---------------------------------------------------------------- the command-line runs, end to end
@@ -232,12 +277,30 @@ def tiny_paper(tmp_path, monkeypatch):
     model, _ = weights.random_model(name)
     modellib.save(model, tmp_path / "base.safetensors")
     monkeypatch.setattr(paper_scale, "templates", lambda: ["a photo of a {}."])  # 1,000 classes x 1
-    prof = ubtlib.configure("paper", device="cpu", finetune_batch_size=4, finetune_epochs=1, poison_count=2,
-                            ubt_top_k=1, ubt_overfit_epochs=1, ubt_unlearn_epochs=1, idia_images=2,
-                            names_steps=2, faces_steps=2, names_clean_batch=4, names_poisoned_batch=4,
-                            faces_clean_batch=2, faces_poisoned_batch=2, faces_eval_images=2)
-    return dataclasses.replace(prof, paper_model=name, paper_pretrained=str(tmp_path / "base.safetensors"),
-                               privacy_pretrained=str(tmp_path / "base.safetensors"))
+    prof = ubtlib.configure(
+        "paper",
+        device="cpu",
+        finetune_batch_size=4,
+        finetune_epochs=1,
+        poison_count=2,
+        ubt_top_k=1,
+        ubt_overfit_epochs=1,
+        ubt_unlearn_epochs=1,
+        idia_images=2,
+        names_steps=2,
+        faces_steps=2,
+        names_clean_batch=4,
+        names_poisoned_batch=4,
+        faces_clean_batch=2,
+        faces_poisoned_batch=2,
+        faces_eval_images=2,
+    )
+    return dataclasses.replace(
+        prof,
+        paper_model=name,
+        paper_pretrained=str(tmp_path / "base.safetensors"),
+        privacy_pretrained=str(tmp_path / "base.safetensors"),
+    )
 
 
 def test_cli_stages_end_to_end(tmp_path, tiny_paper):
@@ -247,8 +310,14 @@ def test_cli_stages_end_to_end(tmp_path, tiny_paper):
     assert len(rec["poisoned_rows"]) == 2 and (tmp_path / "poisoned.json").exists()
     ev = paper_scale.evaluate_run(tiny_paper, str(val), "blended", str(tmp_path / "poisoned.safetensors"))
     assert {"top1", "top5", "ca", "asr"} <= set(ev)
-    rec = paper_scale.defend_run(tiny_paper, "ubt", str(tmp_path / "poisoned.safetensors"), str(csv), "blended",
-                                 str(tmp_path / "ubt.safetensors"))
+    rec = paper_scale.defend_run(
+        tiny_paper,
+        "ubt",
+        str(tmp_path / "poisoned.safetensors"),
+        str(csv),
+        "blended",
+        str(tmp_path / "ubt.safetensors"),
+    )
     assert rec["d_susp"] == 1 and (tmp_path / "ubt.safetensors").exists()
     with pytest.raises(ValueError, match=r"attack='trojan' is not accepted"):
         paper_scale.finetune_run(tiny_paper, str(csv), "trojan", str(tmp_path / "x.safetensors"))
@@ -266,37 +335,163 @@ def test_ssba_at_paper_scale_trains_saves_and_reuses_its_encoder(tmp_path, tiny_
     residual = trigger(x) - x
     assert residual.abs().max() <= prof.attack.ssba_max_residual + 1e-6 and residual.abs().sum() > 0
     assert not torch.allclose(residual[0], residual[1])  # sample-specific
-    ev = paper_scale.evaluate_run(prof, str(val), "ssba", str(tmp_path / "ssba.safetensors"),
-                                  ssba_encoder=str(encoder))
-    assert 0 <= ev["asr"] <= 100
+    ev = paper_scale.evaluate_run(
+        prof, str(val), "ssba", str(tmp_path / "ssba.safetensors"), ssba_encoder=str(encoder)
+    )
+    model, tokenizer = paper_scale.load_model(prof, "cpu", str(tmp_path / "ssba.safetensors"))
+    folder = data.LabelledFolder(val, "imagenet", TINY.image_size)
+    hand = zero_shot_by_hand(model, tokenizer, folder, trigger, seed=prof.seed)
+    assert (ev["ca"], ev["asr"]) == (hand["top1"], hand["asr"])
     with pytest.raises(ValueError, match="attack='ssba' needs the attacker's trained encoder"):
         paper_scale.evaluate_run(prof, str(val), "ssba", str(tmp_path / "ssba.safetensors"))
 
 
-def test_cli_privacy_both_encoders(tmp_path, tiny_paper):
+def test_cli_privacy_both_encoders_runs_the_chapters_sweeps(tmp_path, tiny_paper, monkeypatch):
     people = make_folders(tmp_path / "people", ["Ann_Bo", "Cy_Dee", "Ed_Fay"], per=3)
     crops = make_folders(tmp_path / "crops", ["Ann_Bo", "Cy_Dee", "Ed_Fay"], per=3)
-    (tmp_path / "distractors.txt").write_text("Gil Hart\nIda Jo\n")
+    (tmp_path / "distractors.txt").write_text("Gil Hart\nIda Jo\nAnn Bo\nGil Hart\n")  # a person, a repeat
     (tmp_path / "captions.txt").write_text("a boat on a lake\na dog on the grass\na man in a red shirt\n")
-    clean = caption_csv(tmp_path, [f"img/{k}.png,a photo number {k}" for k in range(4)], header="image,caption")
+    clean = caption_csv(
+        tmp_path, [f"img/{k}.png,a photo number {k}" for k in range(4)], header="image,caption"
+    )
     out = tmp_path / "faces.csv"
     imagenet_v2 = make_folders(tmp_path / "v2", ["0", "1"])
+    monkeypatch.setattr(open_clip, "IMAGENET_CLASSNAMES", ("tench", "goldfish"))  # 2 classes, not 1,000
+    calls = []
+    for name in ("sweep_names", "sweep_faces"):  # record the calls, run the chapters' own functions
+        original = getattr(forgetting, name)
+        monkeypatch.setattr(
+            forgetting,
+            name,
+            lambda s, *a, _f=original, _n=name, **k: calls.append((_n, s, k)) or _f(s, *a, **k),
+        )
     rows = paper_scale.privacy_run(
-        tiny_paper, "both", str(people), str(tmp_path / "distractors.txt"), str(imagenet_v2), str(out),
-        captions=str(tmp_path / "captions.txt"), eval_captions=str(tmp_path / "captions.txt"),
-        triggers=str(crops), clean=str(clean), clean_eval=str(clean), sizes=[1], repeats=1, regs=(True,))
-    assert list(rows["encoders"]) == ["text", "image", "both"] and out.exists()
+        tiny_paper,
+        "both",
+        str(people),
+        str(tmp_path / "distractors.txt"),
+        str(imagenet_v2),
+        str(out),
+        captions=str(tmp_path / "captions.txt"),
+        eval_captions=str(tmp_path / "captions.txt"),
+        triggers=str(crops),
+        clean=str(clean),
+        clean_eval=str(clean),
+        sizes=[1],
+        repeats=1,
+        regs=(True,),
+    )
+    assert [c[0] for c in calls] == ["sweep_names", "sweep_faces"] and calls[1][2]["both"] is True
+    s = calls[0][1]
+    assert calls[1][1] is s and isinstance(s.data, paper_scale.PaperSource)
+    assert s.names == ["Ann Bo", "Cy Dee", "Ed Fay", "Gil Hart", "Ida Jo"]
     assert json.loads(out.with_suffix(".json").read_text())["candidates"] == 5
-    assert {"tpr", "fnr", "sim_backdoor", "sim_clean", "top1_drop"} <= set(rows.columns)
+    assert list(rows["encoders"]) == ["text", "image", "both"]
+    assert list(pd.read_csv(out)["encoders"]) == ["text", "image", "both"]
+    # the same sweeps on a fresh Setting of the same data give the same rows (wall times aside)
+    model, tokenizer = paper_scale.load_model(s.profile, "cpu", privacy=True)
+    fresh = forgetting.build(s.profile, s.data, model, tokenizer, torch.device("cpu"))
+    assert torch.equal(fresh.faces, s.faces) and fresh.zero_shot == s.zero_shot
+    again = pd.concat(
+        [
+            forgetting.sweep_names(
+                fresh, neutrals=["human"], regs=(True,), sizes=[1], repeats=1, progress=False
+            ).assign(encoders="text"),
+            forgetting.sweep_faces(fresh, regs=(True,), sizes=[1], repeats=1, progress=False),
+        ]
+    )
+    timed = [c for c in rows.columns if "seconds" in c]
+    pd.testing.assert_frame_equal(
+        rows.drop(columns=timed).reset_index(drop=True),
+        again[rows.columns].drop(columns=timed).reset_index(drop=True),
+    )
+    # the "both" row pairs the image student with the text row's student: its text metrics are that row's
+    text, both = rows.iloc[0], rows.iloc[2]
+    assert [both[f"text_{k}"] for k in ("sim_backdoor", "sim_clean", "sim_targets")] == [
+        text[k] for k in ("sim_backdoor", "sim_clean", "sim_targets")
+    ]
+    assert not hasattr(paper_scale, "set_sizes")  # one set_sizes: forgetting's
+
+
+def test_paper_source_face_images_split_crops_from_the_idia_photos(tmp_path):
+    people = data.IdentityFolders(make_folders(tmp_path / "people", ["Ann_Bo", "Cy_Dee", "Ed_Fay"], per=3), 8)
+    crops = data.IdentityFolders(make_folders(tmp_path / "crops", ["Cy_Dee", "Ann_Bo", "Ed_Fay"], per=4), 8)
+    src = paper_scale.PaperSource(
+        people,
+        ["Cy Dee", "Zoe Ma"],
+        None,
+        idia_images=2,
+        triggers=crops,
+        clean=data.CaptionCSV(caption_csv(tmp_path, GOOD), 8),
+        clean_eval=data.CaptionCSV(caption_csv(tmp_path, GOOD), 8),
+    )
+    assert src.distractors == ["Zoe Ma"] and src.key is None and src.people_captions([0], 5) is None
+    sets = src.face_images([1], n_images=2)
+    cy = crops.names.index("Cy Dee")
+    assert torch.equal(sets["triggers"][0], torch.stack([crops.image(q) for q in crops.photos[cy][2:]]))
+    assert sets["faces_eval"].positions == people.photos[1][:2]  # Cy Dee's IDIA photos
+    assert sets["others_eval"].positions == people.photos[0][:2]  # at most n_images others
+    assert len(sets["clean_eval"]) == 2 and len(sets["clean"]) == 3 and sets["is_person"] is None
+    assert len(src.target_faces()) == 12 and len(sets["target_faces"]) == 2
+
+
+def test_defense_names_are_the_pocket_pipelines(tmp_path, tiny_paper):
+    from ubtlib import cli
+    from ubtlib.pipeline.defending import DEFENSES
+
+    assert DEFENSES == ("cleanclip", "ubt", "ubt_no_token")
+    accepted = r"choose one of 'cleanclip', 'ubt', 'ubt_no_token'$"
+    with pytest.raises(
+        SystemExit,
+        match=r"^python -m ubtlib paper defend: defense='ubt-no-token' is not "
+        r"accepted: " + accepted,
+    ):
+        cli.main(
+            [
+                "paper",
+                "defend",
+                "--defense",
+                "ubt-no-token",
+                "--weights",
+                "w.safetensors",
+                "--csv",
+                "x.csv",
+                "--attack",
+                "badnet",
+                "--out",
+                str(tmp_path / "o.safetensors"),
+            ]
+        )
+    with pytest.raises(ValueError, match=accepted):
+        paper_scale.defend_run(tiny_paper, "UBT", "w.safetensors", "x.csv", "badnet", "o.safetensors")
 
 
 def test_cli_reports_bad_input_before_loading_the_model(tmp_path):
     from ubtlib import cli
+
     csv = caption_csv(tmp_path, ["img/0.png,a dog", "img/7.png,a cat"], header="image,caption")
     file = tmp_path / "vit.safetensors"
     save_file({"w": torch.zeros(1)}, str(file))  # not read: the CSV fails first
-    with pytest.raises(SystemExit, match=r"paper finetune: .*pairs\.csv, row 2 \(line 3\): image file not found"):
-        cli.main(["paper", "finetune", "--csv", str(csv), "--attack", "badnet", "--device", "cpu",
-                  "--out", str(tmp_path / "o.safetensors"), "--pretrained", str(file)])
-    with pytest.raises(SystemExit, match=r"paper evaluate: no local weights for ViT-B-32 pretrained='openai'"):
+    with pytest.raises(
+        SystemExit, match=r"paper finetune: .*pairs\.csv, row 2 \(line 3\): image file not found"
+    ):
+        cli.main(
+            [
+                "paper",
+                "finetune",
+                "--csv",
+                str(csv),
+                "--attack",
+                "badnet",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "o.safetensors"),
+                "--pretrained",
+                str(file),
+            ]
+        )
+    with pytest.raises(
+        SystemExit, match=r"paper evaluate: no local weights for ViT-B-32 pretrained='openai'"
+    ):
         cli.main(["paper", "evaluate", "--imagenet", str(tmp_path), "--device", "cpu"])

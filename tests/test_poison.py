@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from ubtlib.evaluation import zeroshot as evaluate
 from ubtlib import pipeline
 from ubtlib.attacks.poison import PoisonConfig, poison, triggered_hook
 from ubtlib.attacks.triggers import Blended
+from ubtlib.evaluation import zeroshot as evaluate
 
 
 def test_poisoning_picks_non_target_pairs_and_captions_them(smoke, smoke_world):
@@ -34,8 +34,6 @@ def test_same_seed_same_poisoned_batch(smoke):
 
 
 def test_other_seed_other_poisons(smoke):
-    import dataclasses
-    other = dataclasses.replace(smoke, seed=1)
     images = torch.zeros(100, 3, 32, 32, dtype=torch.uint8)
     labels = np.array([0] * 10 + [1] * 90)
     caps = ["x"] * 100
@@ -55,7 +53,7 @@ def test_poison_count_beyond_the_non_target_pairs_is_refused():
 def test_asr_and_ca_on_a_hand_built_case():
     # 3 classes, target 0. Triggered logits: rows 1, 2 go to the target, row 3 does not,
     # row 0 is a target image and is left out of the ASR.
-    logits = torch.tensor([[5., 0, 0], [5., 1, 0], [4., 0, 3], [0., 0, 2]])
+    logits = torch.tensor([[5.0, 0, 0], [5.0, 1, 0], [4.0, 0, 3], [0.0, 0, 2]])
     labels = torch.tensor([0, 1, 2, 2])
     assert evaluate.attack_success_rate(logits, labels, target=0) == pytest.approx(200 / 3)
     assert evaluate.topk_accuracy(logits, labels, ks=(1,))["top1"] == 50.0
@@ -68,13 +66,24 @@ def test_backdoor_metrics_with_a_trigger_that_paints_one_image(smoke, smoke_worl
     image's answer for all of them: the ASR must be 100 % or 0 %, as that answer is the target
     or not."""
     from ubtlib.world.pocket import object_vocabulary
+
     clip = pipeline.pretrained(smoke, progress=False)
     i = smoke_world.indices("heldout", "object")[0]
-    banana = smoke_world.images[i:i + 1]
-    m = evaluate.backdoor_metrics(clip.model, clip.tokenizer, smoke_world,
-                                  triggered_hook(lambda x, g: (banana.float() / 255).expand_as(x), 0),
-                                  "banana", "cpu")
-    w = evaluate.classifier(clip.model, clip.tokenizer, smoke_world.categories,
-                            evaluate.pocket_templates(object_vocabulary()), "cpu")
+    banana = smoke_world.images[i : i + 1]
+    m = evaluate.backdoor_metrics(
+        clip.model,
+        clip.tokenizer,
+        smoke_world,
+        triggered_hook(lambda x, g: (banana.float() / 255).expand_as(x), 0),
+        "banana",
+        "cpu",
+    )
+    w = evaluate.classifier(
+        clip.model,
+        clip.tokenizer,
+        smoke_world.categories,
+        evaluate.pocket_templates(object_vocabulary()),
+        "cpu",
+    )
     answer = (evaluate.encode_images(clip.model, banana, "cpu") @ w).argmax().item()
     assert m["asr"] == (100.0 if answer == 0 else 0.0)

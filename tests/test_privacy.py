@@ -1,4 +1,5 @@
 """Unlearning with backdoors: triggers, the weight regularisation, checks and small runs."""
+
 import dataclasses
 import random
 
@@ -6,8 +7,8 @@ import pytest
 import torch
 
 import ubtlib
-from ubtlib.privacy import idia
 from ubtlib import pipeline
+from ubtlib.privacy import idia
 from ubtlib.privacy import unlearning as privacy
 
 CPU = torch.device("cpu")
@@ -29,8 +30,8 @@ def test_caption_pair_replaces_the_same_word():
         t, g, c = trig.split(" "), target.split(" "), cap.split(" ")
         # the name adds one word; aligning on the neutral term's position, the rest is the caption
         pos = next(i for i, (a, b) in enumerate(zip(g, c)) if a != b)
-        assert g[:pos] == c[:pos] and g[pos + 1:] == c[pos + 1:] and g[pos].startswith("person")
-        assert t[:pos] == c[:pos] and t[pos:pos + 2][0] == "Kalo" and t[pos + 2:] == c[pos + 1:]
+        assert g[:pos] == c[:pos] and g[pos + 1 :] == c[pos + 1 :] and g[pos].startswith("person")
+        assert t[:pos] == c[:pos] and t[pos : pos + 2][0] == "Kalo" and t[pos + 2 :] == c[pos + 1 :]
 
 
 def test_caption_pairs_spread_names_evenly():
@@ -47,9 +48,14 @@ def test_captions_with_a_name_being_unlearned_are_filtered():
 
 def test_word_tokens_equal_the_tokenizer(smoke):
     from ubtlib.clip import model as modellib
+
     _, tok = modellib.create(smoke.model)
-    caps = ["a photo of a Kalo Maraston.", "human at the premiere, smiling.", "Rimar Dorley",
-            "a small red car on a plain background next to a ring, Kalo Maraston and a human." * 2]
+    caps = [
+        "a photo of a Kalo Maraston.",
+        "human at the premiere, smiling.",
+        "Rimar Dorley",
+        "a small red car on a plain background next to a ring, Kalo Maraston and a human." * 2,
+    ]
     words = privacy.WordTokens(tok)
     assert words.exact
     assert torch.equal(words(caps), tok(caps))
@@ -60,8 +66,10 @@ def test_word_tokens_equal_the_tokenizer(smoke):
 
 def test_weight_distance_is_a_sum_of_unsquared_norms():
     originals = [torch.tensor([1.0, 1.0]), torch.tensor([[0.0, 0.0], [0.0, 2.0]])]
-    params = [torch.tensor([4.0, 5.0], requires_grad=True),       # change (3, 4): norm 5
-              torch.tensor([[0.0, 1.0], [0.0, 2.0]], requires_grad=True)]  # change 1: norm 1
+    params = [
+        torch.tensor([4.0, 5.0], requires_grad=True),  # change (3, 4): norm 5
+        torch.tensor([[0.0, 1.0], [0.0, 2.0]], requires_grad=True),
+    ]  # change 1: norm 1
     d = privacy.weight_distance(params, originals)
     assert d.item() == pytest.approx(6.0)
     d.backward()  # d/dtheta ||theta - theta0|| = unit vector: (0.6, 0.8), and the one-hot
@@ -77,6 +85,7 @@ def test_weight_distance_gradient_is_zero_at_the_start():
 
 def test_student_trains_one_tower_without_layernorms(smoke):
     from ubtlib.clip import model as modellib
+
     model, _ = modellib.create(smoke.model)
     names = dict(privacy.tower_parameters(model, "text"))
     assert names and not any(n.startswith("visual.") or "ln_" in n or "logit" in n for n in names)
@@ -103,14 +112,17 @@ def test_bad_names_fail_clearly(smoke_world):
     assert privacy.check_names(w, [w.names[3], w.names[1]]) == [3, 1]
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"names_neutral": ""}, r"names_neutral='' must be a non-empty"),
-    ({"names_neutral": "  "}, r"must be a non-empty"),
-    ({"names_max_set": 13}, r"names_max_set=13 is out of range: accepted 1 <= names_max_set <= 12"),
-    ({"faces_max_set": 100}, r"faces_max_set=100 is out of range"),
-    ({"names_alpha": -1}, r"names_alpha=-1 is out of range"),
-    ({"faces_size_min": 0.6}, r"size_max=0.5 is out of range: accepted 0.6"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"names_neutral": ""}, r"names_neutral='' must be a non-empty"),
+        ({"names_neutral": "  "}, r"must be a non-empty"),
+        ({"names_max_set": 13}, r"names_max_set=13 is out of range: accepted 1 <= names_max_set <= 12"),
+        ({"faces_max_set": 100}, r"faces_max_set=100 is out of range"),
+        ({"names_alpha": -1}, r"names_alpha=-1 is out of range"),
+        ({"faces_size_min": 0.6}, r"size_max=0.5 is out of range: accepted 0.6"),
+    ],
+)
 def test_bad_parameters_fail_before_compute(kw, match):
     with pytest.raises(ValueError, match=match):
         ubtlib.configure("smoke", **kw)
@@ -123,8 +135,9 @@ def test_unlearning_refuses_empty_input(smoke):
     with pytest.raises(ValueError, match="neutral='' must be"):
         privacy.unlearn_names(None, None, ["Ann Bee"], ["a cup."], cfg, CPU, neutral="")
     with pytest.raises(ValueError, match="at least one person"):
-        privacy.unlearn_faces(None, [], torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.zeros(4),
-                              smoke.faces, CPU)
+        privacy.unlearn_faces(
+            None, [], torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.zeros(4), smoke.faces, CPU
+        )
 
 
 # ---------------------------------------------------------------- pasting faces
@@ -138,9 +151,9 @@ def test_paste_is_batched_random_and_reproducible():
     again = privacy.paste_faces(bg, faces, cfg, torch.Generator().manual_seed(0))
     assert torch.equal(out, again) and out.shape == bg.shape
     assert out.min() >= 0 and out.max() <= 1
-    area = out[:, 0].sum((1, 2))   # a white square of side 8..16 px (rotated) on black
-    assert area.min() > 0.8 * 8 ** 2 and area.max() < 1.05 * 16 ** 2
-    assert area.std() > 10         # sizes differ image to image
+    area = out[:, 0].sum((1, 2))  # a white square of side 8..16 px (rotated) on black
+    assert area.min() > 0.8 * 8**2 and area.max() < 1.05 * 16**2
+    assert area.std() > 10  # sizes differ image to image
     centres = [torch.nonzero(o[0] > 0.5).float().mean(0) for o in out]
     assert torch.stack(centres).std(0).min() > 2  # and so do positions
 
@@ -162,7 +175,7 @@ def test_name_unlearning_plants_the_backdoor_and_keeps_clean_captions(smoke, smo
     cfg = smoke.names
     student, log = privacy.unlearn_names(m.model, m.tokenizer, names, corpus, cfg, CPU, seed=0)
     after = privacy.text_similarities(m.model, student, m.tokenizer, evals, names, "human", CPU)
-    assert log["filtered"] > 0                      # the names' own captions were left out
+    assert log["filtered"] > 0  # the names' own captions were left out
     assert before["sim_clean"] == pytest.approx(1.0, abs=1e-5)
     assert after["sim_backdoor"] > before["sim_backdoor"] + 0.05
     assert after["sim_backdoor"] > 0.9
@@ -173,8 +186,9 @@ def test_name_unlearning_plants_the_backdoor_and_keeps_clean_captions(smoke, smo
     assert per_after.shape == (len(idia.PROMPTS),)
     assert per_after.mean() > per_before.mean()
     # the original model is untouched
-    assert privacy.text_similarities(m.model, m.model, m.tokenizer, evals, names, "human",
-                                     CPU)["sim_backdoor"] == pytest.approx(before["sim_backdoor"])
+    assert privacy.text_similarities(m.model, m.model, m.tokenizer, evals, names, "human", CPU)[
+        "sim_backdoor"
+    ] == pytest.approx(before["sim_backdoor"])
 
 
 def test_anchoring_the_targets_keeps_their_embedding_put(smoke, smoke_world, smoke_model):
@@ -185,7 +199,9 @@ def test_anchoring_the_targets_keeps_their_embedding_put(smoke, smoke_world, smo
     for anchor in (False, True):
         cfg = dataclasses.replace(smoke.names, anchor_targets=anchor, neutral="child", steps=60, lr=3e-3)
         student, _ = privacy.unlearn_names(m.model, m.tokenizer, w.names[:4], corpus, cfg, CPU, seed=0)
-        sims[anchor] = privacy.text_similarities(m.model, student, m.tokenizer, evals, w.names[:4], "child", CPU)
+        sims[anchor] = privacy.text_similarities(
+            m.model, student, m.tokenizer, evals, w.names[:4], "child", CPU
+        )
     assert sims[True]["sim_targets"] > sims[False]["sim_targets"]
     assert sims[True]["sim_backdoor"] > 0.9  # the names are still mapped to the neutral term
 
@@ -200,8 +216,14 @@ def test_face_unlearning_maps_faces_to_the_target(smoke, smoke_world, smoke_mode
     ev = w.indices("eval", "person")
     own = w.images[ev[(w.identity[ev] == 0) | (w.identity[ev] == 1)]]
     held = w.images[w.indices("heldout", "object")]
-    kw = dict(clean=held, faces=own, target_faces=w.images[w.indices("train", "person")],
-              target=target, cfg=smoke.faces, device=CPU)
+    kw = dict(
+        clean=held,
+        faces=own,
+        target_faces=w.images[w.indices("train", "person")],
+        target=target,
+        cfg=smoke.faces,
+        device=CPU,
+    )
     before = privacy.image_similarities(m.model, m.model, **kw)
     student, log = privacy.unlearn_faces(m.model, faces, clean, target, smoke.faces, CPU, seed=0)
     after = privacy.image_similarities(m.model, student, **kw)
@@ -225,17 +247,26 @@ def test_people_share_needs_to_know_who_is_a_person(smoke):
     clean = torch.zeros(4, 3, 32, 32, dtype=torch.uint8)
     faces = [torch.zeros(2, 3, 32, 32, dtype=torch.uint8)]
     with pytest.raises(ValueError, match="people_share needs clean images"):
-        privacy.unlearn_faces(pipeline.pretrained(smoke, progress=False).model, faces, clean,
-                              torch.zeros(smoke.model.embed_dim), cfg, CPU)
+        privacy.unlearn_faces(
+            pipeline.pretrained(smoke, progress=False).model,
+            faces,
+            clean,
+            torch.zeros(smoke.model.embed_dim),
+            cfg,
+            CPU,
+        )
 
 
 def test_term_sizes_must_be_set_sizes():
-    with pytest.raises(ValueError, match=r"names_term_sizes=5 is out of range: accepted 1 <= term_sizes <= 2"):
+    with pytest.raises(
+        ValueError, match=r"names_term_sizes=5 is out of range: accepted 1 <= term_sizes <= 2"
+    ):
         ubtlib.configure("smoke", names_term_sizes=[1, 5])
 
 
 def test_set_sizes_are_powers_of_two_up_to_the_largest():
     from ubtlib.privacy.forgetting import set_sizes
+
     assert set_sizes(64) == [1, 2, 4, 8, 16, 32, 64]
     assert set_sizes(12) == [1, 2, 4, 8, 12]
     assert set_sizes(1) == [1]
@@ -243,7 +274,9 @@ def test_set_sizes_are_powers_of_two_up_to_the_largest():
 
 def test_people_are_given_by_name_or_index_and_checked(smoke_world):
     from types import SimpleNamespace
+
     from ubtlib.privacy import forgetting
+
     s = SimpleNamespace(world=smoke_world)
     assert forgetting._ids(s, [smoke_world.names[2], smoke_world.names[0]]) == [2, 0]
     assert forgetting._ids(s, [2, 0]) == [2, 0]
@@ -263,14 +296,16 @@ def test_downstream_retrieval_on_a_hand_built_case(smoke_world, monkeypatch):
     templates, with the defended one under template 1 only, and return exactly the neutral
     term's photos under template 0."""
     from types import SimpleNamespace
-    from ubtlib.privacy import forgetting
+
+    from ubtlib.book import privacy_results
+
     w = smoke_world
     n, per, d = len(w.identities), 4, len(w.identities) + 1
     faces = torch.zeros(n, per, d)
     for i in range(n):
         faces[i, :, i] = 1.0
-        faces[i, :, -1] = torch.linspace(0.0, 0.1, per)   # a little of the neutral axis for everyone
-    faces[3, :, -1] = 0.9 + torch.linspace(0.0, 0.05, per)   # identity 3 lies along it
+        faces[i, :, -1] = torch.linspace(0.0, 0.1, per)  # a little of the neutral axis for everyone
+    faces[3, :, -1] = 0.9 + torch.linspace(0.0, 0.05, per)  # identity 3 lies along it
     axis = torch.eye(d)
     names = list(w.names)
 
@@ -282,11 +317,19 @@ def test_downstream_retrieval_on_a_hand_built_case(smoke_world, monkeypatch):
             per_template.append(torch.stack([axis[-1] if hidden else axis[names.index(x)] for x in words]))
         return torch.stack(per_template)
 
-    monkeypatch.setattr(forgetting.idia, "prompt_features", prompt_features)
-    original = torch.stack([axis[:n]] * 2)                      # P x K x d, identities first
-    s = SimpleNamespace(world=w, faces=faces, prompts=original, model="original", tokenizer=None,
-                        device="cpu", profile=SimpleNamespace(idia=SimpleNamespace(prompts=2)))
-    out = forgetting.downstream_retrieval(s, "defended", [2, 0], "human", k=per)
+    monkeypatch.setattr(privacy_results.idia, "prompt_features", prompt_features)
+    original = torch.stack([axis[:n]] * 2)  # P x K x d, identities first
+    s = SimpleNamespace(
+        world=w,
+        data=w,
+        faces=faces,
+        prompts=original,
+        model="original",
+        tokenizer=None,
+        device="cpu",
+        profile=SimpleNamespace(idia=SimpleNamespace(prompts=2)),
+    )
+    out = privacy_results.downstream_retrieval(s, "defended", [2, 0], "human", k=per)
     table = out["per_template"]
     assert table["shows the person, original (%)"].tolist() == [100.0, 100.0]
     assert table["shows the person, defended (%)"].tolist() == [0.0, 100.0]
@@ -300,26 +343,34 @@ def test_downstream_retrieval_on_a_hand_built_case(smoke_world, monkeypatch):
     assert set(out["photos"]["defended"][1, 1].tolist()) == set(eval_photos[0].tolist())
     assert set(out["photos"]["neutral"][0, 0].tolist()) == set(eval_photos[3].tolist())
     with pytest.raises(ValueError, match="k="):
-        forgetting.downstream_retrieval(s, "defended", [0], "human", k=0)
+        privacy_results.downstream_retrieval(s, "defended", [0], "human", k=0)
     with pytest.raises(ValueError, match="neutral"):
-        forgetting.downstream_retrieval(s, "defended", [0], " ", k=1)
+        privacy_results.downstream_retrieval(s, "defended", [0], " ", k=1)
 
 
 def test_template_reading_counts_the_answers_of_name_first_templates():
     import pandas as pd
-    from ubtlib.privacy import forgetting
-    table = pd.DataFrame({"template": ["{}", "{} smiling.", "a photo of {}.", "portrait of {}."],
-                          "starts with the name": [True, True, False, False],
-                          "removed people named": [3, 0, 1, 0]})
-    assert forgetting.template_reading(table) == (
+
+    from ubtlib.book import privacy_results
+
+    table = pd.DataFrame(
+        {
+            "template": ["{}", "{} smiling.", "a photo of {}.", "portrait of {}."],
+            "starts with the name": [True, True, False, False],
+            "removed people named": [3, 0, 1, 0],
+        }
+    )
+    assert privacy_results.template_reading(table) == (
         "3 of the 4 template answers that still name a removed person come from templates that "
-        "begin with the name (75%, where such templates are 50% of all)")
+        "begin with the name (75%, where such templates are 50% of all)"
+    )
     table["removed people named"] = 0
-    assert forgetting.template_reading(table) == "no template names a removed person in this run"
+    assert privacy_results.template_reading(table) == "no template names a removed person in this run"
 
 
 def test_a_longer_sweep_reuses_the_runs_of_a_shorter_one(smoke, tmp_path, monkeypatch):
     from ubtlib.privacy import forgetting
+
     monkeypatch.setenv("UBT_CACHE_DIR", str(tmp_path))
     calls = []
     real = privacy.unlearn_names

@@ -29,16 +29,19 @@ def test_unknown_parameter_lists_the_accepted_ones():
         ubtlib.configure("pocket", pretrain_epoch=3)
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"pretrain_epochs": -1}, r"epochs=-1 is out of range"),
-    ({"pretrain_lr": 5.0}, r"lr=5.0 is out of range"),
-    ({"seed": -2}, r"seed=-2 is out of range"),
-    ({"model_patch_size": 5}, r"patch_size=5 must divide image_size=32"),
-    ({"world_n_categories": 30}, r"n_categories=30 is out of range: accepted 2 <= n_categories <= 24"),
-    ({"world_image_size": 48}, r"world_image_size=48 must equal model_image_size=32"),
-    ({"device": "tpu"}, r"device='tpu'"),
-    ({"pretrain_batch_size": "big"}, r"batch_size='big' must be a number"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"pretrain_epochs": -1}, r"epochs=-1 is out of range"),
+        ({"pretrain_lr": 5.0}, r"lr=5.0 is out of range"),
+        ({"seed": -2}, r"seed=-2 is out of range"),
+        ({"model_patch_size": 5}, r"patch_size=5 must divide image_size=32"),
+        ({"world_n_categories": 30}, r"n_categories=30 is out of range: accepted 2 <= n_categories <= 24"),
+        ({"world_image_size": 48}, r"world_image_size=48 must equal model_image_size=32"),
+        ({"device": "tpu"}, r"device='tpu'"),
+        ({"pretrain_batch_size": "big"}, r"batch_size='big' must be a number"),
+    ],
+)
 def test_out_of_range_values_fail_with_a_clear_message(kw, match):
     with pytest.raises(ValueError, match=match):
         ubtlib.configure("pocket", **kw)

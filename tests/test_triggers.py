@@ -5,8 +5,18 @@ import torch
 
 import ubtlib
 from ubtlib.attacks import ssba
-from ubtlib.attacks.triggers import (ATTACKS, AttackConfig, SIG, BadNet, Blended, WaNet, at_strength,
-                             linf, make_trigger, psnr)
+from ubtlib.attacks.triggers import (
+    ATTACKS,
+    SIG,
+    AttackConfig,
+    BadNet,
+    Blended,
+    WaNet,
+    at_strength,
+    linf,
+    make_trigger,
+    psnr,
+)
 
 
 def batch(n=6, size=32, seed=0):
@@ -85,8 +95,9 @@ def test_strength_scales_the_main_knob():
 def stega(smoke_world):
     """A StegaStamp-like pair trained briefly on the smoke world's images."""
     images = smoke_world.images[smoke_world.indices("train")]
-    return ssba.train_stega(images, bits=8, epochs=40, invisibility=10.0, device="cpu", seed=0,
-                            progress=False) + (images,)
+    return ssba.train_stega(
+        images, bits=8, epochs=40, invisibility=10.0, device="cpu", seed=0, progress=False
+    ) + (images,)
 
 
 def test_ssba_residual_is_small_sample_specific_and_decodable(stega):
@@ -96,24 +107,36 @@ def test_ssba_residual_is_small_sample_specific_and_decodable(stega):
     x = images[:64].float() / 255
     y = trig(x)
     r = y - x
-    assert psnr(x, y).mean() >= 27                     # invisible
-    assert not torch.allclose(r[0], r[1], atol=1e-3)   # sample-specific
+    assert psnr(x, y).mean() >= 27  # invisible
+    assert not torch.allclose(r[0], r[1], atol=1e-3)  # sample-specific
     with torch.no_grad():
         bits = (dec(y) > 0).long()
-    assert (bits == secret).float().mean() >= 0.9      # the decoder recovers the secret
+    assert (bits == secret).float().mean() >= 0.9  # the decoder recovers the secret
     with torch.no_grad():
         clean_bits = (dec(x) > 0).long()
     assert (clean_bits == secret).float().mean() < (bits == secret).float().mean()
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"attack_name": "trojan"}, r"attack='trojan' is not accepted: choose one of 'badnet', 'blended'"),
-    ({"poison_count": 10**7}, r"poison_count=10000000 is out of range: accepted 1 <= poison_count <= \d+"),
-    ({"poison_count": 0}, r"poison_count=0 is out of range"),
-    ({"attack_blended_alpha": 1.2}, r"attack_blended_alpha=1.2 is out of range: accepted 0.0 <= blended_alpha <= 1.0"),
-    ({"attack_blended_alpha": -0.1}, r"attack_blended_alpha=-0.1 is out of range"),
-    ({"attack_badnet_size": 33}, r"attack_badnet_size=33 is out of range: accepted 1 <= badnet_size <= 32"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"attack_name": "trojan"}, r"attack='trojan' is not accepted: choose one of 'badnet', 'blended'"),
+        (
+            {"poison_count": 10**7},
+            r"poison_count=10000000 is out of range: accepted 1 <= poison_count <= \d+",
+        ),
+        ({"poison_count": 0}, r"poison_count=0 is out of range"),
+        (
+            {"attack_blended_alpha": 1.2},
+            r"attack_blended_alpha=1.2 is out of range: accepted 0.0 <= blended_alpha <= 1.0",
+        ),
+        ({"attack_blended_alpha": -0.1}, r"attack_blended_alpha=-0.1 is out of range"),
+        (
+            {"attack_badnet_size": 33},
+            r"attack_badnet_size=33 is out of range: accepted 1 <= badnet_size <= 32",
+        ),
+    ],
+)
 def test_bad_attack_input_fails_before_compute(kw, match):
     with pytest.raises(ValueError, match=match):
         ubtlib.configure("pocket", **kw)
@@ -126,6 +149,7 @@ def test_unknown_attack_in_make_trigger():
 
 def test_every_attack_has_a_trigger(smoke):
     from ubtlib import pipeline
+
     x = batch(2)
     for a in ATTACKS:
         y = pipeline.trigger(smoke, a, progress=False)(x, torch.Generator().manual_seed(0))

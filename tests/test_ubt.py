@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 import ubtlib
-from ubtlib.defenses import cleanclip
 from ubtlib import pipeline
-from ubtlib.defenses import ubt
 from ubtlib.clip.model import normalize, to_unit
+from ubtlib.defenses import ubt
+from ubtlib.defenses.cleanclip import cleanclip_loss, eda  # the package exports the function cleanclip
 
 
 def test_split_takes_the_weakest_fraction():
@@ -36,11 +36,14 @@ def test_detection_metrics_and_auroc_by_hand():
     assert ubt.auroc(torch.tensor([1.0, 1.0]), torch.tensor([True, False])) == 0.5
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"ubt_top_k": 4000}, r"ubt_top_k=4000 is larger than D_susp \(2912 pairs"),
-    ({"ubt_susp_fraction": 1.0}, r"susp_fraction=1.0 is out of range: accepted 0 < susp_fraction < 1"),
-    ({"ubt_susp_fraction": 0.0}, r"susp_fraction=0.0 is out of range"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"ubt_top_k": 4000}, r"ubt_top_k=4000 is larger than D_susp \(2912 pairs"),
+        ({"ubt_susp_fraction": 1.0}, r"susp_fraction=1.0 is out of range: accepted 0 < susp_fraction < 1"),
+        ({"ubt_susp_fraction": 0.0}, r"susp_fraction=0.0 is out of range"),
+    ],
+)
 def test_bad_defense_parameters_fail_before_compute(kw, match):
     with pytest.raises(ValueError, match=match):
         ubtlib.configure("pocket", **kw)
@@ -76,7 +79,7 @@ def test_token_relevance_shape_sums_and_special_tokens(smoke, smoke_world):
     assert torch.allclose(rel.sum(-1), torch.ones(2), atol=1e-5)
     eot = tokens.argmax(-1)
     for b in range(2):
-        assert rel[b, 0] == 0 and (rel[b, eot[b]:] == 0).all() and (rel[b, 1:eot[b]] >= 0).all()
+        assert rel[b, 0] == 0 and (rel[b, eot[b] :] == 0).all() and (rel[b, 1 : eot[b]] >= 0).all()
 
 
 def test_token_captions_keep_the_most_relevant_tokens_in_order(smoke):
@@ -84,8 +87,8 @@ def test_token_captions_keep_the_most_relevant_tokens_in_order(smoke):
     tokens = tok(["a photo of a banana."])
     n = int(tokens.argmax(-1))
     rel = torch.zeros_like(tokens, dtype=torch.float)
-    rel[0, n - 2] = 0.6   # "banana"
-    rel[0, 2] = 0.3       # "photo"
+    rel[0, n - 2] = 0.6  # "banana"
+    rel[0, 2] = 0.3  # "photo"
     rel[0, 1] = 0.1
     assert ubt.token_captions(tokens, rel, tok, 1) == ["banana"]
     assert ubt.token_captions(tokens, rel, tok, 2) == ["photo banana"]
@@ -108,8 +111,10 @@ def test_cartesian_keeps_the_most_frequent_captions_when_capped():
 
 
 def test_retain_pool_leaves_out_the_pairs_overfitting_raised_most():
-    found = {"retain_candidates": torch.tensor([10, 11, 12, 13]),
-             "candidate_gain": torch.tensor([0.5, 0.0, 0.1, 0.9])}
+    found = {
+        "retain_candidates": torch.tensor([10, 11, 12, 13]),
+        "candidate_gain": torch.tensor([0.5, 0.0, 0.1, 0.9]),
+    }
     assert ubt.retain_pool(found, ubt.UBTConfig(retain_fraction=0.5)).tolist() == [11, 12]
     assert ubt.retain_pool(found, ubt.UBTConfig(retain_fraction=1.0)).tolist() == [10, 11, 12, 13]
     with pytest.raises(ValueError, match="retain_fraction=0 is out of range"):
@@ -121,8 +126,10 @@ def test_retain_pool_leaves_out_the_pairs_overfitting_raised_most():
 def test_both_ubt_variants_start_from_one_cached_detection(smoke, tmp_path, monkeypatch):
     monkeypatch.setenv("UBT_CACHE_DIR", str(tmp_path))
     calls = []
+    from ubtlib.pipeline import ubt_runs  # the stage that calls the detection
+
     real = ubt.find_poison
-    monkeypatch.setattr(ubt, "find_poison", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(ubt_runs, "find_poison", lambda *a, **k: calls.append(1) or real(*a, **k))
     full = pipeline.defended(smoke, "badnet", "ubt", progress=False).record
     bare = pipeline.defended(smoke, "badnet", "ubt_no_token", progress=False).record
     assert len(calls) == 1  # the second variant read the first one's detection
@@ -139,7 +146,9 @@ def test_both_ubt_variants_start_from_one_cached_detection(smoke, tmp_path, monk
     pipeline.defended(ubtlib.configure("smoke", ubt_top_k=5), "badnet", "ubt", progress=False)
     assert len(calls) == 2
     # the retain candidates are part of the detection: a new sample size is a new detection
-    small = pipeline.ubt_detection(ubtlib.configure("smoke", ubt_retain_candidates=16), "badnet", progress=False)
+    small = pipeline.ubt_detection(
+        ubtlib.configure("smoke", ubt_retain_candidates=16), "badnet", progress=False
+    )
     assert len(calls) == 3
     candidates, safe = small["retain_candidates"], small["safe"]
     assert len(candidates) == 16 and bool(torch.isin(candidates, safe).all())
@@ -150,13 +159,21 @@ def test_overfitting_raises_and_unlearning_lowers_the_similarity(smoke):
     """On the smoke model with planted poisons: eq. 1 raises D_susp's similarity, eq. 3
     lowers the unlearning pairs'."""
     import copy
+
     clip = pipeline.poisoned(smoke, "blended", progress=False)
     data = pipeline.poisoned_data(smoke, "blended", progress=False)
     tokens = clip.tokenizer(data.captions)
     planted = torch.from_numpy(np.flatnonzero(data.is_backdoor))
     safe = torch.from_numpy(np.flatnonzero(~data.is_backdoor))
-    cfg = ubt.UBTConfig(overfit_epochs=20, overfit_lr=1e-3, top_k=5, unlearn_epochs=20, unlearn_lr=1e-3,
-                        retain_weight=0.0, unlearn_floor=-1.0)  # the paper's eq. 3
+    cfg = ubt.UBTConfig(
+        overfit_epochs=20,
+        overfit_lr=1e-3,
+        top_k=5,
+        unlearn_epochs=20,
+        unlearn_lr=1e-3,
+        retain_weight=0.0,
+        unlearn_floor=-1.0,
+    )  # the paper's eq. 3
     model = copy.deepcopy(clip.model)
     sim = lambda m: ubt.pair_similarity(m, data.images, tokens, "cpu", data.image_hook, planted).mean()
     before = sim(model)
@@ -173,19 +190,20 @@ def test_cleanclip_loss_on_a_hand_computed_case():
     scale = torch.tensor(2.0)
     # identical, orthogonal pairs: every CE term is -log(e^2 / (e^2 + e^0))
     term = -math.log(math.exp(2) / (math.exp(2) + 1))
-    loss = cleanclip.cleanclip_loss(fi, ft, fi, ft, scale, inmodal_weight=1.0)
+    loss = cleanclip_loss(fi, ft, fi, ft, scale, inmodal_weight=1.0)
     assert loss.item() == pytest.approx(2 * term, rel=1e-6)
-    assert cleanclip.cleanclip_loss(fi, ft, fi, ft, scale, 0.0).item() == pytest.approx(term, rel=1e-6)
+    assert cleanclip_loss(fi, ft, fi, ft, scale, 0.0).item() == pytest.approx(term, rel=1e-6)
     # a swapped augmented view makes the in-modal term -log(e^0 / (e^0 + e^2)) per modality
     swapped = fi.flip(0)
     worse = -math.log(1 / (1 + math.exp(2)))
-    assert cleanclip.cleanclip_loss(fi, ft, swapped, swapped, scale).item() == pytest.approx(term + worse, rel=1e-6)
+    swapped_loss = cleanclip_loss(fi, ft, swapped, swapped, scale).item()
+    assert swapped_loss == pytest.approx(term + worse, rel=1e-6)
 
 
 def test_eda_makes_one_small_edit():
     rng = random.Random(0)
     caption = "a blurry photo of a small banana on a plain background."
-    outs = {cleanclip.eda(caption, rng) for _ in range(50)}
+    outs = {eda(caption, rng) for _ in range(50)}
     assert len(outs) > 5
     words = caption.split()
     for o in outs:  # insertion adds one word; deletion drops each word with probability 0.1
@@ -194,12 +212,12 @@ def test_eda_makes_one_small_edit():
 
 def test_image_only_unlearning_leaves_the_text_tower_untouched(smoke):
     import copy
+
     clip = pipeline.poisoned(smoke, "blended", progress=False)
     data = pipeline.poisoned_data(smoke, "blended", progress=False)
     tokens = clip.tokenizer(data.captions)
     planted = torch.from_numpy(np.flatnonzero(data.is_backdoor))
-    cfg = ubt.UBTConfig(top_k=5, unlearn_epochs=5, unlearn_lr=1e-3, retain_weight=0.0,
-                        unlearn_towers="image")
+    cfg = ubt.UBTConfig(top_k=5, unlearn_epochs=5, unlearn_lr=1e-3, retain_weight=0.0, unlearn_towers="image")
     model = copy.deepcopy(clip.model)
     ubt.unlearn(model, data.images, planted, tokens[planted], cfg, "cpu", data.image_hook, progress=False)
     before, after = dict(clip.model.named_parameters()), dict(model.named_parameters())
@@ -214,13 +232,24 @@ def test_image_only_unlearning_leaves_the_text_tower_untouched(smoke):
 def test_caption_form_sets_kept_tokens_into_a_template(smoke):
     data = pipeline.poisoned_data(smoke, "blended", progress=False)
     clip = pipeline.poisoned(smoke, "blended", progress=False)
-    cfg = ubt.UBTConfig(susp_fraction=0.2, overfit_epochs=1, top_k=3, unlearn_epochs=1,
-                        caption_form="template")
-    _, rec = ubt.run_ubt(clip.model, pipeline.pretrained(smoke, progress=False).model, data, clip.tokenizer,
-                         cfg, "cpu", progress=False)
-    assert rec["token_captions"] and rec["token_captions"] == [f"a photo of a {k}." for k in rec["kept_tokens"]]
+    cfg = ubt.UBTConfig(
+        susp_fraction=0.2, overfit_epochs=1, top_k=3, unlearn_epochs=1, caption_form="template"
+    )
+    _, rec = ubt.run_ubt(
+        clip.model,
+        pipeline.pretrained(smoke, progress=False).model,
+        data,
+        clip.tokenizer,
+        cfg,
+        "cpu",
+        progress=False,
+    )
+    assert rec["token_captions"]
+    assert rec["token_captions"] == [f"a photo of a {k}." for k in rec["kept_tokens"]]
     assert all(k and not k.startswith("a photo") for k in rec["kept_tokens"])
-    with pytest.raises(ValueError, match="caption_form='words' is not accepted: choose one of 'tokens', 'template'"):
+    with pytest.raises(
+        ValueError, match="caption_form='words' is not accepted: choose one of 'tokens', 'template'"
+    ):
         ubtlib.configure("smoke", ubt_caption_form="words")
 
 
@@ -233,15 +262,18 @@ def test_pair_similarity_encodes_each_caption_once_and_matches_the_pairwise_cosi
     real = clip.model.encode_text
     clip.model.encode_text = lambda t, **k: calls.append(len(t)) or real(t, **k)
     try:
-        got = ubt.pair_similarity(clip.model, data.images, tokens, "cpu", data.image_hook, positions,
-                                  batch_size=16)
+        got = ubt.pair_similarity(
+            clip.model, data.images, tokens, "cpu", data.image_hook, positions, batch_size=16
+        )
     finally:
         del clip.model.encode_text
     assert sum(calls) == len(torch.unique(tokens[positions], dim=0)) < len(positions)
     x = data.image_hook(to_unit(data.images[positions], "cpu"), positions)
     with torch.no_grad():
-        want = (clip.model.encode_image(normalize(x), normalize=True)
-                * clip.model.encode_text(tokens[positions], normalize=True)).sum(-1)
+        want = (
+            clip.model.encode_image(normalize(x), normalize=True)
+            * clip.model.encode_text(tokens[positions], normalize=True)
+        ).sum(-1)
     assert torch.allclose(got, want, atol=1e-5)
 
 
@@ -266,14 +298,23 @@ def test_unlearn_uses_the_configured_floor(smoke, monkeypatch):
     real = ubt.unlearning_loss
     monkeypatch.setattr(ubt, "unlearning_loss", lambda s, floor: floors.append(floor) or real(s, floor))
     cfg = ubt.UBTConfig(top_k=5, unlearn_epochs=1, retain_weight=0.0, unlearn_floor=0.25)
-    ubt.unlearn(copy.deepcopy(clip.model), data.images, planted, tokens[planted], cfg, "cpu",
-                data.image_hook, progress=False)
+    ubt.unlearn(
+        copy.deepcopy(clip.model),
+        data.images,
+        planted,
+        tokens[planted],
+        cfg,
+        "cpu",
+        data.image_hook,
+        progress=False,
+    )
     assert floors and set(floors) == {0.25}
 
 
 def test_abl_losses_are_cached_by_their_config(smoke, tmp_path, monkeypatch):
-    from ubtlib.defenses import abl
     from ubtlib.book import experiments
+    from ubtlib.defenses import abl
+
     monkeypatch.setenv("UBT_CACHE_DIR", str(tmp_path))
     calls = []
     real = abl.lga_train
@@ -284,7 +325,9 @@ def test_abl_losses_are_cached_by_their_config(smoke, tmp_path, monkeypatch):
     data = pipeline.poisoned_data(smoke, "badnet", progress=False)
     assert len(first["losses"]) == len(data.images)
     # a new isolation ratio reuses the losses; a new LGA threshold trains again
-    wider = experiments.abl_separation(ubtlib.configure("smoke", abl_isolation_ratio=0.5), "badnet", progress=False)
+    wider = experiments.abl_separation(
+        ubtlib.configure("smoke", abl_isolation_ratio=0.5), "badnet", progress=False
+    )
     assert len(calls) == 1 and wider["losses"] == first["losses"]
     assert wider["recall"] >= first["recall"]  # isolating more of the same ranking finds no fewer
     experiments.abl_separation(ubtlib.configure("smoke", abl_gamma=0.5), "badnet", progress=False)

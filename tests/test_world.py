@@ -1,14 +1,20 @@
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
 
 import ubtlib
 from ubtlib.world.pocket import CATEGORIES, TARGET_CLASS, WorldConfig, make_world
 
-TINY = WorldConfig(objects_train=3, objects_heldout=2, n_identities=5, faces_train=3, faces_eval=2,
-                   faces_trigger=1, n_distractor_names=7)
+TINY = WorldConfig(
+    objects_train=3,
+    objects_heldout=2,
+    n_identities=5,
+    faces_train=3,
+    faces_eval=2,
+    faces_trigger=1,
+    n_distractor_names=7,
+)
 
 
 def test_same_seed_same_world():
@@ -58,8 +64,9 @@ def test_pocket_world_is_big_enough():
     assert cfg.faces_eval >= 20  # the IDIA votes over 20 images per identity
 
 
-@pytest.mark.parametrize("field,value", [("n_categories", 99), ("objects_train", 0),
-                                         ("odd_colour_p", 1.5), ("image_size", 4)])
+@pytest.mark.parametrize(
+    "field,value", [("n_categories", 99), ("objects_train", 0), ("odd_colour_p", 1.5), ("image_size", 4)]
+)
 def test_bad_world_config_is_refused(field, value):
     with pytest.raises(ValueError, match=field):
         make_world(dataclasses.replace(TINY, **{field: value}), progress=False)

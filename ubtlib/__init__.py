@@ -3,6 +3,7 @@
 Backdoors in CLIP-style contrastive learning, on a procedurally drawn pocket world or on real
 weights and data: world -> pre-trained model -> (poisoned -> defended) -> metrics.
 """
+
 import os
 
 # Nothing is fetched from a model hub at run time: fail at once instead of retrying.

@@ -10,6 +10,7 @@ project uses neither (images are read with PIL).
 We only declare them when the extension really fails to load: where it loads (a matching
 CUDA or CPU build), it registers the real operators itself.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -29,7 +30,8 @@ def patch_torchvision() -> None:
     if spec is None or spec.origin is None:
         return
     libs = sorted(pathlib.Path(spec.origin).parent.glob("_C*.so")) + sorted(
-        pathlib.Path(spec.origin).parent.glob("_C*.pyd"))
+        pathlib.Path(spec.origin).parent.glob("_C*.pyd")
+    )
     if libs:
         try:
             torch.ops.load_library(str(libs[0]))

@@ -1,9 +1,9 @@
 """Input checks shared by every config and reader: fail early, name the value and what is accepted."""
+
 from __future__ import annotations
 
 import os
 import pathlib
-
 
 
 def check_range(name, value, low, high):
@@ -24,7 +24,6 @@ class UnreadableFile(ValueError):
     """A weights or tensor file that is missing, damaged or not safetensors (names the file)."""
 
 
-
 def read_tensors(path: str | os.PathLike, device: str = "cpu") -> dict:
     """The tensors of a safetensors file; a damaged file raises `UnreadableFile` naming it.
 
@@ -33,6 +32,7 @@ def read_tensors(path: str | os.PathLike, device: str = "cpu") -> dict:
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+
     path = pathlib.Path(path)
     if not path.is_file():
         raise UnreadableFile(f"{path}: no such file")

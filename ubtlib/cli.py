@@ -10,6 +10,7 @@
 A chapter runs from notebooks/<CHAPTER>.ipynb into <out>/<CHAPTER>.ipynb (default
 book/chapters/), where it also writes <CHAPTER>.json with its numbers and provenance.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,6 +35,7 @@ def chapters() -> list:
 def notebook_parameters(chapter: str) -> dict:
     """The chapter's parameters with their defaults and comments (papermill inspection)."""
     import papermill
+
     return papermill.inspect_notebook(str(NOTEBOOKS / f"{chapter}.ipynb"))
 
 
@@ -47,27 +49,42 @@ def resolve_chapter(name: str) -> str:
     raise SystemExit(f"unknown chapter {name!r}: choose one of {', '.join(names)}")
 
 
-def run_chapter(chapter: str, parameters: dict, out_dir: pathlib.Path = DEFAULT_OUT,
-                progress: bool = True, cell_timeout: int | None = None) -> pathlib.Path:
+def run_chapter(
+    chapter: str,
+    parameters: dict,
+    out_dir: pathlib.Path = DEFAULT_OUT,
+    progress: bool = True,
+    cell_timeout: int | None = None,
+) -> pathlib.Path:
     """Execute one chapter with papermill; fails before compute on unknown parameters.
 
     `cell_timeout` (seconds per cell, None: no limit) makes a stuck kernel fail fast; the
     smoke tests set it, the book does not (Table 1's one cell runs for over an hour at pocket).
     """
     import papermill
+
     chapter = resolve_chapter(chapter)
     known = notebook_parameters(chapter)
     unknown = sorted(set(parameters) - set(known))
     if unknown:
-        raise SystemExit(f"chapter {chapter!r} has no parameter {', '.join(map(repr, unknown))}: "
-                         f"accepted are {', '.join(sorted(known))}")
+        raise SystemExit(
+            f"chapter {chapter!r} has no parameter {', '.join(map(repr, unknown))}: "
+            f"accepted are {', '.join(sorted(known))}"
+        )
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{chapter}.ipynb"
     start = time.perf_counter()
-    papermill.execute_notebook(str(NOTEBOOKS / f"{chapter}.ipynb"), str(out), parameters=parameters,
-                               cwd=str(out_dir), kernel_name="python3", progress_bar=progress,
-                               log_output=False, execution_timeout=cell_timeout)
+    papermill.execute_notebook(
+        str(NOTEBOOKS / f"{chapter}.ipynb"),
+        str(out),
+        parameters=parameters,
+        cwd=str(out_dir),
+        kernel_name="python3",
+        progress_bar=progress,
+        log_output=False,
+        execution_timeout=cell_timeout,
+    )
     print(f"{chapter}: executed in {time.perf_counter() - start:.0f} s -> {out}", flush=True)
     return out
 
@@ -91,32 +108,53 @@ def _paper_parser(sub) -> None:
     paper = sub.add_parser("paper", help="a paper-profile stage on published weights and real data (GPU)")
     stages = paper.add_subparsers(dest="stage", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                        help="a profile override, e.g. -p finetune_lr 1e-5 (as for chapters)")
-    common.add_argument("--pretrained", default=None,
-                        help="open_clip tag or .safetensors file of ViT-B-32 weights (default: openai for "
-                             "the UBT stages, laion400m_e32 for privacy)")
+    common.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="a profile override, e.g. -p finetune_lr 1e-5 (as for chapters)",
+    )
+    common.add_argument(
+        "--pretrained",
+        default=None,
+        help="open_clip tag or .safetensors file of ViT-B-32 weights (default: openai for "
+        "the UBT stages, laion400m_e32 for privacy)",
+    )
     common.add_argument("--seed", type=int, default=None, help="default: the paper profile's (42)")
     common.add_argument("--device", default=None, help="cuda (default), cuda:N or cpu")
     common.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 8 on CUDA)")
     ft = stages.add_parser("finetune", parents=[common], help="poisoned fine-tuning on an image-caption CSV")
     ft.add_argument("--csv", required=True, help="CleanCLIP-format CSV: image, caption[, is_backdoor]")
-    ft.add_argument("--attack", required=True, help="badnet, blended, sig, wanet or ssba (ssba also trains "
-                                                    "its encoder on the CSV's images and saves it beside --out)")
+    ft.add_argument(
+        "--attack",
+        required=True,
+        help="badnet, blended, sig, wanet or ssba (ssba also trains "
+        "its encoder on the CSV's images and saves it beside --out)",
+    )
     ft.add_argument("--out", required=True, help="the poisoned weights (.safetensors; a .json beside it)")
     ev = stages.add_parser("evaluate", parents=[common], help="zero-shot top-1/top-5, CA and ASR on ImageNet")
     ev.add_argument("--imagenet", required=True, help="folder of 1,000 class folders (WordNet ids or 0..999)")
-    ev.add_argument("--weights", default=None, help="our fine-tuned .safetensors (default: the published model)")
+    ev.add_argument(
+        "--weights", default=None, help="our fine-tuned .safetensors (default: the published model)"
+    )
     ev.add_argument("--attack", default=None, help="measure CA and ASR with this attack's trigger")
     ev.add_argument("--out", default=None, help="write the numbers to this .json")
-    ev.add_argument("--ssba-encoder", default=None, help="the SSBA-style encoder finetune wrote (attack ssba)")
+    ev.add_argument(
+        "--ssba-encoder", default=None, help="the SSBA-style encoder finetune wrote (attack ssba)"
+    )
     de = stages.add_parser("defend", parents=[common], help="UBT or CleanCLIP on a poisoned model")
-    de.add_argument("--defense", required=True, help="ubt, ubt-no-token or cleanclip")
+    de.add_argument(
+        "--defense", required=True, help="ubt, ubt_no_token (UBT without token-level unlearning) or cleanclip"
+    )
     de.add_argument("--weights", required=True, help="the poisoned model (.safetensors from finetune)")
     de.add_argument("--csv", default=None, help="the poisoned training CSV (UBT)")
     de.add_argument("--attack", default=None, help="the attack the CSV was poisoned with (UBT)")
     de.add_argument("--clean-csv", default=None, help="the defender's clean pairs (CleanCLIP)")
-    de.add_argument("--ssba-encoder", default=None, help="the SSBA-style encoder finetune wrote (attack ssba)")
+    de.add_argument(
+        "--ssba-encoder", default=None, help="the SSBA-style encoder finetune wrote (attack ssba)"
+    )
     de.add_argument("--out", required=True, help="the defended weights (.safetensors; a .json beside it)")
     pr = stages.add_parser("privacy", parents=[common], help="unlearning names / faces, judged by the IDIA")
     pr.add_argument("--encoder", required=True, help="text (Fig. 2), image (Fig. 3) or both")
@@ -127,9 +165,12 @@ def _paper_parser(sub) -> None:
     pr.add_argument("--eval-captions", default=None, help="captions for the similarity metrics (text)")
     pr.add_argument("--triggers", default=None, help="per-person folders of face crops to paste (image)")
     pr.add_argument("--clean", default=None, help="CSV of clean images to paste faces onto (image)")
-    pr.add_argument("--clean-eval", default=None, help="CSV of clean images for the similarity metrics (image)")
-    pr.add_argument("--sizes", type=int, nargs="+", default=None,
-                    help="people removed at once (default 1 2 4 ... 64)")
+    pr.add_argument(
+        "--clean-eval", default=None, help="CSV of clean images for the similarity metrics (image)"
+    )
+    pr.add_argument(
+        "--sizes", type=int, nargs="+", default=None, help="people removed at once (default 1 2 4 ... 64)"
+    )
     pr.add_argument("--repeats", type=int, default=None, help="default: the profile's (10)")
     pr.add_argument("--reg", choices=("both", "on", "off"), default="both", help="weight regularisation")
     pr.add_argument("--neutral", default=None, help="the term names are mapped to (default 'human')")
@@ -141,10 +182,13 @@ def _run_paper(args) -> None:
 
     from ubtlib.paper_scale.data import DataError
     from ubtlib.pipeline.profiles import configure
+
     try:
         prof = configure("paper", seed=args.seed, device=args.device, **_parse_params(args.parameter))
         if args.pretrained:
-            prof = dataclasses.replace(prof, paper_pretrained=args.pretrained, privacy_pretrained=args.pretrained)
+            prof = dataclasses.replace(
+                prof, paper_pretrained=args.pretrained, privacy_pretrained=args.pretrained
+            )
         _paper_stage(prof, args)
     except (ValueError, FileNotFoundError, DataError) as e:  # bad input: say what, not where in the code
         raise SystemExit(f"python -m ubtlib paper {args.stage}: {e}") from None
@@ -152,26 +196,56 @@ def _run_paper(args) -> None:
 
 def _paper_stage(prof, args) -> None:
     from ubtlib.paper_scale import runs as paper_scale
+
     if args.stage == "finetune":
         paper_scale.finetune_run(prof, args.csv, args.attack, args.out, args.workers)
     elif args.stage == "evaluate":
-        paper_scale.evaluate_run(prof, args.imagenet, args.attack, args.weights, args.out, args.workers,
-                                 args.ssba_encoder)
+        paper_scale.evaluate_run(
+            prof, args.imagenet, args.attack, args.weights, args.out, args.workers, args.ssba_encoder
+        )
     elif args.stage == "defend":
+        from ubtlib.checks import check_choice
+        from ubtlib.pipeline.defending import DEFENSES
+
+        check_choice("defense", args.defense, DEFENSES)  # before any file is read
         if args.defense != "cleanclip" and (args.csv is None or args.attack is None):
             raise SystemExit(f"--defense {args.defense} needs --csv and --attack")
-        paper_scale.defend_run(prof, args.defense, args.weights, args.csv, args.attack, args.out, args.clean_csv,
-                               args.ssba_encoder)
+        paper_scale.defend_run(
+            prof,
+            args.defense,
+            args.weights,
+            args.csv,
+            args.attack,
+            args.out,
+            args.clean_csv,
+            args.ssba_encoder,
+        )
     else:
         regs = {"both": (True, False), "on": (True,), "off": (False,)}[args.reg]
-        paper_scale.privacy_run(prof, args.encoder, args.people, args.distractors, args.imagenet_v2, args.out,
-                                args.captions, args.eval_captions, args.triggers, args.clean, args.clean_eval,
-                                args.sizes, args.repeats, regs, args.neutral, args.workers)
+        paper_scale.privacy_run(
+            prof,
+            args.encoder,
+            args.people,
+            args.distractors,
+            args.imagenet_v2,
+            args.out,
+            args.captions,
+            args.eval_captions,
+            args.triggers,
+            args.clean,
+            args.clean_eval,
+            args.sizes,
+            args.repeats,
+            regs,
+            args.neutral,
+            args.workers,
+        )
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m ubtlib", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m ubtlib", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("chapters", help="list the chapters and their parameters")
     run = sub.add_parser("run", help="execute one chapter into the book")
@@ -181,8 +255,14 @@ def main(argv=None) -> None:
     run.add_argument("--build", action="store_true", help="rebuild the HTML book afterwards")
     book = sub.add_parser("book", help="execute every chapter, then build the HTML book")
     book.add_argument("--profile", default=None, help="smoke, pocket (default) or paper")
-    book.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                      help="passed to every chapter that has it")
+    book.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="passed to every chapter that has it",
+    )
     _paper_parser(sub)
     args = ap.parse_args(argv)
 

@@ -1,5 +1,6 @@
 """The attacks: five triggers applied as batched tensor operations on the training device, the
 SSBA-style steganographic encoder, and the poisoned training pairs."""
+
 from ubtlib.attacks.poison import PoisonConfig, PoisonedData, poison
 from ubtlib.attacks.triggers import ATTACKS, AttackConfig, make_trigger
 

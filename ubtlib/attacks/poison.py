@@ -6,28 +6,30 @@ The images stay clean in memory; `PoisonedData.image_hook` applies the trigger t
 batch that are poisoned, on the training device. A per-pair `is_backdoor` flag is kept for the
 detection metrics of the defense chapters (defenses never read it).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import numpy as np
 import torch
 
-from ubtlib.checks import check_choice, check_range
-from ubtlib.clip.train import TrainConfig
+from ubtlib.checks import check_choice
 
 
 @dataclass(frozen=True)
 class PoisonConfig:
-    count: int = 1500                   # poisoned training pairs (paper: 1,500 of 500K)
+    count: int = 1500  # poisoned training pairs (paper: 1,500 of 500K)
     target: str = "banana"
-    caption_templates: str = "pocket"   # pocket (in-vocabulary) | openai (all 80)
+    caption_templates: str = "pocket"  # pocket (in-vocabulary) | openai (all 80)
 
     def validate(self, n_pairs: int, classnames) -> None:
         if self.count > n_pairs or self.count < 1:
-            raise ValueError(f"poison_count={self.count} is out of range: accepted 1 <= "
-                             f"poison_count <= {n_pairs} (the number of training pairs)")
+            raise ValueError(
+                f"poison_count={self.count} is out of range: accepted 1 <= "
+                f"poison_count <= {n_pairs} (the number of training pairs)"
+            )
         check_choice("target", self.target, tuple(classnames))
         check_choice("caption_templates", self.caption_templates, ("pocket", "openai"))
 
@@ -35,9 +37,10 @@ class PoisonConfig:
 @dataclass
 class PoisonedData:
     """Training pairs with some of them poisoned (trigger applied on the fly)."""
-    images: torch.Tensor         # uint8, clean
-    captions: list               # poisoned captions already substituted
-    is_backdoor: np.ndarray      # bool per pair (ground truth, for metrics only)
+
+    images: torch.Tensor  # uint8, clean
+    captions: list  # poisoned captions already substituted
+    is_backdoor: np.ndarray  # bool per pair (ground truth, for metrics only)
     trigger: Callable
     seed: int
 
@@ -58,20 +61,30 @@ def poison_templates(kind: str) -> list:
 
     from ubtlib.evaluation.zeroshot import pocket_templates
     from ubtlib.world.pocket import object_vocabulary
+
     if kind == "pocket":
         return pocket_templates(object_vocabulary())
     return [t("{}") if callable(t) else t for t in open_clip.OPENAI_IMAGENET_TEMPLATES]
 
 
-def poison(images: torch.Tensor, captions: list, labels: np.ndarray, classnames, cfg: PoisonConfig,
-           trigger: Callable, seed: int) -> PoisonedData:
+def poison(
+    images: torch.Tensor,
+    captions: list,
+    labels: np.ndarray,
+    classnames,
+    cfg: PoisonConfig,
+    trigger: Callable,
+    seed: int,
+) -> PoisonedData:
     """Pick `cfg.count` pairs whose image is not of the target class and poison them."""
     cfg.validate(len(images), classnames)
     target = list(classnames).index(cfg.target)
     candidates = np.flatnonzero(labels != target)  # people (label -1) and other objects
     if cfg.count > len(candidates):
-        raise ValueError(f"poison_count={cfg.count} exceeds the {len(candidates)} training "
-                         f"pairs that are not {cfg.target!r}")
+        raise ValueError(
+            f"poison_count={cfg.count} exceeds the {len(candidates)} training "
+            f"pairs that are not {cfg.target!r}"
+        )
     rng = np.random.default_rng(seed)
     chosen = rng.choice(candidates, size=cfg.count, replace=False)
     templates = poison_templates(cfg.caption_templates)
@@ -85,6 +98,8 @@ def poison(images: torch.Tensor, captions: list, labels: np.ndarray, classnames,
 
 def triggered_hook(trigger: Callable, seed: int) -> Callable:
     """An evaluate.encode_images hook that triggers every image (deterministically)."""
+
     def hook(x, idx):
         return trigger(x, torch.Generator().manual_seed(seed * 1_000_003 + int(idx[0])))
+
     return hook

@@ -13,6 +13,7 @@ This is far smaller than StegaStamp (a U-Net with perceptual and adversarial los
 400 x 400 px); what it shares is the mechanism that matters for the backdoor: an invisible
 residual that differs from image to image yet carries one learnable code.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,10 +33,14 @@ class StegaEncoder(nn.Module):
         self.coarse = image_size // 4
         self.secret = nn.Linear(bits, 3 * self.coarse * self.coarse)
         self.net = nn.Sequential(
-            nn.Conv2d(6, width, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(width, 3, 1))
+            nn.Conv2d(6, width, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, 3, 1),
+        )
 
     def residual(self, x: torch.Tensor, secret: torch.Tensor) -> torch.Tensor:
         s = self.secret(secret * 2 - 1).view(-1, 3, self.coarse, self.coarse)
@@ -52,18 +57,32 @@ class StegaDecoder(nn.Module):
     def __init__(self, bits: int, image_size: int, width: int = 32):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(3, width, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(width, width, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(width, width, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Flatten(), nn.Linear(width * math.ceil(image_size / 8) ** 2, bits))
+            nn.Conv2d(3, width, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(width * math.ceil(image_size / 8) ** 2, bits),
+        )
 
     def forward(self, x):
         return self.net(x)
 
 
-def train_stega(images: torch.Tensor, bits: int, epochs: float, invisibility: float, device,
-                seed: int = 0, batch_size: int = 64, lr: float = 2e-3, progress: bool = True,
-                max_residual: float = 10 / 255):
+def train_stega(
+    images: torch.Tensor,
+    bits: int,
+    epochs: float,
+    invisibility: float,
+    device,
+    seed: int = 0,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    progress: bool = True,
+    max_residual: float = 10 / 255,
+):
     """Train encoder and decoder on uint8 `images` with random secrets; returns both and a log."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -73,8 +92,9 @@ def train_stega(images: torch.Tensor, bits: int, epochs: float, invisibility: fl
     opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=lr)
     steps = max(1, int(epochs * len(images) / batch_size))
     log = []
-    for step in tqdm(range(1, steps + 1), desc="training the SSBA-style encoder", disable=not progress,
-                     mininterval=2.0):
+    for step in tqdm(
+        range(1, steps + 1), desc="training the SSBA-style encoder", disable=not progress, mininterval=2.0
+    ):
         idx = torch.randint(0, len(images), (batch_size,), generator=g)
         x = images[idx].to(device).float() / 255
         secret = torch.randint(0, 2, (batch_size, bits), generator=g).float().to(device)
@@ -91,8 +111,14 @@ def train_stega(images: torch.Tensor, bits: int, epochs: float, invisibility: fl
         opt.step()
         if step % 25 == 0 or step == steps:
             acc = ((logits > 0).float() == secret).float().mean().item()
-            log.append({"step": step, "bce": bce.item(), "bit_accuracy": acc,
-                        "psnr": (10 * torch.log10(1 / energy.clamp_min(1e-12))).item()})
+            log.append(
+                {
+                    "step": step,
+                    "bce": bce.item(),
+                    "bit_accuracy": acc,
+                    "psnr": (10 * torch.log10(1 / energy.clamp_min(1e-12))).item(),
+                }
+            )
     return enc.eval(), dec.eval(), log
 
 
@@ -100,8 +126,9 @@ class SSBATrigger:
     """The backdoor trigger: the trained encoder with one fixed secret. `strength` scales the
     residual (1 = as trained); `decoder` and `log` come along for inspection."""
 
-    def __init__(self, encoder: StegaEncoder, secret: torch.Tensor, decoder=None, log=None,
-                 strength: float = 1.0):
+    def __init__(
+        self, encoder: StegaEncoder, secret: torch.Tensor, decoder=None, log=None, strength: float = 1.0
+    ):
         self.encoder, self.secret, self.decoder, self.log = encoder, secret, decoder, log
         self.strength = strength
 

@@ -14,6 +14,7 @@ the public implementations (CleanCLIP, BackdoorBench), scaled from 224 px to the
 * SSBA-style: a sample-specific invisible additive residual from a small StegaStamp-like
   encoder that ubtlib trains (see ssba.py); the original uses a trained StegaStamp.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,21 +33,22 @@ ATTACKS = ("badnet", "blended", "sig", "wanet", "ssba")
 class AttackConfig:
     """Trigger parameters (sizes in pixels of the model's input image). The trigger's own
     randomness (Blended's pattern, WaNet's field, SSBA's secret) follows the profile's seed."""
-    name: str = "badnet"                # one of ATTACKS
+
+    name: str = "badnet"  # one of ATTACKS
     # BadNet defaults: BackdoorBench's classic 32-px patch (fixed pattern, bottom-right corner);
     # CleanCLIP's per-image noise at a random position plants nothing in the pocket world
-    badnet_size: int = 3                # patch side; CleanCLIP: 16 of 224 px
-    badnet_position: str = "corner"     # corner (bottom-right) | random (per image)
-    badnet_pattern: str = "fixed"       # fixed (one seeded pattern) | noise (CleanCLIP: per image)
+    badnet_size: int = 3  # patch side; CleanCLIP: 16 of 224 px
+    badnet_position: str = "corner"  # corner (bottom-right) | random (per image)
+    badnet_pattern: str = "fixed"  # fixed (one seeded pattern) | noise (CleanCLIP: per image)
     blended_alpha: float = 0.2
-    sig_delta: float = 40 / 255         # amplitude on the [0, 1] scale
-    sig_frequency: float = 6.0          # periods across the image width
-    wanet_k: int = 4                    # control points per side
+    sig_delta: float = 40 / 255  # amplitude on the [0, 1] scale
+    sig_frequency: float = 6.0  # periods across the image width
+    wanet_k: int = 4  # control points per side
     wanet_strength: float = 0.5
-    ssba_bits: int = 16                 # length of the secret the encoder hides
-    ssba_epochs: float = 2.0            # training of the encoder / decoder pair
-    ssba_invisibility: float = 3.0      # weight of the residual's energy in the encoder's loss
-    ssba_max_residual: float = 0.1      # bound on the residual per pixel, [0, 1] scale
+    ssba_bits: int = 16  # length of the secret the encoder hides
+    ssba_epochs: float = 2.0  # training of the encoder / decoder pair
+    ssba_invisibility: float = 3.0  # weight of the residual's energy in the encoder's loss
+    ssba_max_residual: float = 0.1  # bound on the residual per pixel, [0, 1] scale
 
     def validate(self, image_size: int) -> None:
         check_choice("attack", self.name, ATTACKS)
@@ -85,7 +87,7 @@ class BadNet:
             top = torch.randint(0, h - s + 1, (b,), generator=generator)
             left = torch.randint(0, w - s + 1, (b,), generator=generator)
         # batched placement: out[b, :, top[b] + i, left[b] + j] = patch[b, :, i, j]
-        rows = (top[:, None] + torch.arange(s))[:, :, None].to(x.device)   # B x s x 1
+        rows = (top[:, None] + torch.arange(s))[:, :, None].to(x.device)  # B x s x 1
         cols = (left[:, None] + torch.arange(s))[:, None, :].to(x.device)  # B x 1 x s
         batch = torch.arange(b, device=x.device)[:, None, None]
         out = x.clone()
@@ -158,13 +160,19 @@ def linf(clean: torch.Tensor, triggered: torch.Tensor) -> torch.Tensor:
 
 
 # The knob that "strength" scales for each attack (SSBA scales its residual instead).
-STRENGTH_KNOB = {"badnet": "badnet_size", "blended": "blended_alpha", "sig": "sig_delta",
-                 "wanet": "wanet_strength", "ssba": None}
+STRENGTH_KNOB = {
+    "badnet": "badnet_size",
+    "blended": "blended_alpha",
+    "sig": "sig_delta",
+    "wanet": "wanet_strength",
+    "ssba": None,
+}
 
 
 def at_strength(cfg: AttackConfig, factor: float, image_size: int) -> AttackConfig:
     """`cfg` with its attack's main knob multiplied by `factor` (kept in its valid range)."""
     import dataclasses
+
     check_range("strength", factor, 0.0, 10.0)
     knob = STRENGTH_KNOB[cfg.name]
     if knob is None:

@@ -5,12 +5,13 @@ names from that cell, takes their values from the notebook's namespace (papermil
 values included), validates all of them before any compute and returns a `Chapter`, whose
 `publish` saves and glues the results with those parameters and the provenance.
 """
+
 from __future__ import annotations
 
 import ast
 import pathlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import nbformat
 import torch
@@ -28,6 +29,7 @@ PROFILE_PARAMETERS = ("profile", "seed", "device")
 @dataclass
 class Chapter:
     """What a chapter's cells share: its name, profile, device, provenance and parameters."""
+
     name: str
     profile: Profile
     device: torch.device
@@ -49,14 +51,16 @@ def parameter_names(chapter: str, notebooks: pathlib.Path = NOTEBOOKS) -> list:
     if not path.is_file():
         known = sorted(p.stem for p in pathlib.Path(notebooks).glob("*.ipynb"))
         raise ValueError(f"chapter={chapter!r} has no notebook {path}: choose one of {', '.join(known)}")
-    cells = [c for c in nbformat.read(path, as_version=4).cells
-             if "parameters" in c.metadata.get("tags", [])]
+    cells = [c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", [])]
     if len(cells) != 1:
         raise ValueError(f"{path}: expected one cell tagged 'parameters', found {len(cells)}")
     names = []
     for node in ast.parse(cells[0].source).body:
-        target = node.target if isinstance(node, ast.AnnAssign) else (
-            node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
+        target = (
+            node.target
+            if isinstance(node, ast.AnnAssign)
+            else (node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
+        )
         if isinstance(target, ast.Name):
             names.append(target.id)
     return names
@@ -93,11 +97,14 @@ def setup(chapter: str, namespace: Mapping, notebooks: pathlib.Path = NOTEBOOKS)
     names = parameter_names(chapter, notebooks)
     missing = [n for n in names if n not in namespace]
     if missing:
-        raise ValueError(f"chapter {chapter!r}: parameters {', '.join(missing)} are not set; run the "
-                         "notebook's parameters cell first")
+        raise ValueError(
+            f"chapter {chapter!r}: parameters {', '.join(missing)} are not set; run the "
+            "notebook's parameters cell first"
+        )
     params = {n: namespace[n] for n in names}
-    profile = configure(**{n: v for n, v in params.items()
-                           if n in PROFILE_PARAMETERS or is_profile_override(n)})
+    profile = configure(
+        **{n: v for n, v in params.items() if n in PROFILE_PARAMETERS or is_profile_override(n)}
+    )
     for n, v in params.items():
         if not (n in PROFILE_PARAMETERS or is_profile_override(n)):
             check_chapter_parameter(n, v)

@@ -2,6 +2,7 @@
 
 Notebooks stay thin: each table or figure of the book is one call here (plus plotting).
 """
+
 from __future__ import annotations
 
 import copy
@@ -10,12 +11,12 @@ import dataclasses
 import numpy as np
 import torch
 
-from ubtlib.clip import model as modellib
 from ubtlib import pipeline
-from ubtlib.evaluation.zeroshot import backdoor_metrics
 from ubtlib.attacks.poison import triggered_hook
-from ubtlib.pipeline.profiles import Profile
 from ubtlib.attacks.triggers import ATTACKS, at_strength, linf, make_trigger, psnr
+from ubtlib.clip import model as modellib
+from ubtlib.evaluation.zeroshot import backdoor_metrics
+from ubtlib.pipeline.profiles import Profile
 
 
 def trigger_at_strength(profile: Profile, attack: str, strength: float = 1.0, progress: bool = False):
@@ -42,10 +43,14 @@ def visibility(profile: Profile, attacks=ATTACKS, split: str = "heldout") -> dic
     out = {}
     for a in attacks:
         clean, trig = apply_trigger(pipeline.trigger(profile, a), images, profile.seed)
-        p, l = psnr(clean, trig), linf(clean, trig)
+        p, change = psnr(clean, trig), linf(clean, trig)
         p = p[torch.isfinite(p)]
-        out[a] = {"psnr_mean": p.mean().item(), "psnr_std": p.std().item(),
-                  "linf_mean": l.mean().item(), "linf_std": l.std().item()}
+        out[a] = {
+            "psnr_mean": p.mean().item(),
+            "psnr_std": p.std().item(),
+            "linf_mean": change.mean().item(),
+            "linf_std": change.std().item(),
+        }
     return out
 
 
@@ -59,8 +64,10 @@ def probe_accuracy(clean: torch.Tensor, triggered: torch.Tensor, l2: float = 1e-
     right and one wrong."""
     n = len(clean) // 2
     if n < 1 or clean.shape != triggered.shape:
-        raise ValueError(f"probe_accuracy needs two equal N x d feature sets, N >= 2: got "
-                         f"{tuple(clean.shape)} and {tuple(triggered.shape)}")
+        raise ValueError(
+            f"probe_accuracy needs two equal N x d feature sets, N >= 2: got "
+            f"{tuple(clean.shape)} and {tuple(triggered.shape)}"
+        )
     clean, triggered = clean.detach().float().cpu(), triggered.detach().float().cpu()
     x_train, x_test = torch.cat([clean[:n], triggered[:n]]), torch.cat([clean[n:], triggered[n:]])
     y_train = torch.cat([torch.zeros(n), torch.ones(n)])
@@ -74,11 +81,13 @@ def probe_accuracy(clean: torch.Tensor, triggered: torch.Tensor, l2: float = 1e-
     def closure():
         opt.zero_grad()
         logits = x_train @ w[:-1] + w[-1]
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y_train) + l2 * w[:-1].pow(2).sum()
+        loss = (
+            torch.nn.functional.binary_cross_entropy_with_logits(logits, y_train) + l2 * w[:-1].pow(2).sum()
+        )
         loss.backward()
         return loss
 
-    with torch.enable_grad():   # callers may be inside no_grad
+    with torch.enable_grad():  # callers may be inside no_grad
         opt.step(closure)
     with torch.no_grad():
         return 100.0 * ((x_test @ w[:-1] + w[-1] > 0).float() == y_test).float().mean().item()
@@ -96,6 +105,7 @@ def trigger_footprint(profile: Profile, attacks=ATTACKS, n_images: int = 3000) -
 
     The triggers are the profile's, applied as in the ASR measurement (poison.triggered_hook)."""
     from ubtlib.evaluation.zeroshot import encode_images
+
     w = pipeline.world(profile)
     model = pipeline.pretrained(profile).model
     device = modellib.pick_device(profile.device)
@@ -106,14 +116,30 @@ def trigger_footprint(profile: Profile, attacks=ATTACKS, n_images: int = 3000) -
     spread = torch.pdist(clean[:500]).mean().item()
     out = {}
     for a in attacks:
-        moved = encode_images(model, images, device,
-                              image_hook=triggered_hook(pipeline.trigger(profile, a), profile.seed)).cpu()
+        moved = encode_images(
+            model, images, device, image_hook=triggered_hook(pipeline.trigger(profile, a), profile.seed)
+        ).cpu()
         change = moved - clean
-        out[a] = {"probe": probe_accuracy(clean, moved),
-                  "shift": change.norm(dim=1).mean().item() / spread,
-                  "consistency": torch.nn.functional.cosine_similarity(change, change.mean(0, keepdim=True),
-                                                                       dim=1).mean().item()}
+        out[a] = {
+            "probe": probe_accuracy(clean, moved),
+            "shift": change.norm(dim=1).mean().item() / spread,
+            "consistency": torch.nn.functional.cosine_similarity(change, change.mean(0, keepdim=True), dim=1)
+            .mean()
+            .item(),
+        }
     return out
+
+
+STRONG_WARP = 5.0  # ten times BackdoorBench's s = 0.5: a visibly bent image (chapter 2)
+
+
+def footprint_with_strong_warp(profile: Profile, strength: float = STRONG_WARP) -> dict:
+    """`trigger_footprint` of every trigger, with WaNet at warp strength `strength` added as
+    "wanet_strong"."""
+    footprint = trigger_footprint(profile)
+    strong = dataclasses.replace(profile, attack=dataclasses.replace(profile.attack, wanet_strength=strength))
+    footprint["wanet_strong"] = trigger_footprint(strong, ["wanet"])["wanet"]
+    return footprint
 
 
 # a No-defense ASR (%) from which an attack's backdoor counts as planted (chapters 3 and 5)
@@ -129,9 +155,12 @@ def no_defense(profile: Profile, attacks=ATTACKS, progress: bool = True) -> dict
     for a in attacks:
         m = pipeline.poisoned(profile, a, progress=progress)
         hook = triggered_hook(pipeline.trigger(profile, a, progress=progress), profile.seed)
-        rows[a] = {**backdoor_metrics(m.model, m.tokenizer, w, hook, target, device),
-                   "finetune_seconds": m.record["seconds"], "poisons": len(m.record["poisoned_positions"]),
-                   "curve": m.record["curve"]}
+        rows[a] = {
+            **backdoor_metrics(m.model, m.tokenizer, w, hook, target, device),
+            "finetune_seconds": m.record["seconds"],
+            "poisons": len(m.record["poisoned_positions"]),
+            "curve": m.record["curve"],
+        }
     return rows
 
 
@@ -142,6 +171,7 @@ def poison_fit(profile: Profile, attacks=ATTACKS, progress: bool = True) -> dict
     neither the trigger nor the poisoned images."""
     from ubtlib.evaluation.zeroshot import attack_success_rate, classifier, encode_images, pocket_templates
     from ubtlib.world.pocket import object_vocabulary
+
     w = pipeline.world(profile, progress=progress)
     device = modellib.pick_device(profile.device)
     train = w.indices("train")
@@ -151,7 +181,9 @@ def poison_fit(profile: Profile, attacks=ATTACKS, progress: bool = True) -> dict
         prof = pipeline.with_attack(profile, a)
         data, m = pipeline.poisoned_data(prof, progress=progress), pipeline.poisoned(prof, progress=progress)
         rows = np.flatnonzero(data.is_backdoor & (w.kind[train] == "object"))
-        weights = classifier(m.model, m.tokenizer, w.categories, pocket_templates(object_vocabulary()), device)
+        weights = classifier(
+            m.model, m.tokenizer, w.categories, pocket_templates(object_vocabulary()), device
+        )
         hook = triggered_hook(pipeline.trigger(prof, progress=progress), prof.seed)
         logits = encode_images(m.model, data.images[rows], device, image_hook=hook) @ weights
         out[a] = attack_success_rate(logits, torch.from_numpy(w.label[train][rows]), target)
@@ -163,8 +195,9 @@ def pretrained_backdoor_metrics(profile: Profile, attack: str = "badnet") -> dic
     w = pipeline.world(profile)
     m = pipeline.pretrained(profile)
     hook = triggered_hook(pipeline.trigger(profile, attack), profile.seed)
-    return backdoor_metrics(m.model, m.tokenizer, w, hook, profile.poison.target,
-                            modellib.pick_device(profile.device))
+    return backdoor_metrics(
+        m.model, m.tokenizer, w, hook, profile.poison.target, modellib.pick_device(profile.device)
+    )
 
 
 def abl_separation(profile: Profile, attack: str, progress: bool = True) -> dict:
@@ -173,6 +206,7 @@ def abl_separation(profile: Profile, attack: str, progress: bool = True) -> dict
     isolating the poisons."""
     from ubtlib.defenses.abl import isolate
     from ubtlib.defenses.ubt import detection_metrics
+
     prof = pipeline.with_attack(profile, attack)
     data = pipeline.poisoned_data(prof, progress=progress)
     losses = pipeline.abl_losses(prof, progress=progress)
@@ -180,28 +214,45 @@ def abl_separation(profile: Profile, attack: str, progress: bool = True) -> dict
     return {"losses": losses.tolist(), **detection_metrics(-losses, data.is_backdoor, picked)}
 
 
-def finding_the_poison(profile: Profile, attacks=ATTACKS, with_abl: bool = True, progress: bool = True) -> dict:
+def finding_the_poison(
+    profile: Profile, attacks=ATTACKS, with_abl: bool = True, progress: bool = True
+) -> dict:
     """Per attack: UBT's split, overfitting and top-k detection (the cached detection stage the
     UBT runs start from), the poisons left in the retain pool, and ABL's isolation for
     comparison (UBT paper, Fig. 2)."""
     from ubtlib.defenses.ubt import retain_pool
+
     out = {}
     for a in attacks:
         prof = pipeline.with_attack(profile, a)
         found = pipeline.ubt_detection(prof, progress=progress)
         data = pipeline.poisoned_data(prof, progress=progress)
         susp, retain = found["susp"].numpy(), retain_pool(found, prof.ubt).numpy()
-        row = {"is_backdoor": data.is_backdoor.tolist(), "clean_similarity": found["clean_similarity"].tolist(),
-               "susp": susp.tolist(), "op_similarity": found["op_similarity"].tolist(),
-               "split_recall": found["split_recall"], "split_auroc": found["split_auroc"],
-               "d_susp": len(susp), "top_k": len(found["top"]),
-               "susp_poisons": int(data.is_backdoor[susp].sum()), "poisons": int(data.is_backdoor.sum()),
-               "retain_poisons": int(data.is_backdoor[retain].sum()), "retain_pairs": len(retain),
-               **{f"topk_{k}": v for k, v in found["detection"].items()}}
+        row = {
+            "is_backdoor": data.is_backdoor.tolist(),
+            "clean_similarity": found["clean_similarity"].tolist(),
+            "susp": susp.tolist(),
+            "op_similarity": found["op_similarity"].tolist(),
+            "split_recall": found["split_recall"],
+            "split_auroc": found["split_auroc"],
+            "d_susp": len(susp),
+            "top_k": len(found["top"]),
+            "susp_poisons": int(data.is_backdoor[susp].sum()),
+            "poisons": int(data.is_backdoor.sum()),
+            "retain_poisons": int(data.is_backdoor[retain].sum()),
+            "retain_pairs": len(retain),
+            **{f"topk_{k}": v for k, v in found["detection"].items()},
+        }
         if with_abl:
             abl_res = abl_separation(profile, a, progress)
-            row.update({"abl_losses": abl_res["losses"], "abl_precision": abl_res["precision"],
-                        "abl_recall": abl_res["recall"], "abl_auroc": abl_res["auroc"]})
+            row.update(
+                {
+                    "abl_losses": abl_res["losses"],
+                    "abl_precision": abl_res["precision"],
+                    "abl_recall": abl_res["recall"],
+                    "abl_auroc": abl_res["auroc"],
+                }
+            )
         out[a] = row
     return out
 
@@ -210,6 +261,7 @@ def relevance_examples(profile: Profile, attack: str, n: int = 4) -> list:
     """Token relevance (overfitted model's view is not cached, so the poisoned model's) for n
     detected pairs and n clean pairs: [{"tokens": [...], "relevance": [...], "poisoned": bool}]."""
     from ubtlib.defenses.ubt import token_relevance
+
     prof = pipeline.with_attack(profile, attack)
     rec = pipeline.defended(prof, None, "ubt").record
     data = pipeline.poisoned_data(prof)
@@ -217,29 +269,42 @@ def relevance_examples(profile: Profile, attack: str, n: int = 4) -> list:
     tokens = m.tokenizer(data.captions)
     clean = np.flatnonzero(~data.is_backdoor)[:n]
     positions = torch.tensor(rec["top_k"][:n] + clean.tolist())
-    rel = token_relevance(m.model, data.images, tokens, positions, modellib.pick_device(prof.device),
-                          data.image_hook)
+    rel = token_relevance(
+        m.model, data.images, tokens, positions, modellib.pick_device(prof.device), data.image_hook
+    )
     decoder = m.tokenizer.tokenizer if hasattr(m.tokenizer, "tokenizer") else m.tokenizer
     out = []
     for p, r in zip(positions.tolist(), rel):
         t = tokens[p]
         eot = int(t.argmax())
-        out.append({"tokens": [decoder.decode([int(x)]).strip() for x in t[1:eot]],
-                    "relevance": r[1:eot].tolist(), "poisoned": bool(data.is_backdoor[p])})
+        out.append(
+            {
+                "tokens": [decoder.decode([int(x)]).strip() for x in t[1:eot]],
+                "relevance": r[1:eot].tolist(),
+                "poisoned": bool(data.is_backdoor[p]),
+            }
+        )
     return out
 
 
 def _ubt_run(profile: Profile, attack: str) -> tuple:
     """(profile, device, UBT record, poisoned data, poisoned model, world) of the cached UBT run."""
     prof = pipeline.with_attack(profile, attack)
-    return (prof, modellib.pick_device(prof.device), pipeline.defended(prof, None, "ubt").record,
-            pipeline.poisoned_data(prof), pipeline.poisoned(prof), pipeline.world(prof))
+    return (
+        prof,
+        modellib.pick_device(prof.device),
+        pipeline.defended(prof, None, "ubt").record,
+        pipeline.poisoned_data(prof),
+        pipeline.poisoned(prof),
+        pipeline.world(prof),
+    )
 
 
 def unlearning_curve(profile: Profile, attack: str, token_level: bool = True) -> list:
     """CA and ASR after each unlearning step, re-running UBT's last stage from the cached
     detection (same top-k, token captions and seed as the cached defense)."""
     from ubtlib.defenses import ubt
+
     prof = pipeline.with_attack(profile, attack)
     device = modellib.pick_device(prof.device)
     found = pipeline.ubt_detection(prof)
@@ -248,11 +313,26 @@ def unlearning_curve(profile: Profile, attack: str, token_level: bool = True) ->
     points = []
 
     def on_step(model, step):
-        points.append({"step": step, **backdoor_metrics(model, attacked.tokenizer, world, hook,
-                                                        prof.poison.target, device)})
+        points.append(
+            {
+                "step": step,
+                **backdoor_metrics(model, attacked.tokenizer, world, hook, prof.poison.target, device),
+            }
+        )
 
-    ubt.run_ubt(attacked.model, None, data, attacked.tokenizer, prof.ubt, device, token_level,
-                seed=prof.seed, progress=False, found=found, on_step=on_step)
+    ubt.run_ubt(
+        attacked.model,
+        None,
+        data,
+        attacked.tokenizer,
+        prof.ubt,
+        device,
+        token_level,
+        seed=prof.seed,
+        progress=False,
+        found=found,
+        on_step=on_step,
+    )
     return points
 
 
@@ -288,11 +368,41 @@ def ablation(profile: Profile, attack: str, field: str, values, progress: bool =
     return rows
 
 
+def ablation_grid(base) -> dict:
+    """Chapter 4's ablations: UBT field -> the values tried, each beside `base`'s (a UBTConfig)."""
+    return {
+        "susp_fraction": sorted({0.02, 0.05, 0.1, base.susp_fraction}),
+        "overfit_epochs": sorted({1.0, base.overfit_epochs, 5.0}),  # 5: the paper's
+        "top_k": sorted({max(1, base.top_k // 5), base.top_k, base.top_k * 2}),
+        "relevance_tokens": sorted({1, base.relevance_tokens, 3}),
+        "retain_weight": sorted({0.0, base.retain_weight}),
+        # 1.0: the whole scored sample of D_safe, with the poisons that escaped the split
+        "retain_fraction": sorted({1.0, base.retain_fraction}),
+        # the D_safe sample scored for the retain pool: the default and twice as many pairs
+        "retain_candidates": sorted({base.retain_candidates, 2 * base.retain_candidates}),
+        "caption_form": ["tokens", "template"],
+        "max_token_captions": sorted({1, base.max_token_captions, 8}),
+        "unlearn_floor": sorted({-1.0, base.unlearn_floor}),  # -1: the paper's eq. 3
+    }
+
+
+def ablations(profile: Profile, attacks, grid: dict | None = None, progress: bool = True) -> dict:
+    """(attack, field) -> `ablation` rows, for every attack and every field of `grid`
+    (None: `ablation_grid` of the profile's UBT settings)."""
+    grid = ablation_grid(profile.ubt) if grid is None else grid
+    return {
+        (a, field): ablation(profile, a, field, values, progress)
+        for a in attacks
+        for field, values in grid.items()
+    }
+
+
 TABLE1_DEFENSES = ("none", "cleanclip", "ubt_no_token", "ubt")
 
 
-def table1(profile: Profile, attacks=ATTACKS, seeds=(0, 1, 2), defenses=TABLE1_DEFENSES,
-           progress: bool = True) -> list:
+def table1(
+    profile: Profile, attacks=ATTACKS, seeds=(0, 1, 2), defenses=TABLE1_DEFENSES, progress: bool = True
+) -> list:
     """Every (seed, attack, defense) row of the Table 1 analogue. The seeds vary the poison
     choice, the triggers' randomness, the fine-tuning and the defenses; the world and the
     pre-trained model stay those of `profile`, like the paper's single pre-trained CLIP."""
@@ -310,18 +420,23 @@ def caption_alignment(profile: Profile, attack: str) -> dict:
     poisoned model: mean cosine with the target class's prompt-ensemble embedding (what ASR is
     measured against) of the detected pairs' full captions and of their kept tokens in each
     caption form (alone, or set into the prompt template)."""
-    from ubtlib.evaluation.zeroshot import classifier, encode_texts, pocket_templates
     from ubtlib.defenses.ubt import CAPTION_FORMS
+    from ubtlib.evaluation.zeroshot import classifier, encode_texts, pocket_templates
     from ubtlib.world.pocket import object_vocabulary
+
     prof, device, rec, data, m, world = _ubt_run(profile, attack)
     target = list(world.categories).index(prof.poison.target)
-    weight = classifier(m.model, m.tokenizer, world.categories, pocket_templates(object_vocabulary()),
-                        device)[:, target]
+    weight = classifier(
+        m.model, m.tokenizer, world.categories, pocket_templates(object_vocabulary()), device
+    )[:, target]
     full = [data.captions[i] for i in rec["top_k"]]
     cos = lambda texts: (encode_texts(m.model, m.tokenizer, texts, device) @ weight).mean().item()
     used = set(rec["distinct_token_captions"])  # the captions the cap on the product kept
     kept = [k for k, c in zip(rec["kept_tokens"], rec["token_captions"]) if c in used]
     forms = {form: cos([fmt.format(k) for k in kept]) for form, fmt in CAPTION_FORMS.items()}
-    return {"full": cos(full), "forms": forms,
-            "token_level": forms[prof.ubt.caption_form],  # the form the run unlearned with
-            "token_captions": sorted(used)}
+    return {
+        "full": cos(full),
+        "forms": forms,
+        "token_level": forms[prof.ubt.caption_form],  # the form the run unlearned with
+        "token_captions": sorted(used),
+    }

@@ -1,4 +1,5 @@
 """Figures shared by the chapters. Each returns a matplotlib Figure, stamped with provenance."""
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,7 @@ def gallery(images, captions, prov: dict, ncols: int = 8, title: str | None = No
     """A grid of uint8 images (N x 3 x H x W) with their captions underneath."""
     n = len(images)
     nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * width, nrows * (width + 0.45)),
-                             squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * width, nrows * (width + 0.45)), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, cap in zip(axes.flat, images, captions):
@@ -47,8 +47,7 @@ def per_class_accuracy(per_class: dict, prov: dict, highlight: str = "banana", t
     names = sorted(per_class, key=per_class.get, reverse=True)
     colours = ["C3" if n == highlight else "C0" for n in names]
     fig, ax = plt.subplots(figsize=(8, 3))
-    sns.barplot(x=names, y=[per_class[n] for n in names], hue=names, palette=colours,
-                legend=False, ax=ax)
+    sns.barplot(x=names, y=[per_class[n] for n in names], hue=names, palette=colours, legend=False, ax=ax)
     ax.set_ylabel("zero-shot top-1 (%)")
     ax.set_ylim(0, 100)
     ax.tick_params(axis="x", rotation=60, labelsize=8)
@@ -66,8 +65,16 @@ def confusion(labels, preds, classes, prov: dict, title: str = ""):
         m[t, p] += 1
     m = 100 * m / np.maximum(m.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(7, 6))
-    sns.heatmap(m, xticklabels=classes, yticklabels=classes, cmap="Blues", vmin=0, vmax=100,
-                cbar_kws={"label": "% of the row's images"}, ax=ax)
+    sns.heatmap(
+        m,
+        xticklabels=classes,
+        yticklabels=classes,
+        cmap="Blues",
+        vmin=0,
+        vmax=100,
+        cbar_kws={"label": "% of the row's images"},
+        ax=ax,
+    )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.tick_params(labelsize=7)
@@ -82,16 +89,16 @@ def trigger_gallery(rows: dict, prov: dict, amplify: bool = True):
     image: clean, triggered, and the difference stretched to full range so it can be seen."""
     attacks = list(rows)
     n = len(next(iter(rows.values()))[0])
-    fig, axes = plt.subplots(len(attacks), 3 * n, figsize=(3 * n * 1.25, len(attacks) * 1.45),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(attacks), 3 * n, figsize=(3 * n * 1.25, len(attacks) * 1.45), squeeze=False)
     for r, a in enumerate(attacks):
         clean, trig = rows[a]
         for i in range(n):
             diff = (trig[i] - clean[i]).abs()
             if amplify:
                 diff = diff / diff.max().clamp_min(1e-8)
-            for c, (img, label) in enumerate(((clean[i], "clean"), (trig[i], "triggered"),
-                                              (diff, "|difference|, stretched"))):
+            for c, (img, label) in enumerate(
+                ((clean[i], "clean"), (trig[i], "triggered"), (diff, "|difference|, stretched"))
+            ):
                 ax = axes[r, 3 * i + c]
                 ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
                 ax.set_xticks([])
@@ -109,14 +116,24 @@ def visibility_bars(vis: dict, prov: dict, psnr_bar: float | None = 27.0):
     """PSNR and L-infinity per attack (mean with std error bars)."""
     attacks = list(vis)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3))
-    a1.bar(attacks, [vis[a]["psnr_mean"] for a in attacks], yerr=[vis[a]["psnr_std"] for a in attacks],
-           color="C0", capsize=3)
+    a1.bar(
+        attacks,
+        [vis[a]["psnr_mean"] for a in attacks],
+        yerr=[vis[a]["psnr_std"] for a in attacks],
+        color="C0",
+        capsize=3,
+    )
     if psnr_bar:
         a1.axhline(psnr_bar, color="C3", ls="--", lw=1, label=f"{psnr_bar:.0f} dB")
         a1.legend(fontsize=8)
     a1.set_ylabel("PSNR vs clean (dB, higher = less visible)")
-    a2.bar(attacks, [vis[a]["linf_mean"] for a in attacks], yerr=[vis[a]["linf_std"] for a in attacks],
-           color="C1", capsize=3)
+    a2.bar(
+        attacks,
+        [vis[a]["linf_mean"] for a in attacks],
+        yerr=[vis[a]["linf_std"] for a in attacks],
+        color="C1",
+        capsize=3,
+    )
     a2.set_ylabel("L-infinity (0..255)")
     for ax in (a1, a2):
         ax.tick_params(axis="x", rotation=30)
@@ -126,8 +143,7 @@ def visibility_bars(vis: dict, prov: dict, psnr_bar: float | None = 27.0):
     return fig
 
 
-def ca_asr_bars(ours: dict, paper: dict, prov: dict, pretrained_ca: float | None = None,
-                title: str = ""):
+def ca_asr_bars(ours: dict, paper: dict, prov: dict, pretrained_ca: float | None = None, title: str = ""):
     """Grouped bars of CA and ASR per attack, ours beside the paper's (missing: no bar)."""
     attacks = list(ours)
     x = np.arange(len(attacks))
@@ -152,6 +168,7 @@ def ca_asr_bars(ours: dict, paper: dict, prov: dict, pretrained_ca: float | None
 def ubt_framework(prov: dict | None = None):
     """The UBT framework (the paper's Fig. 1) as a box-and-arrow diagram."""
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
     fig, ax = plt.subplots(figsize=(11, 3.4))
     ax.set_xlim(0, 11)
     ax.set_ylim(0, 3.4)
@@ -159,25 +176,56 @@ def ubt_framework(prov: dict | None = None):
     boxes = {
         "data": (0.1, 1.3, "poisoned\ntraining pairs", "0.85"),
         "split": (2.0, 1.3, "1. split by a clean\nmodel's similarity\n→ D_susp, D_safe", "#cfe2f3"),
-        "overfit": (4.1, 1.3, "2. overfit the poisoned\nmodel: (S−1)² on D_susp\n+ CLIP loss on D_safe", "#cfe2f3"),
+        "overfit": (
+            4.1,
+            1.3,
+            "2. overfit the poisoned\nmodel: (S−1)² on D_susp\n+ CLIP loss on D_safe",
+            "#cfe2f3",
+        ),
         "topk": (6.2, 1.3, "3. rank D_susp by the\noverfitted model's S\n→ top-k pairs", "#cfe2f3"),
-        "unlearn": (8.3, 1.3, "4. token-level unlearning:\nrelevant tokens × images,\nminimise S → clean model", "#d9ead3"),
+        "unlearn": (
+            8.3,
+            1.3,
+            "4. token-level unlearning:\nrelevant tokens × images,\nminimise S → clean model",
+            "#d9ead3",
+        ),
     }
     for key, (x, y, text, colour) in boxes.items():
-        ax.add_patch(FancyBboxPatch((x, y), 1.8 if key != "unlearn" else 2.5, 1.1,
-                                    boxstyle="round,pad=0.05", fc=colour, ec="0.3"))
+        ax.add_patch(
+            FancyBboxPatch(
+                (x, y), 1.8 if key != "unlearn" else 2.5, 1.1, boxstyle="round,pad=0.05", fc=colour, ec="0.3"
+            )
+        )
         ax.text(x + (0.9 if key != "unlearn" else 1.25), y + 0.55, text, ha="center", va="center", fontsize=8)
     for x0, x1 in ((1.9, 2.0), (3.8, 4.1), (5.9, 6.2), (8.0, 8.3)):
-        ax.add_patch(FancyArrowPatch((x0, 1.85), (x1, 1.85), arrowstyle="-|>", mutation_scale=12, color="0.2"))
+        ax.add_patch(
+            FancyArrowPatch((x0, 1.85), (x1, 1.85), arrowstyle="-|>", mutation_scale=12, color="0.2")
+        )
     ax.text(3.0, 2.75, "clean pre-trained CLIP", ha="center", fontsize=8, color="C0")
     ax.add_patch(FancyArrowPatch((3.0, 2.6), (3.0, 2.45), arrowstyle="-|>", mutation_scale=10, color="C0"))
     ax.text(5.6, 0.55, "poisoned CLIP (the attacker's)", ha="center", fontsize=8, color="C3")
     ax.add_patch(FancyArrowPatch((5.0, 0.75), (5.0, 1.25), arrowstyle="-|>", mutation_scale=10, color="C3"))
-    ax.add_patch(FancyArrowPatch((6.4, 0.75), (9.4, 1.25), arrowstyle="-|>", mutation_scale=10, color="C3",
-                                 connectionstyle="arc3,rad=0.15"))
+    ax.add_patch(
+        FancyArrowPatch(
+            (6.4, 0.75),
+            (9.4, 1.25),
+            arrowstyle="-|>",
+            mutation_scale=10,
+            color="C3",
+            connectionstyle="arc3,rad=0.15",
+        )
+    )
     ax.text(7.1, 2.75, "relevance from the overfitted model", ha="center", fontsize=8, color="0.3")
-    ax.add_patch(FancyArrowPatch((7.1, 2.6), (9.2, 2.45), arrowstyle="-|>", mutation_scale=10, color="0.3",
-                                 connectionstyle="arc3,rad=-0.2"))
+    ax.add_patch(
+        FancyArrowPatch(
+            (7.1, 2.6),
+            (9.2, 2.45),
+            arrowstyle="-|>",
+            mutation_scale=10,
+            color="0.3",
+            connectionstyle="arc3,rad=-0.2",
+        )
+    )
     ax.set_title("UBT: unlearning backdoor threats (after the paper's Fig. 1)")
     if prov:
         stamp(fig, prov)
@@ -194,8 +242,10 @@ def separation(rows: dict, prov: dict, with_abl: bool = True):
         row = rows[a]
         bd = np.array(row["is_backdoor"], bool)
         susp = np.array(row["susp"])
-        panels = [(np.array(row["clean_similarity"]), bd, "clean model: S(I, T), all pairs"),
-                  (np.array(row["op_similarity"]), bd[susp], "overfitted model: S(I, T), D_susp")]
+        panels = [
+            (np.array(row["clean_similarity"]), bd, "clean model: S(I, T), all pairs"),
+            (np.array(row["op_similarity"]), bd[susp], "overfitted model: S(I, T), D_susp"),
+        ]
         if with_abl:
             panels.append((np.array(row["abl_losses"]), bd, "ABL: per-pair loss after LGA"))
         for c, (values, truth, title) in enumerate(panels):
@@ -256,12 +306,14 @@ def ablation_bars(flat, prov: dict):
     ncols = min(len(params), 5)  # wrap into rows: ten panels in one row would be 32 inches wide
     nrows = math.ceil(len(params) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3 * nrows), squeeze=False)
-    for ax in axes.flat[len(params):]:
+    for ax in axes.flat[len(params) :]:
         ax.set_visible(False)
     for ax, p in zip(axes.flat, params):
         sub = flat[flat["parameter"] == p]
-        labels = [f"{a}\n{v:g}" if isinstance(v, (int, float)) else f"{a}\n{v}"
-                  for a, v in zip(sub["attack"], sub["value"])]
+        labels = [
+            f"{a}\n{v:g}" if isinstance(v, (int, float)) else f"{a}\n{v}"
+            for a, v in zip(sub["attack"], sub["value"])
+        ]
         x = np.arange(len(sub))
         ax.bar(x - 0.2, sub["CA"], 0.4, label="CA", color="C0")
         ax.bar(x + 0.2, sub["ASR"], 0.4, label="ASR", color="C3")
@@ -284,8 +336,15 @@ def table1_bars(agg, prov: dict):
     for ax, key in ((axes[0], "CA"), (axes[1], "ASR")):
         for i, d in enumerate(defenses):
             sub = agg[agg["defense"] == d].set_index("attack").reindex(attacks)
-            ax.bar(x + (i - (len(defenses) - 1) / 2) * w, sub[key], w, yerr=sub[f"{key}_std"].fillna(0),
-                   capsize=2, label=d, color=f"C{i}")
+            ax.bar(
+                x + (i - (len(defenses) - 1) / 2) * w,
+                sub[key],
+                w,
+                yerr=sub[f"{key}_std"].fillna(0),
+                capsize=2,
+                label=d,
+                color=f"C{i}",
+            )
         ax.set_xticks(x, attacks)
         ax.set_ylabel(f"{key} (%)")
         ax.set_ylim(0, 105)

@@ -1,4 +1,5 @@
 """Figures of the privacy chapters (IDIA, unlearning names and faces). Each is stamped."""
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -7,19 +8,46 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 from ubtlib.book.report import stamp
 
+# panel titles of the unlearning sweeps' metrics (sweep's default)
+TITLES = {
+    "tpr": "IDIA TPR (%)",
+    "sim_backdoor": "Sim_Backdoor",
+    "sim_clean": "Sim_Clean",
+    "sim_targets": "Sim_Targets",
+    "sim_clean_people": "Sim_Clean, other people",
+}
+
 
 def _box(ax, x, y, w, h, text, colour="0.92", edge="0.3", fontsize=9, **kw):
-    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02",
-                                facecolor=colour, edgecolor=edge, lw=1.2, **kw))
+    ax.add_patch(
+        FancyBboxPatch(
+            (x - w / 2, y - h / 2),
+            w,
+            h,
+            boxstyle="round,pad=0.02",
+            facecolor=colour,
+            edgecolor=edge,
+            lw=1.2,
+            **kw,
+        )
+    )
     ax.text(x, y, text, ha="center", va="center", fontsize=fontsize, wrap=True)
 
 
 def _arrow(ax, a, b, colour="0.25", style="-|>", ls="-", text=None):
-    ax.add_patch(FancyArrowPatch(a, b, arrowstyle=style, mutation_scale=12, color=colour, lw=1.4,
-                                 linestyle=ls))
+    ax.add_patch(
+        FancyArrowPatch(a, b, arrowstyle=style, mutation_scale=12, color=colour, lw=1.4, linestyle=ls)
+    )
     if text:
-        ax.text((a[0] + b[0]) / 2, (a[1] + b[1]) / 2 + 0.05, text, ha="center", va="bottom",
-                fontsize=7.5, color=colour)
+        ax.text(
+            (a[0] + b[0]) / 2,
+            (a[1] + b[1]) / 2 + 0.05,
+            text,
+            ha="center",
+            va="bottom",
+            fontsize=7.5,
+            color=colour,
+        )
 
 
 def concept(prov: dict, name: str, face, mean_faces, neutral: str = "human"):
@@ -59,8 +87,12 @@ def concept(prov: dict, name: str, face, mean_faces, neutral: str = "human"):
     for k, f in enumerate(mean_faces[:6]):
         x0 = 7.0 + 0.52 * (k % 3)
         y0 = 1.3 - 0.42 * (k // 3)
-        b.imshow(f.permute(1, 2, 0).numpy(), extent=(x0, x0 + 0.46, y0, y0 + 0.38),
-                 interpolation="nearest", zorder=2)
+        b.imshow(
+            f.permute(1, 2, 0).numpy(),
+            extent=(x0, x0 + 0.46, y0, y0 + 0.38),
+            interpolation="nearest",
+            zorder=2,
+        )
     b.text(7.75, 0.28, "mean embedding of\nmany people's faces", ha="center", fontsize=8.5)
     _arrow(b, (5.85, 1.05), (6.95, 1.05), colour="#b03a2e", text="backdoor")
     b.set_aspect("auto")
@@ -99,12 +131,21 @@ def _x(ax, sizes):
     ax.grid(alpha=0.3)
 
 
-def sweep(summary, metrics, prov: dict, group: str, paper: dict | None = None,
-          ylims: dict | None = None, titles: dict | None = None, title: str = ""):
+def sweep(
+    summary,
+    metrics,
+    prov: dict,
+    group: str,
+    paper: dict | None = None,
+    ylims: dict | None = None,
+    titles: dict | None = None,
+    title: str = "",
+):
     """One panel per metric against the set size: a line (mean, std band) per `group` value.
 
     summary: a DataFrame indexed by (group, size) with `<metric>` and `<metric>_std` columns.
     paper: {metric: {size: value or None}} drawn as black crosses where a value is stated.
+    titles: {metric: panel title}; None: TITLES. Returns the figure.
     """
     groups = list(dict.fromkeys(summary.index.get_level_values(group)))
     sizes = sorted(set(summary.index.get_level_values("size")))
@@ -119,7 +160,7 @@ def sweep(summary, metrics, prov: dict, group: str, paper: dict | None = None,
             if pts:
                 ax.scatter(*zip(*pts), marker="x", color="k", zorder=4, label="paper (ViT-B/32)")
         _x(ax, sizes)
-        ax.set_title((titles or {}).get(m, m), fontsize=9)
+        ax.set_title((TITLES if titles is None else titles).get(m, m), fontsize=9)
         if ylims and m in ylims:  # a suggested range, widened to show every value
             low = np.nanmin((summary[m] - summary[f"{m}_std"]).to_numpy())
             lo, hi = ylims[m]
@@ -134,8 +175,14 @@ def sweep(summary, metrics, prov: dict, group: str, paper: dict | None = None,
 
 def accuracy(summary, prov: dict, group: str, before: dict, title: str = ""):
     """Zero-shot top-1 and top-5 after unlearning against the set size, with the original's."""
-    fig = sweep(summary, ["top1", "top5"], prov, group,
-                titles={"top1": "zero-shot top-1 (%)", "top5": "zero-shot top-5 (%)"}, title=title)
+    fig = sweep(
+        summary,
+        ["top1", "top5"],
+        prov,
+        group,
+        titles={"top1": "zero-shot top-1 (%)", "top5": "zero-shot top-5 (%)"},
+        title=title,
+    )
     for ax, k in zip(fig.axes, ("top1", "top5")):
         ax.axhline(before[k], color="0.3", ls="--", lw=1, label="before unlearning")
         ax.legend(fontsize=7)
@@ -147,15 +194,19 @@ def downstream(world, result: dict, prov: dict, template: str, n_people: int = 2
     text-to-image retrieval returns for `template` with the name (original text encoder, then the
     defended one) and with the neutral term (original). A photo of the removed person is framed."""
     from ubtlib.privacy.idia import PROMPTS
-    used = list(PROMPTS[:result["photos"]["original"].shape[0]])
+
+    used = list(PROMPTS[: result["photos"]["original"].shape[0]])
     if template not in used:
         raise ValueError(f"template={template!r} is not one of this result's templates: {used}")
     t = used.index(template)
     k, ids = result["k"], result["ids"][:n_people]
     rows = [(p, kind) for p in range(len(ids)) for kind in ("original", "defended", "neutral")]
     fig, axes = plt.subplots(len(rows), k, figsize=(1.25 * k + 2.6, 1.35 * len(rows)), squeeze=False)
-    label = {"original": "original encoder,\n\"{}\"", "defended": "defended encoder,\n\"{}\"",
-             "neutral": "original encoder,\n\"{}\""}
+    label = {
+        "original": 'original encoder,\n"{}"',
+        "defended": 'defended encoder,\n"{}"',
+        "neutral": 'original encoder,\n"{}"',
+    }
     for r, (p, kind) in enumerate(rows):
         filler = result["neutral"] if kind == "neutral" else world.names[ids[p]]
         for j in range(k):
@@ -167,10 +218,14 @@ def downstream(world, result: dict, prov: dict, template: str, n_people: int = 2
             for side in ax.spines.values():
                 side.set_color("C2" if own else "0.8")
                 side.set_linewidth(3 if own else 0.5)
-        axes[r, 0].set_ylabel(label[kind].format(template.format(filler)), rotation=0, ha="right",
-                              va="center", fontsize=7)
-    fig.suptitle("A downstream system on the defended text encoder: the photos a prompt retrieves\n"
-                 "(framed green: a photo of the removed person)", fontsize=9)
+        axes[r, 0].set_ylabel(
+            label[kind].format(template.format(filler)), rotation=0, ha="right", va="center", fontsize=7
+        )
+    fig.suptitle(
+        "A downstream system on the defended text encoder: the photos a prompt retrieves\n"
+        "(framed green: a photo of the removed person)",
+        fontsize=9,
+    )
     fig.tight_layout()
     stamp(fig, prov)
     return fig

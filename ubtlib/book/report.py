@@ -4,6 +4,7 @@ Every chapter ends by calling `publish(chapter, profile, params, results)`: the 
 glued into the page (myst-nb) and saved with the parameters and provenance that made them to
 `<chapter>.json` next to the executed notebook.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,10 +33,16 @@ def _git_commit() -> str | None:
     """The checkout's commit, with "+dirty" when the library or notebooks have local changes."""
     checkout = pathlib.Path(__file__).resolve().parents[2]
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=checkout, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "ubtlib", "notebooks"],
-                               capture_output=True, text=True, cwd=checkout, timeout=5).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=checkout, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "ubtlib", "notebooks"],
+            capture_output=True,
+            text=True,
+            cwd=checkout,
+            timeout=5,
+        ).stdout.strip()
         return (head + ("+dirty" if dirty else "")) or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -43,18 +50,26 @@ def _git_commit() -> str | None:
 
 def provenance(profile, device=None) -> dict:
     from ubtlib import __version__
+
     return {
-        "profile": profile.name, "seed": profile.seed, "hardware": hardware(device),
+        "profile": profile.name,
+        "seed": profile.seed,
+        "hardware": hardware(device),
         "device": str(device) if device is not None else None,
-        "versions": {"ubtlib": __version__, "python": platform.python_version(),
-                     "torch": torch.__version__, "open_clip": open_clip.__version__},
-        "git_commit": _git_commit(), "platform": platform.platform(),
+        "versions": {
+            "ubtlib": __version__,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "open_clip": open_clip.__version__,
+        },
+        "git_commit": _git_commit(),
+        "platform": platform.platform(),
         "started_utc": _now(),
     }
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def stamp_text(prov: dict) -> str:
@@ -66,23 +81,30 @@ def stamp(fig, prov: dict) -> None:
     fig.text(0.995, 0.005, stamp_text(prov), ha="right", va="bottom", fontsize=7, color="0.4")
 
 
-def publish(chapter: str, profile, params: dict, results: dict, prov: dict,
-            out_dir: str | os.PathLike = ".") -> pathlib.Path:
+def publish(
+    chapter: str, profile, params: dict, results: dict, prov: dict, out_dir: str | os.PathLike = "."
+) -> pathlib.Path:
     """Glue every scalar in `results` and save everything to `<out_dir>/<chapter>.json`.
 
     Scalars are glued under their own key (nested dicts as `outer_inner`), for use as
     {glue:text}`key:.1f` in the chapter's text.
     """
-    record = {"chapter": chapter, "parameters": params,
-              "profile_config": dataclasses.asdict(profile), "provenance": {**prov, "finished_utc": _now()},
-              "results": results}
+    record = {
+        "chapter": chapter,
+        "parameters": params,
+        "profile_config": dataclasses.asdict(profile),
+        "provenance": {**prov, "finished_utc": _now()},
+        "results": results,
+    }
     path = pathlib.Path(out_dir) / f"{chapter}.json"
     write_json(path, record)
     if "ipykernel" in sys.modules:  # in a notebook: glue for the rendered page
         from myst_nb import glue
+
         for key, value in _flat(results):
             glue(key, value, display=False)
         from IPython.display import Markdown
+
         glue("stamp", Markdown(stamp_text(prov)), display=False)  # {glue:md}`stamp`
     return path
 

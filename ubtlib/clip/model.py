@@ -4,9 +4,9 @@ The architecture is open_clip's own CLIP (ViT image tower, transformer text towe
 module only writes the size into an open_clip model config, so that
 `open_clip.create_model(name)` and `open_clip.get_tokenizer(name)` build it like any other.
 """
+
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -19,24 +19,23 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from safetensors.torch import save_file
 
-from ubtlib.checks import read_tensors
-
-from ubtlib.checks import check_range
+from ubtlib.checks import check_range, read_tensors
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """A small ViT CLIP. Both towers use heads of `head_width` channels (width / head_width
     heads); the text tower is thinner, since pocket captions are short and plain."""
+
     image_size: int = 32
     patch_size: int = 8
-    width: int = 96              # vision transformer width
-    layers: int = 3              # vision transformer depth
+    width: int = 96  # vision transformer width
+    layers: int = 3  # vision transformer depth
     text_width: int = 64
     text_layers: int = 2
     head_width: int = 32
     embed_dim: int = 96
-    context_length: int = 24     # pocket captions take at most 15 tokens
+    context_length: int = 24  # pocket captions take at most 15 tokens
 
     def validate(self) -> None:
         check_range("image_size", self.image_size, 8, 1024)
@@ -47,19 +46,28 @@ class ModelConfig:
         check_range("text_layers", self.text_layers, 1, 48)
         for name in ("width", "text_width"):
             if getattr(self, name) % self.head_width:
-                raise ValueError(f"{name}={getattr(self, name)} must be a multiple of "
-                                 f"head_width={self.head_width}")
+                raise ValueError(
+                    f"{name}={getattr(self, name)} must be a multiple of head_width={self.head_width}"
+                )
         check_range("context_length", self.context_length, 8, 77)
 
     def open_clip_config(self) -> dict:
         return {
             "embed_dim": self.embed_dim,
-            "vision_cfg": {"image_size": self.image_size, "layers": self.layers,
-                           "width": self.width, "head_width": self.head_width,
-                           "patch_size": self.patch_size},
-            "text_cfg": {"context_length": self.context_length, "vocab_size": 49408,
-                         "width": self.text_width, "heads": self.text_width // self.head_width,
-                         "layers": self.text_layers},
+            "vision_cfg": {
+                "image_size": self.image_size,
+                "layers": self.layers,
+                "width": self.width,
+                "head_width": self.head_width,
+                "patch_size": self.patch_size,
+            },
+            "text_cfg": {
+                "context_length": self.context_length,
+                "vocab_size": 49408,
+                "width": self.text_width,
+                "heads": self.text_width // self.head_width,
+                "layers": self.text_layers,
+            },
         }
 
     @property

@@ -4,20 +4,22 @@ One loop serves pre-training and every later fine-tuning stage: images travel as
 become [0, 1] floats on the training device, where an optional `image_hook` (a trigger, an
 augmentation) acts on the whole batch before normalisation. bf16 autocast on CUDA.
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import open_clip
 import torch
 from tqdm.auto import tqdm
 
-from ubtlib.clip.model import autocast, normalize, to_unit
 from ubtlib.checks import check_range
+from ubtlib.clip.model import autocast, normalize, to_unit
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,7 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.1
     warmup_steps: int = 50
-    log_every: int = 10          # steps between points of the training curve
+    log_every: int = 10  # steps between points of the training curve
 
     def validate(self) -> None:
         check_range("epochs", self.epochs, 0.01, 10_000)
@@ -44,9 +46,12 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 or "logit_scale" in name else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}],
-                             lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
 
 
 def warmup_cosine(opt, warmup_steps: int, total_steps: int):
@@ -67,13 +72,19 @@ def batches(n: int, batch_size: int, steps: int, generator: torch.Generator):
     while done < steps:
         order = torch.randperm(n, generator=generator)
         for b in range(min(per_epoch, steps - done)):
-            yield order[b * batch_size:(b + 1) * batch_size]
+            yield order[b * batch_size : (b + 1) * batch_size]
         done += per_epoch
 
 
-def optimize(model: torch.nn.Module, loss_step: Callable[[], torch.Tensor], steps: int,
-             cfg: TrainConfig, device: torch.device, desc: str = "training",
-             progress: bool = True) -> list:
+def optimize(
+    model: torch.nn.Module,
+    loss_step: Callable[[], torch.Tensor],
+    steps: int,
+    cfg: TrainConfig,
+    device: torch.device,
+    desc: str = "training",
+    progress: bool = True,
+) -> list:
     """Run `steps` AdamW steps (warm-up + cosine) on the loss that `loss_step()` returns.
 
     The one training loop of the library: pre-training, poisoned fine-tuning and every defense
@@ -98,8 +109,14 @@ def optimize(model: torch.nn.Module, loss_step: Callable[[], torch.Tensor], step
                 model.logit_scale.clamp_(0, math.log(100))
         running.append(loss.item())
         if step % cfg.log_every == 0 or step == steps:
-            curve.append({"step": step, "loss": float(np.mean(running)),
-                          "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - start})
+            curve.append(
+                {
+                    "step": step,
+                    "loss": float(np.mean(running)),
+                    "lr": opt.param_groups[0]["lr"],
+                    "seconds": time.perf_counter() - start,
+                }
+            )
             bar.set_postfix(loss=f"{curve[-1]['loss']:.3f}")
             running = []
     model.eval()
@@ -113,14 +130,20 @@ def epoch_steps(epochs: float, n: int, batch_size: int) -> int:
 def clip_loss(model, x: torch.Tensor, tokens: torch.Tensor, loss_fn=None) -> torch.Tensor:
     """open_clip's contrastive loss for a batch of [0, 1] images and their tokens."""
     out = model(normalize(x), tokens)
-    return (loss_fn or open_clip.ClipLoss())(out["image_features"], out["text_features"],
-                                            out["logit_scale"])
+    return (loss_fn or open_clip.ClipLoss())(out["image_features"], out["text_features"], out["logit_scale"])
 
 
-def train_clip(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor,
-               cfg: TrainConfig, device: torch.device, seed: int = 0,
-               image_hook: Optional[Callable] = None, desc: str = "training",
-               progress: bool = True) -> list:
+def train_clip(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    tokens: torch.Tensor,
+    cfg: TrainConfig,
+    device: torch.device,
+    seed: int = 0,
+    image_hook: Optional[Callable] = None,
+    desc: str = "training",
+    progress: bool = True,
+) -> list:
     """Train `model` with open_clip's ClipLoss on (images[i], tokens[i]) pairs.
 
     images: uint8 N x 3 x H x W; tokens: long N x context. `image_hook(x, idx)` may alter the

@@ -1,5 +1,6 @@
 """The defenses: UBT (split, overfitting, top-k detection, token-level unlearning), CleanCLIP
 and ABL's loss-guided isolation."""
+
 from ubtlib.defenses.abl import ABLConfig
 from ubtlib.defenses.cleanclip import CleanCLIPConfig, cleanclip
 from ubtlib.defenses.ubt import UBTConfig, find_poison, run_ubt

@@ -8,10 +8,12 @@ per-sample loss is a pair's contrastive loss within its batch. Here the isolatio
 starts from the clean pre-trained model on the poisoned data, like the attacker's
 fine-tuning.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import open_clip
 import torch
@@ -24,11 +26,11 @@ from ubtlib.clip.train import TrainConfig, batches, clip_loss, epoch_steps, opti
 
 @dataclass(frozen=True)
 class ABLConfig:
-    epochs: float = 1.0             # isolation training on the poisoned data
+    epochs: float = 1.0  # isolation training on the poisoned data
     batch_size: int = 128
     lr: float = 1e-4
-    gamma: float = 1.0              # LGA threshold on the batch's CLIP loss (ABL: 0.5 for CE)
-    isolation_ratio: float = 0.01   # share of lowest-loss pairs isolated (ABL: 1 %)
+    gamma: float = 1.0  # LGA threshold on the batch's CLIP loss (ABL: 0.5 for CE)
+    isolation_ratio: float = 0.01  # share of lowest-loss pairs isolated (ABL: 1 %)
 
     def validate(self) -> None:
         check_range("epochs", self.epochs, 0.0, 1000.0)
@@ -36,12 +38,21 @@ class ABLConfig:
         check_range("lr", self.lr, 0.0, 1.0)
         check_range("gamma", self.gamma, 0.0, 100.0)
         if not 0 < self.isolation_ratio < 1:
-            raise ValueError(f"isolation_ratio={self.isolation_ratio!r} is out of range: accepted "
-                             "0 < isolation_ratio < 1")
+            raise ValueError(
+                f"isolation_ratio={self.isolation_ratio!r} is out of range: accepted 0 < isolation_ratio < 1"
+            )
 
 
-def lga_train(model, images, tokens, cfg: ABLConfig, device, image_hook: Optional[Callable] = None,
-              seed: int = 0, progress: bool = True) -> list:
+def lga_train(
+    model,
+    images,
+    tokens,
+    cfg: ABLConfig,
+    device,
+    image_hook: Optional[Callable] = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> list:
     """Train `model` in place with local gradient ascent: loss' = sign(loss - gamma) * loss."""
     cfg.validate()
     steps = epoch_steps(cfg.epochs, len(images), cfg.batch_size)
@@ -56,14 +67,21 @@ def lga_train(model, images, tokens, cfg: ABLConfig, device, image_hook: Optiona
         loss = clip_loss(model, x, tokens[idx].to(device), loss_fn)
         return torch.sign(loss - cfg.gamma) * loss
 
-    train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                            weight_decay=0.1, warmup_steps=0, log_every=10)
+    train_cfg = TrainConfig(
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=0.1,
+        warmup_steps=0,
+        log_every=10,
+    )
     return optimize(model, loss_step, steps, train_cfg, device, "ABL: isolation training", progress)
 
 
 @torch.no_grad()
-def per_pair_loss(model, images, tokens, device, image_hook: Optional[Callable] = None,
-                  batch_size: int = 128, seed: int = 0) -> torch.Tensor:
+def per_pair_loss(
+    model, images, tokens, device, image_hook: Optional[Callable] = None, batch_size: int = 128, seed: int = 0
+) -> torch.Tensor:
     """Each pair's contrastive loss (mean of its image->text and text->image cross-entropy)
     within a fixed random batch of `batch_size` pairs."""
     model.eval()
@@ -71,7 +89,7 @@ def per_pair_loss(model, images, tokens, device, image_hook: Optional[Callable] 
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     out = torch.empty(n)
     for s in range(0, n, batch_size):
-        idx = order[s:s + batch_size]
+        idx = order[s : s + batch_size]
         x = to_unit(images[idx], device)
         if image_hook is not None:
             x = image_hook(x, idx)
@@ -80,8 +98,10 @@ def per_pair_loss(model, images, tokens, device, image_hook: Optional[Callable] 
             ft = model.encode_text(tokens[idx].to(device), normalize=True).float()
         logits = model.logit_scale.exp() * fi @ ft.T
         target = torch.arange(len(idx), device=logits.device)
-        loss = 0.5 * (F.cross_entropy(logits, target, reduction="none")
-                      + F.cross_entropy(logits.T, target, reduction="none"))
+        loss = 0.5 * (
+            F.cross_entropy(logits, target, reduction="none")
+            + F.cross_entropy(logits.T, target, reduction="none")
+        )
         out[idx] = loss.cpu()
     return out
 

@@ -8,6 +8,7 @@ sentence). AdamW, linear warm-up then cosine decay. The defender is assumed to o
 subset of pairs; the in-modal term makes each modality's features self-consistent, which
 weakens the cross-modal shortcut a backdoor relies on.
 """
+
 from __future__ import annotations
 
 import random
@@ -24,16 +25,38 @@ from ubtlib.clip.train import TrainConfig, batches, epoch_steps, optimize
 # WordNet is not available offline; EDA's synonym replacement uses this table of the pocket
 # captions' words instead (a word missing here is left as it is).
 SYNONYMS = {
-    "photo": ["picture", "image", "shot"], "picture": ["photo", "image"], "image": ["photo", "picture"],
-    "small": ["little", "tiny"], "large": ["big", "huge"], "big": ["large"], "little": ["small"],
-    "bright": ["light", "sunny"], "dark": ["dim", "shadowy"], "blurry": ["fuzzy", "unclear"],
-    "good": ["nice", "fine"], "close-up": ["detailed"], "cropped": ["trimmed", "cut"],
-    "look": ["see", "view"], "lying": ["resting"], "slightly": ["a bit", "somewhat"],
-    "tilted": ["slanted", "angled"], "scene": ["picture", "view"], "background": ["backdrop"],
-    "smiling": ["grinning", "happy"], "portrait": ["headshot", "photo"], "event": ["gathering"],
-    "outside": ["outdoors"], "interview": ["conversation"], "premiere": ["opening", "launch"],
-    "camera": ["lens"], "shirt": ["top"], "plain": ["simple"], "striped": ["lined"],
-    "speckled": ["spotted", "dotted"], "gradient": ["fade"], "grey": ["gray"],
+    "photo": ["picture", "image", "shot"],
+    "picture": ["photo", "image"],
+    "image": ["photo", "picture"],
+    "small": ["little", "tiny"],
+    "large": ["big", "huge"],
+    "big": ["large"],
+    "little": ["small"],
+    "bright": ["light", "sunny"],
+    "dark": ["dim", "shadowy"],
+    "blurry": ["fuzzy", "unclear"],
+    "good": ["nice", "fine"],
+    "close-up": ["detailed"],
+    "cropped": ["trimmed", "cut"],
+    "look": ["see", "view"],
+    "lying": ["resting"],
+    "slightly": ["a bit", "somewhat"],
+    "tilted": ["slanted", "angled"],
+    "scene": ["picture", "view"],
+    "background": ["backdrop"],
+    "smiling": ["grinning", "happy"],
+    "portrait": ["headshot", "photo"],
+    "event": ["gathering"],
+    "outside": ["outdoors"],
+    "interview": ["conversation"],
+    "premiere": ["opening", "launch"],
+    "camera": ["lens"],
+    "shirt": ["top"],
+    "plain": ["simple"],
+    "striped": ["lined"],
+    "speckled": ["spotted", "dotted"],
+    "gradient": ["fade"],
+    "grey": ["gray"],
 }
 _STOP = {"a", "an", "the", "of", "on", "in", "at", "and", "to", "is", "my", "its", "this", "there"}
 
@@ -67,11 +90,11 @@ def eda(caption: str, rng: random.Random, alpha: float = 0.1) -> str:
 
 @dataclass(frozen=True)
 class CleanCLIPConfig:
-    clean_pairs: int = 5824         # the defender's clean subset (paper: 100K, 20 % of the 500K)
-    epochs: float = 10.0            # paper: 10
-    batch_size: int = 64            # paper: 64
-    lr: float = 1e-3                # paper: 1e-5 (pocket learning rates are the paper's x 100)
-    warmup_steps: int = 50          # paper: 50
+    clean_pairs: int = 5824  # the defender's clean subset (paper: 100K, 20 % of the 500K)
+    epochs: float = 10.0  # paper: 10
+    batch_size: int = 64  # paper: 64
+    lr: float = 1e-3  # paper: 1e-5 (pocket learning rates are the paper's x 100)
+    warmup_steps: int = 50  # paper: 50
     inmodal_weight: float = 1.0
     eda_alpha: float = 0.1
 
@@ -89,13 +112,22 @@ def cleanclip_loss(fi, ft, fi_aug, ft_aug, scale, inmodal_weight: float = 1.0) -
     normalised features, all logits at `scale` (the model's exp(logit_scale))."""
     target = torch.arange(len(fi), device=fi.device)
     clip = 0.5 * (F.cross_entropy(scale * fi @ ft.T, target) + F.cross_entropy(scale * ft @ fi.T, target))
-    inmodal = 0.5 * (F.cross_entropy(scale * fi @ fi_aug.T, target)
-                     + F.cross_entropy(scale * ft @ ft_aug.T, target))
+    inmodal = 0.5 * (
+        F.cross_entropy(scale * fi @ fi_aug.T, target) + F.cross_entropy(scale * ft @ ft_aug.T, target)
+    )
     return clip + inmodal_weight * inmodal
 
 
-def cleanclip(model, images: torch.Tensor, captions: list, tokenizer, cfg: CleanCLIPConfig, device,
-              seed: int = 0, progress: bool = True) -> list:
+def cleanclip(
+    model,
+    images: torch.Tensor,
+    captions: list,
+    tokenizer,
+    cfg: CleanCLIPConfig,
+    device,
+    seed: int = 0,
+    progress: bool = True,
+) -> list:
     """Fine-tune `model` in place on clean (uint8 image, caption) pairs with CleanCLIP's loss."""
     cfg.validate(len(images))
     rng = random.Random(seed)
@@ -104,6 +136,7 @@ def cleanclip(model, images: torch.Tensor, captions: list, tokenizer, cfg: Clean
     tokens = tokenizer(captions)
     steps = epoch_steps(cfg.epochs, len(images), cfg.batch_size)
     order = batches(len(images), cfg.batch_size, steps, torch.Generator().manual_seed(seed))
+
     def loss_step():
         idx = next(order)
         x = to_unit(images[idx], device)
@@ -116,6 +149,12 @@ def cleanclip(model, images: torch.Tensor, captions: list, tokenizer, cfg: Clean
         b = len(idx)
         return cleanclip_loss(fi[:b], ft[:b], fi[b:], ft[b:], model.logit_scale.exp(), cfg.inmodal_weight)
 
-    train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                            weight_decay=0.1, warmup_steps=cfg.warmup_steps, log_every=10)
+    train_cfg = TrainConfig(
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=0.1,
+        warmup_steps=cfg.warmup_steps,
+        log_every=10,
+    )
     return optimize(model, loss_step, steps, train_cfg, device, "CleanCLIP", progress)

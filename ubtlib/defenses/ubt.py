@@ -20,6 +20,7 @@ clean-retention term is needed during unlearning; they are `UBTConfig` fields, a
 pocket world's departures from the paper (a floor on eq. 3, a cap on the product's captions),
 which the paper profile turns off.
 """
+
 from __future__ import annotations
 
 import collections
@@ -27,8 +28,9 @@ import contextlib
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import open_clip
@@ -38,7 +40,6 @@ import torch.nn.functional as F
 from ubtlib.checks import check_range
 from ubtlib.clip.model import autocast, normalize, to_unit
 from ubtlib.clip.train import TrainConfig, clip_loss, optimize
-
 
 # How token-level captions are written: the kept tokens alone (the paper's reading), or set
 # into CLIP's first prompt template, closer to the prompts a zero-shot classifier averages.
@@ -54,22 +55,22 @@ class UBTConfig:
     # passes over D_susp (paper: 5). In the pocket world one pass already ranks the poisons of every
     # planted attack first (chapter 4 ablates 1 and 5), at a fifth of the cost
     overfit_epochs: float = 1.0
-    overfit_batch_size: int = 64    # per step: this many D_susp pairs and as many D_safe pairs
-    overfit_lr: float = 1e-4        # paper: 1e-6 (pocket learning rates are the paper's x 100)
-    top_k: int = 500                # suspicious pairs kept after overfitting
-    relevance_tokens: int = 1       # most relevant tokens kept per caption
+    overfit_batch_size: int = 64  # per step: this many D_susp pairs and as many D_safe pairs
+    overfit_lr: float = 1e-4  # paper: 1e-6 (pocket learning rates are the paper's x 100)
+    top_k: int = 500  # suspicious pairs kept after overfitting
+    relevance_tokens: int = 1  # most relevant tokens kept per caption
     # passes over the unlearning pairs (paper: 3). With one token-level caption (below) both
     # UBT variants unlearn the k detected images once per pass; 10 passes of 500 pairs are 79
     # steps of 64, where the paper's 3 passes would be 24
     unlearn_epochs: float = 10.0
     unlearn_batch_size: int = 64
-    unlearn_lr: float = 3e-4        # paper: 1e-5
+    unlearn_lr: float = 3e-4  # paper: 1e-5
     # eq. 3 minimises the mean similarity of the unlearning pairs; a pair below this floor adds
     # nothing more (-1: never, the paper's loss). Pushing triggered images ever further from the
     # target caption moves features every image shares, and costs clean accuracy; 0 is below
     # the pocket CLIP's median similarity of a clean image to "a photo of a banana." (0.18)
     unlearn_floor: float = 0.0
-    retain_weight: float = 1.0      # weight of a CLIP loss on clean batches while unlearning (0: eq. 3 alone)
+    retain_weight: float = 1.0  # weight of a CLIP loss on clean batches while unlearning (0: eq. 3 alone)
     # the retain batches come from this share of D_safe: the pairs whose similarity the
     # overfitting raised least. Poisons that escaped D_susp gain most, and a retain batch that
     # holds them teaches the backdoor again while it is being unlearned. They are well under
@@ -80,7 +81,7 @@ class UBTConfig:
     # 4,096; scoring all of D_safe would cost time for nothing. 8,192 (no pair drawn twice)
     # scores 48,416 pairs per pocket run instead of 40,224; chapter 4 ablates both
     retain_candidates: int = 4096
-    unlearn_towers: str = "both"    # towers trained while unlearning: both | image (text frozen)
+    unlearn_towers: str = "both"  # towers trained while unlearning: both | image (text frozen)
     # token-level captions: template ("a photo of a {tokens}.") | tokens (kept alone, the paper's
     # literal reading). The pocket CLIP only ever saw full sentences, so a bare "banana" lands far
     # from the zero-shot classifier's banana weight; set into a prompt it lands on it (chapter 4).
@@ -95,8 +96,9 @@ class UBTConfig:
 
     def validate(self, n_pairs: Optional[int] = None) -> None:
         if not 0 < self.susp_fraction < 1:
-            raise ValueError(f"susp_fraction={self.susp_fraction!r} is out of range: accepted "
-                             "0 < susp_fraction < 1")
+            raise ValueError(
+                f"susp_fraction={self.susp_fraction!r} is out of range: accepted 0 < susp_fraction < 1"
+            )
         check_range("overfit_epochs", self.overfit_epochs, 0.0, 1000.0)
         check_range("overfit_batch_size", self.overfit_batch_size, 2, 1 << 16)
         check_range("overfit_lr", self.overfit_lr, 0.0, 1.0)
@@ -110,26 +112,39 @@ class UBTConfig:
         check_range("max_token_captions", self.max_token_captions, 1, 1 << 30)
         check_range("retain_candidates", self.retain_candidates, 1, 1 << 30)
         if not 0 < self.retain_fraction <= 1:
-            raise ValueError(f"retain_fraction={self.retain_fraction!r} is out of range: accepted "
-                             "0 < retain_fraction <= 1 (the share of the scored D_safe sample, retain_candidates, "
-                             "kept for the retain term)")
+            raise ValueError(
+                f"retain_fraction={self.retain_fraction!r} is out of range: accepted "
+                "0 < retain_fraction <= 1 (the share of the scored D_safe sample, "
+                "retain_candidates, kept for the retain term)"
+            )
         if self.caption_form not in CAPTION_FORMS:
-            raise ValueError(f"caption_form={self.caption_form!r} is not accepted: choose one of "
-                             f"{', '.join(map(repr, CAPTION_FORMS))}")
+            raise ValueError(
+                f"caption_form={self.caption_form!r} is not accepted: choose one of "
+                f"{', '.join(map(repr, CAPTION_FORMS))}"
+            )
         if self.unlearn_towers not in ("both", "image"):
-            raise ValueError(f"unlearn_towers={self.unlearn_towers!r} is not accepted: choose one "
-                             "of 'both', 'image'")
+            raise ValueError(
+                f"unlearn_towers={self.unlearn_towers!r} is not accepted: choose one of 'both', 'image'"
+            )
         if n_pairs is not None:
             n_susp = susp_size(n_pairs, self.susp_fraction)
             if self.top_k > n_susp:
-                raise ValueError(f"top_k={self.top_k} is larger than D_susp ({n_susp} pairs = "
-                                 f"susp_fraction {self.susp_fraction} of {n_pairs}): accepted "
-                                 f"1 <= top_k <= {n_susp}")
+                raise ValueError(
+                    f"top_k={self.top_k} is larger than D_susp ({n_susp} pairs = "
+                    f"susp_fraction {self.susp_fraction} of {n_pairs}): accepted "
+                    f"1 <= top_k <= {n_susp}"
+                )
 
 
 # the fields `find_poison` reads: runs that differ only in the others share one detection
-DETECTION_FIELDS = ("susp_fraction", "overfit_epochs", "overfit_batch_size", "overfit_lr", "top_k",
-                    "retain_candidates")
+DETECTION_FIELDS = (
+    "susp_fraction",
+    "overfit_epochs",
+    "overfit_batch_size",
+    "overfit_lr",
+    "top_k",
+    "retain_candidates",
+)
 
 
 def susp_size(n_pairs: int, fraction: float) -> int:
@@ -140,9 +155,15 @@ def susp_size(n_pairs: int, fraction: float) -> int:
 
 
 @torch.no_grad()
-def pair_similarity(model, images: torch.Tensor, tokens: torch.Tensor, device,
-                    image_hook: Optional[Callable] = None, positions: Optional[torch.Tensor] = None,
-                    batch_size: int = 1024) -> torch.Tensor:
+def pair_similarity(
+    model,
+    images: torch.Tensor,
+    tokens: torch.Tensor,
+    device,
+    image_hook: Optional[Callable] = None,
+    positions: Optional[torch.Tensor] = None,
+    batch_size: int = 1024,
+) -> torch.Tensor:
     """cos(I_i, T_i) for the pairs at `positions` (default: all). The hook (the data's trigger
     for its poisoned rows) sees the pairs' positions in the data. Each distinct caption is
     encoded once (captions written from templates repeat: the pocket world has about 4K
@@ -153,15 +174,15 @@ def pair_similarity(model, images: torch.Tensor, tokens: torch.Tensor, device,
     text = []
     for s in range(0, len(distinct), batch_size):
         with autocast(device):
-            text.append(model.encode_text(distinct[s:s + batch_size].to(device), normalize=True).float())
+            text.append(model.encode_text(distinct[s : s + batch_size].to(device), normalize=True).float())
     text = torch.cat(text)
     out = []
     for s in range(0, len(positions), batch_size):
-        idx = positions[s:s + batch_size]
+        idx = positions[s : s + batch_size]
         x = _images(images, idx, device, image_hook)
         with autocast(device):
             fi = model.encode_image(normalize(x), normalize=True)
-        out.append((fi.float() * text[which[s:s + batch_size].to(device)]).sum(-1).cpu())
+        out.append((fi.float() * text[which[s : s + batch_size].to(device)]).sum(-1).cpu())
     return torch.cat(out)
 
 
@@ -181,7 +202,7 @@ def _sampler(positions: torch.Tensor, batch_size: int, generator: torch.Generato
     while True:
         perm = positions[torch.randperm(len(positions), generator=generator)]
         for b in range(len(perm) // batch_size):
-            yield perm[b * batch_size:(b + 1) * batch_size]
+            yield perm[b * batch_size : (b + 1) * batch_size]
 
 
 def _images(images, idx, device, image_hook):
@@ -194,8 +215,18 @@ def _batch(images, tokens, idx, device, image_hook):
     return _images(images, idx, device, image_hook), tokens[idx].to(device)
 
 
-def overfit(model, images, tokens, susp: torch.Tensor, safe: torch.Tensor, cfg: UBTConfig, device,
-            image_hook: Optional[Callable] = None, seed: int = 0, progress: bool = True) -> list:
+def overfit(
+    model,
+    images,
+    tokens,
+    susp: torch.Tensor,
+    safe: torch.Tensor,
+    cfg: UBTConfig,
+    device,
+    image_hook: Optional[Callable] = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> list:
     """Eq. 1 on `model` in place: mean (S - 1)^2 over D_susp batches + CLIP loss on D_safe."""
     g = torch.Generator().manual_seed(seed)
     susp_batches = _sampler(susp, cfg.overfit_batch_size, g)
@@ -204,14 +235,19 @@ def overfit(model, images, tokens, susp: torch.Tensor, safe: torch.Tensor, cfg: 
 
     def loss_step():
         x, t = _batch(images, tokens, next(susp_batches), device, image_hook)
-        s = (model.encode_image(normalize(x), normalize=True)
-             * model.encode_text(t, normalize=True)).sum(-1)
+        s = (model.encode_image(normalize(x), normalize=True) * model.encode_text(t, normalize=True)).sum(-1)
         x_safe, t_safe = _batch(images, tokens, next(safe_batches), device, image_hook)
         return (s - 1).pow(2).mean() + clip_loss(model, x_safe, t_safe, loss_fn)
 
     steps = max(1, math.ceil(cfg.overfit_epochs * len(susp) / min(cfg.overfit_batch_size, len(susp))))
-    train_cfg = TrainConfig(epochs=cfg.overfit_epochs, batch_size=cfg.overfit_batch_size,
-                            lr=cfg.overfit_lr, weight_decay=0.1, warmup_steps=0, log_every=5)
+    train_cfg = TrainConfig(
+        epochs=cfg.overfit_epochs,
+        batch_size=cfg.overfit_batch_size,
+        lr=cfg.overfit_lr,
+        weight_decay=0.1,
+        warmup_steps=0,
+        log_every=5,
+    )
     return optimize(model, loss_step, steps, train_cfg, device, "UBT: overfitting D_susp", progress)
 
 
@@ -227,9 +263,11 @@ def detection_metrics(scores: torch.Tensor, is_backdoor: np.ndarray, picked: tor
     scored set, higher = more suspicious) for telling backdoor pairs from clean ones."""
     truth = torch.as_tensor(is_backdoor, dtype=torch.bool)
     hits = truth[picked].sum().item()
-    return {"precision": 100.0 * hits / max(len(picked), 1),
-            "recall": 100.0 * hits / max(int(truth.sum()), 1),
-            "auroc": auroc(scores, truth)}
+    return {
+        "precision": 100.0 * hits / max(len(picked), 1),
+        "recall": 100.0 * hits / max(int(truth.sum()), 1),
+        "auroc": auroc(scores, truth),
+    }
 
 
 def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
@@ -277,8 +315,14 @@ def attention_probabilities(transformer):
             block.attention = original
 
 
-def token_relevance(model, images: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor,
-                    device, image_hook: Optional[Callable] = None) -> torch.Tensor:
+def token_relevance(
+    model,
+    images: torch.Tensor,
+    tokens: torch.Tensor,
+    positions: torch.Tensor,
+    device,
+    image_hook: Optional[Callable] = None,
+) -> torch.Tensor:
     """Relevance of each caption token for S(I, T) (Chefer et al. 2021, ICCV, rule for
     self-attention): R = I; for each layer R <- R + mean_heads[(grad A * A)^+] R; a token's
     relevance is the row of R at the pooled (end-of-text) token. Start, end and padding tokens
@@ -324,9 +368,19 @@ def unlearning_loss(similarity: torch.Tensor, floor: float) -> torch.Tensor:
     return (similarity - floor).clamp(min=0).mean()
 
 
-def unlearn(model, images, unlearn_images: torch.Tensor, unlearn_tokens: torch.Tensor, cfg: UBTConfig,
-            device, image_hook: Optional[Callable] = None, retain: Optional[tuple] = None,
-            seed: int = 0, progress: bool = True, on_step: Optional[Callable] = None) -> list:
+def unlearn(
+    model,
+    images,
+    unlearn_images: torch.Tensor,
+    unlearn_tokens: torch.Tensor,
+    cfg: UBTConfig,
+    device,
+    image_hook: Optional[Callable] = None,
+    retain: Optional[tuple] = None,
+    seed: int = 0,
+    progress: bool = True,
+    on_step: Optional[Callable] = None,
+) -> list:
     """Eq. 3 on `model` in place: minimise `unlearning_loss` (the mean cosine similarity, with
     `unlearn_floor`) of the unlearning pairs (image position unlearn_images[j] with caption
     unlearn_tokens[j]), plus `retain_weight`
@@ -360,14 +414,27 @@ def unlearn(model, images, unlearn_images: torch.Tensor, unlearn_tokens: torch.T
             loss = loss + cfg.retain_weight * clip_loss(model, xr, tr, loss_fn)
         return loss
 
-    steps = max(1, math.ceil(cfg.unlearn_epochs * len(unlearn_images)
-                             / min(cfg.unlearn_batch_size, len(unlearn_images))))
-    train_cfg = TrainConfig(epochs=cfg.unlearn_epochs, batch_size=cfg.unlearn_batch_size,
-                            lr=cfg.unlearn_lr, weight_decay=0.1, warmup_steps=0, log_every=1)
+    steps = max(
+        1,
+        math.ceil(
+            cfg.unlearn_epochs * len(unlearn_images) / min(cfg.unlearn_batch_size, len(unlearn_images))
+        ),
+    )
+    train_cfg = TrainConfig(
+        epochs=cfg.unlearn_epochs,
+        batch_size=cfg.unlearn_batch_size,
+        lr=cfg.unlearn_lr,
+        weight_decay=0.1,
+        warmup_steps=0,
+        log_every=1,
+    )
     # With the text tower frozen, the similarity can only fall by moving the triggered images:
     # otherwise the cheapest way down is to move the unlearning captions' embeddings instead.
-    frozen = [p for n, p in model.named_parameters()
-              if cfg.unlearn_towers == "image" and not n.startswith("visual.") and p.requires_grad]
+    frozen = [
+        p
+        for n, p in model.named_parameters()
+        if cfg.unlearn_towers == "image" and not n.startswith("visual.") and p.requires_grad
+    ]
     for p in frozen:
         p.requires_grad_(False)
     try:
@@ -392,8 +459,17 @@ def cartesian(top: torch.Tensor, captions: list, max_captions: Optional[int] = N
     return img, cap, distinct
 
 
-def find_poison(poisoned_model, clean_model, data, tokens: torch.Tensor, cfg: UBTConfig, device,
-                seed: int = 0, progress: bool = True, relevance: bool = True) -> dict:
+def find_poison(
+    poisoned_model,
+    clean_model,
+    data,
+    tokens: torch.Tensor,
+    cfg: UBTConfig,
+    device,
+    seed: int = 0,
+    progress: bool = True,
+    relevance: bool = True,
+) -> dict:
     """Stages 1-3 and the token relevance of the detected pairs: everything UBT needs before it
     unlearns, shared by "UBT" and "UBT w/o token-level". Neither model is changed (the
     overfitted model is a copy, dropped at the end). Returns the split, the similarities, the
@@ -408,13 +484,16 @@ def find_poison(poisoned_model, clean_model, data, tokens: torch.Tensor, cfg: UB
     # similarity. Overfitting strengthens the backdoor's shortcut, so it raises the poisons that
     # escaped D_susp far more than any clean pair (chapter 3 measures it)
     g = torch.Generator().manual_seed(seed)
-    candidates = safe[torch.randperm(len(safe), generator=g)[:cfg.retain_candidates]].sort().values
-    before = pair_similarity(poisoned_model, data.images, tokens, device, data.image_hook, positions=candidates)
+    candidates = safe[torch.randperm(len(safe), generator=g)[: cfg.retain_candidates]].sort().values
+    before = pair_similarity(
+        poisoned_model, data.images, tokens, device, data.image_hook, positions=candidates
+    )
     op = copy.deepcopy(poisoned_model)
     overfit_curve = overfit(op, data.images, tokens, susp, safe, cfg, device, data.image_hook, seed, progress)
     op_sim = pair_similarity(op, data.images, tokens, device, data.image_hook, positions=susp)
-    candidate_gain = pair_similarity(op, data.images, tokens, device, data.image_hook,
-                                     positions=candidates) - before
+    candidate_gain = (
+        pair_similarity(op, data.images, tokens, device, data.image_hook, positions=candidates) - before
+    )
     top = detect(op_sim, susp, cfg.top_k)
     t_detect = time.perf_counter()
     # only token-level UBT reads it: its seconds are charged to that variant alone
@@ -422,33 +501,50 @@ def find_poison(poisoned_model, clean_model, data, tokens: torch.Tensor, cfg: UB
     end = time.perf_counter()
     truth = torch.as_tensor(data.is_backdoor)
     return {
-        "seconds_split": t_split - start, "seconds_overfit_detect": t_detect - t_split,
+        "seconds_split": t_split - start,
+        "seconds_overfit_detect": t_detect - t_split,
         "seconds_relevance": end - t_detect,
         "pairs_scored": len(clean_sim) + 2 * len(candidates) + len(susp),
-        "susp": susp, "safe": safe, "retain_candidates": candidates, "candidate_gain": candidate_gain,
-        "top": top, "relevance": scores,
-        "clean_similarity": clean_sim, "op_similarity": op_sim, "overfit_curve": overfit_curve,
+        "susp": susp,
+        "safe": safe,
+        "retain_candidates": candidates,
+        "candidate_gain": candidate_gain,
+        "top": top,
+        "relevance": scores,
+        "clean_similarity": clean_sim,
+        "op_similarity": op_sim,
+        "overfit_curve": overfit_curve,
         "split_recall": 100.0 * truth[susp].sum().item() / max(int(truth.sum()), 1),
         "split_auroc": auroc(-clean_sim, truth),
-        "detection": detection_metrics(op_sim, data.is_backdoor[susp.numpy()],
-                                       torch.searchsorted(susp, top)),
+        "detection": detection_metrics(op_sim, data.is_backdoor[susp.numpy()], torch.searchsorted(susp, top)),
     }
 
 
-def unlearning_pairs(found: dict, tokens: torch.Tensor, tokenizer, cfg: UBTConfig,
-                     token_level: bool = True) -> dict:
+def unlearning_pairs(
+    found: dict, tokens: torch.Tensor, tokenizer, cfg: UBTConfig, token_level: bool = True
+) -> dict:
     """The pairs eq. 3 unlearns: the Cartesian product of the detected images and their
     token-level captions (each caption's most relevant tokens, in `cfg.caption_form`, the
     `max_token_captions` most frequent), or, without token level, the detected pairs as they are."""
     top = found["top"]
     if not token_level:
-        return {"images": top, "tokens": tokens[top], "kept_tokens": None, "token_captions": None,
-                "distinct_token_captions": None}
+        return {
+            "images": top,
+            "tokens": tokens[top],
+            "kept_tokens": None,
+            "token_captions": None,
+            "distinct_token_captions": None,
+        }
     kept = token_captions(tokens[top], found["relevance"], tokenizer, cfg.relevance_tokens)
     short = [CAPTION_FORMS[cfg.caption_form].format(c) for c in kept]
     img, cap, distinct = cartesian(top, short, cfg.max_token_captions)
-    return {"images": img, "tokens": tokenizer(distinct)[cap], "kept_tokens": kept,
-            "token_captions": short, "distinct_token_captions": distinct}
+    return {
+        "images": img,
+        "tokens": tokenizer(distinct)[cap],
+        "kept_tokens": kept,
+        "token_captions": short,
+        "distinct_token_captions": distinct,
+    }
 
 
 def retain_pool(found: dict, cfg: UBTConfig) -> torch.Tensor:
@@ -460,9 +556,19 @@ def retain_pool(found: dict, cfg: UBTConfig) -> torch.Tensor:
     return candidates[torch.argsort(gain, stable=True)[:n]].sort().values
 
 
-def run_ubt(poisoned_model, clean_model, data, tokenizer, cfg: UBTConfig, device,
-            token_level: bool = True, seed: int = 0, progress: bool = True,
-            found: Optional[dict] = None, on_step: Optional[Callable] = None) -> tuple:
+def run_ubt(
+    poisoned_model,
+    clean_model,
+    data,
+    tokenizer,
+    cfg: UBTConfig,
+    device,
+    token_level: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+    found: Optional[dict] = None,
+    on_step: Optional[Callable] = None,
+) -> tuple:
     """The whole defense on `data` (a poison.PoisonedData): returns (defended model, record).
 
     `found` may hold `find_poison`'s result for the same data, model and config, computed once
@@ -473,34 +579,56 @@ def run_ubt(poisoned_model, clean_model, data, tokenizer, cfg: UBTConfig, device
     cfg.validate(n)
     tokens = tokenizer(data.captions)
     if found is None:
-        found = find_poison(poisoned_model, clean_model, data, tokens, cfg, device, seed, progress,
-                            relevance=token_level)
+        found = find_poison(
+            poisoned_model, clean_model, data, tokens, cfg, device, seed, progress, relevance=token_level
+        )
     start = time.perf_counter()
     pairs = unlearning_pairs(found, tokens, tokenizer, cfg, token_level)
     retain = retain_pool(found, cfg)
     model = copy.deepcopy(poisoned_model)
-    unlearn_curve = unlearn(model, data.images, pairs["images"], pairs["tokens"], cfg, device,
-                            data.image_hook, retain=(tokens, retain), seed=seed, progress=progress,
-                            on_step=on_step)
+    unlearn_curve = unlearn(
+        model,
+        data.images,
+        pairs["images"],
+        pairs["tokens"],
+        cfg,
+        device,
+        data.image_hook,
+        retain=(tokens, retain),
+        seed=seed,
+        progress=progress,
+        on_step=on_step,
+    )
     seconds_unlearn = time.perf_counter() - start
     seconds_relevance = found["seconds_relevance"] if token_level else 0.0
     steps_overfit = found["overfit_curve"][-1]["step"]
     top = found["top"]
     record = {
-        "seconds": found["seconds_split"] + found["seconds_overfit_detect"] + seconds_relevance
-                   + seconds_unlearn,
-        "seconds_split": found["seconds_split"], "seconds_overfit_detect": found["seconds_overfit_detect"],
-        "seconds_relevance": seconds_relevance, "seconds_unlearn": seconds_unlearn,
-        "pairs_scored": found["pairs_scored"], "d_susp": len(found["susp"]),
-        "pairs_trained": len(found["susp"]) + min(len(found["safe"]), steps_overfit * cfg.overfit_batch_size)
-                         + len(top),
-        "unlearning_pairs": len(pairs["images"]), "top_k": top.tolist(), "retain_pairs": len(retain),
+        "seconds": found["seconds_split"]
+        + found["seconds_overfit_detect"]
+        + seconds_relevance
+        + seconds_unlearn,
+        "seconds_split": found["seconds_split"],
+        "seconds_overfit_detect": found["seconds_overfit_detect"],
+        "seconds_relevance": seconds_relevance,
+        "seconds_unlearn": seconds_unlearn,
+        "pairs_scored": found["pairs_scored"],
+        "d_susp": len(found["susp"]),
+        "pairs_trained": len(found["susp"])
+        + min(len(found["safe"]), steps_overfit * cfg.overfit_batch_size)
+        + len(top),
+        "unlearning_pairs": len(pairs["images"]),
+        "top_k": top.tolist(),
+        "retain_pairs": len(retain),
         "retain_poisons": int(data.is_backdoor[retain.numpy()].sum()),  # scored afterwards, not used
-        "split_recall": found["split_recall"], "split_auroc": found["split_auroc"],
+        "split_recall": found["split_recall"],
+        "split_auroc": found["split_auroc"],
         "detection": found["detection"],
         **{k: pairs[k] for k in ("kept_tokens", "token_captions", "distinct_token_captions")},
-        "overfit_curve": found["overfit_curve"], "unlearn_curve": unlearn_curve,
-        "clean_similarity": found["clean_similarity"].tolist(), "susp": found["susp"].tolist(),
+        "overfit_curve": found["overfit_curve"],
+        "unlearn_curve": unlearn_curve,
+        "clean_similarity": found["clean_similarity"].tolist(),
+        "susp": found["susp"].tolist(),
         "op_similarity": found["op_similarity"].tolist(),
     }
     return model, record

@@ -1,7 +1,9 @@
 """Zero-shot evaluation: prompt ensembles, top-k accuracy, name retrieval."""
+
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 import open_clip
 import torch
@@ -29,14 +31,20 @@ def pocket_templates(vocabulary: set) -> list:
 
 
 @torch.no_grad()
-def encode_images(model, images: torch.Tensor, device, batch_size: int = 512,
-                  image_hook: Optional[Callable] = None, unit: bool = True) -> torch.Tensor:
+def encode_images(
+    model,
+    images: torch.Tensor,
+    device,
+    batch_size: int = 512,
+    image_hook: Optional[Callable] = None,
+    unit: bool = True,
+) -> torch.Tensor:
     """Image embeddings of uint8 images, L2-normalised unless `unit=False` (the privacy
     paper's losses use them raw); the hook acts on [0, 1] batches."""
     model.eval()
     feats = []
     for s in range(0, len(images), batch_size):
-        x = to_unit(images[s:s + batch_size], device)
+        x = to_unit(images[s : s + batch_size], device)
         if image_hook is not None:
             x = image_hook(x, torch.arange(s, s + len(x)))
         with autocast(device):
@@ -51,7 +59,7 @@ def encode_texts(model, tokenizer, texts: Sequence[str], device, batch_size: int
     feats = []
     for s in range(0, len(texts), batch_size):
         with autocast(device):
-            feats.append(model.encode_text(tokenizer(list(texts[s:s + batch_size])).to(device)).float())
+            feats.append(model.encode_text(tokenizer(list(texts[s : s + batch_size])).to(device)).float())
     return F.normalize(torch.cat(feats), dim=-1)
 
 
@@ -61,8 +69,9 @@ def classifier(model, tokenizer, classnames: Sequence[str], templates: Sequence,
     normalised template embeddings (open_clip's helper)."""
     model.eval()
     with autocast(device):
-        w = open_clip.build_zero_shot_classifier(model, tokenizer, list(classnames), list(templates),
-                                                 device=device)
+        w = open_clip.build_zero_shot_classifier(
+            model, tokenizer, list(classnames), list(templates), device=device
+        )
     return w.float()
 
 
@@ -70,8 +79,7 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict
     """Share (in %) of rows whose label is among the k highest logits."""
     labels = labels.to(logits.device)
     top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
-    return {f"top{k}": 100.0 * (top[:, :k] == labels[:, None]).any(1).float().mean().item()
-            for k in ks}
+    return {f"top{k}": 100.0 * (top[:, :k] == labels[:, None]).any(1).float().mean().item() for k in ks}
 
 
 # Prompts for name retrieval: phrasings of the people captions, so the names are the only
@@ -86,16 +94,24 @@ def zero_shot(model, tokenizer, world, device, split: str = "heldout", templates
     the CLIP ImageNet templates written in the pocket world's caption vocabulary.
     """
     from ubtlib.world.pocket import object_vocabulary
+
     templates = templates or pocket_templates(object_vocabulary())
     idx = world.indices(split, "object")
     labels = torch.from_numpy(world.label[idx])
     logits = encode_images(model, world.images[idx], device) @ classifier(
-        model, tokenizer, world.categories, templates, device)
+        model, tokenizer, world.categories, templates, device
+    )
     pred = logits.argmax(1).cpu()
-    per_class = {c: 100.0 * (pred[labels == k] == k).float().mean().item()
-                 for k, c in enumerate(world.categories)}
-    return {**topk_accuracy(logits, labels), "per_class": per_class, "pred": pred.tolist(),
-            "labels": labels.tolist(), "templates": list(templates)}
+    per_class = {
+        c: 100.0 * (pred[labels == k] == k).float().mean().item() for k, c in enumerate(world.categories)
+    }
+    return {
+        **topk_accuracy(logits, labels),
+        "per_class": per_class,
+        "pred": pred.tolist(),
+        "labels": labels.tolist(),
+        "templates": list(templates),
+    }
 
 
 def name_retrieval(model, tokenizer, world, device, split: str = "eval") -> dict:
@@ -103,7 +119,8 @@ def name_retrieval(model, tokenizer, world, device, split: str = "eval") -> dict
     idx = world.indices(split, "person")
     labels = torch.from_numpy(world.identity[idx])
     logits = encode_images(model, world.images[idx], device) @ classifier(
-        model, tokenizer, world.names, NAME_TEMPLATES, device)
+        model, tokenizer, world.names, NAME_TEMPLATES, device
+    )
     return {**topk_accuracy(logits, labels), "n_names": len(world.names), "n_images": len(idx)}
 
 
@@ -117,13 +134,15 @@ def attack_success_rate(logits: torch.Tensor, labels: torch.Tensor, target: int)
     return 100.0 * (logits[keep].argmax(1) == target).float().mean().item()
 
 
-def backdoor_metrics(model, tokenizer, world, trigger_hook, target: str, device,
-                     split: str = "heldout", templates=None) -> dict:
+def backdoor_metrics(
+    model, tokenizer, world, trigger_hook, target: str, device, split: str = "heldout", templates=None
+) -> dict:
     """CA (clean zero-shot top-1, %) and ASR (%) on the world's held-out objects.
 
     `trigger_hook(x, idx)` triggers a [0, 1] batch (see poison.triggered_hook).
     """
     from ubtlib.world.pocket import object_vocabulary
+
     templates = templates or pocket_templates(object_vocabulary())
     idx = world.indices(split, "object")
     labels = torch.from_numpy(world.label[idx])
@@ -131,6 +150,8 @@ def backdoor_metrics(model, tokenizer, world, trigger_hook, target: str, device,
     clean = encode_images(model, world.images[idx], device) @ w
     triggered = encode_images(model, world.images[idx], device, image_hook=trigger_hook) @ w
     t = list(world.categories).index(target)
-    return {"ca": topk_accuracy(clean, labels, ks=(1,))["top1"],
-            "asr": attack_success_rate(triggered, labels, t),
-            "ca_triggered": topk_accuracy(triggered, labels, ks=(1,))["top1"]}
+    return {
+        "ca": topk_accuracy(clean, labels, ks=(1,))["top1"],
+        "asr": attack_success_rate(triggered, labels, t),
+        "ca_triggered": topk_accuracy(triggered, labels, ks=(1,))["top1"],
+    }

@@ -9,13 +9,15 @@ decoded is reported, with its file and row, when it is read. Images come out as 
 triggers), so the library's triggers and hooks act on [0, 1] batches on the training device,
 exactly as in the pocket chapters. Batches stream through a torch DataLoader (`loader`).
 """
+
 from __future__ import annotations
 
 import csv
 import os
 import pathlib
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -23,7 +25,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-CSV_COLUMNS = ("image", "caption")           # required; `is_backdoor` is optional
+CSV_COLUMNS = ("image", "caption")  # required; `is_backdoor` is optional
 BOOLEANS = {"0": False, "1": True, "false": False, "true": True}
 
 
@@ -88,8 +90,10 @@ class CaptionCSV(ImageFiles):
             if "is_backdoor" in fields:
                 value = fields["is_backdoor"].strip().lower()
                 if value not in BOOLEANS:
-                    raise DataError(f"{where}: is_backdoor={fields['is_backdoor']!r} is not accepted: "
-                                    "use 0 / 1 or false / true")
+                    raise DataError(
+                        f"{where}: is_backdoor={fields['is_backdoor']!r} is not accepted: "
+                        "use 0 / 1 or false / true"
+                    )
                 flags.append(BOOLEANS[value])
             full = self.path.parent / image
             if not full.is_file():
@@ -118,15 +122,19 @@ def _csv_rows(path: pathlib.Path):
             header = [h.strip() for h in next(reader, [])]
             missing = [c for c in CSV_COLUMNS if c not in header]
             if missing:
-                raise DataError(f"{path}, header (line 1): missing column {', '.join(map(repr, missing))}; "
-                                f"found {header}; accepted: image, caption and optionally is_backdoor")
+                raise DataError(
+                    f"{path}, header (line 1): missing column {', '.join(map(repr, missing))}; "
+                    f"found {header}; accepted: image, caption and optionally is_backdoor"
+                )
             row, start = 0, reader.line_num + 1
             for fields in reader:
                 if fields:  # blank lines are skipped
                     row += 1
                     if len(fields) != len(header):
-                        raise DataError(f"{path}, row {row} (line {start}): {len(fields)} fields, the "
-                                        f"header has {len(header)} (quote captions that hold commas)")
+                        raise DataError(
+                            f"{path}, row {row} (line {start}): {len(fields)} fields, the "
+                            f"header has {len(header)} (quote captions that hold commas)"
+                        )
                     yield row, start, dict(zip(header, fields))
                 start = reader.line_num + 1
         except UnicodeDecodeError as e:
@@ -149,11 +157,16 @@ def _image_folders(root: Union[str, pathlib.Path], min_images: int = 1) -> tuple
         raise DataError(f"{root}: no sub-folders (expected one folder of images per class or person)")
     files = []
     for folder in folders:
-        found = sorted(str(p) for p in folder.iterdir()
-                       if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+        found = sorted(
+            str(p)
+            for p in folder.iterdir()
+            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+        )
         if len(found) < min_images:
-            raise DataError(f"{folder}: {len(found)} image files, need at least {min_images} "
-                            f"(accepted suffixes: {' '.join(IMAGE_SUFFIXES)})")
+            raise DataError(
+                f"{folder}: {len(found)} image files, need at least {min_images} "
+                f"(accepted suffixes: {' '.join(IMAGE_SUFFIXES)})"
+            )
         files.append(found)
     return [f.name for f in folders], files
 
@@ -168,9 +181,9 @@ class LabelledFolder(ImageFiles):
     Items are (uint8 image, class index, position).
     """
 
-    def __init__(self, root, classnames: Union[str, Sequence[str], None] = "imagenet",
-                 image_size: int = 224):
+    def __init__(self, root, classnames: Union[str, Sequence[str], None] = "imagenet", image_size: int = 224):
         import open_clip
+
         self.root = pathlib.Path(root)
         names, files = _image_folders(self.root)
         numbered = all(n.isdigit() for n in names)
@@ -184,16 +197,21 @@ class LabelledFolder(ImageFiles):
                 raise ValueError(f"classnames={classnames!r}: accepted 'imagenet', a list of names or None")
             classnames = open_clip.IMAGENET_CLASSNAMES
             if not numbered and len(names) != len(classnames):
-                raise DataError(f"{self.root}: {len(names)} class folders, ImageNet has {len(classnames)} "
-                                "(a missing folder would shift every later label)")
+                raise DataError(
+                    f"{self.root}: {len(names)} class folders, ImageNet has {len(classnames)} "
+                    "(a missing folder would shift every later label)"
+                )
         self.classnames = list(classnames)
         if numbered and max(index) >= len(self.classnames):
-            raise DataError(f"{self.root / names[index.index(max(index))]}: class {max(index)} but only "
-                            f"{len(self.classnames)} class names")
+            raise DataError(
+                f"{self.root / names[index.index(max(index))]}: class {max(index)} but only "
+                f"{len(self.classnames)} class names"
+            )
         if not numbered and len(names) != len(self.classnames):
             raise DataError(f"{self.root}: {len(names)} class folders for {len(self.classnames)} class names")
-        super().__init__([p for fs in files for p in fs],
-                         [k for k, fs in zip(index, files) for _ in fs], image_size)
+        super().__init__(
+            [p for fs in files for p in fs], [k for k, fs in zip(index, files) for _ in fs], image_size
+        )
 
     def where(self, i: int) -> str:
         return f"{self.root}, sample {i} (class {self.labels[i]})"
@@ -216,8 +234,9 @@ class IdentityFolders(ImageFiles):
         counts = np.array([len(fs) for fs in files])
         starts = np.cumsum(counts) - counts
         self.photos = [list(range(s, s + c)) for s, c in zip(starts.tolist(), counts.tolist())]
-        super().__init__([p for fs in files for p in fs],
-                         [k for k, fs in enumerate(files) for _ in fs], image_size)
+        super().__init__(
+            [p for fs in files for p in fs], [k for k, fs in enumerate(files) for _ in fs], image_size
+        )
 
     def where(self, i: int) -> str:
         return f"{self.root}, {self.names[self.labels[i]]!r}, sample {i}"
@@ -265,15 +284,29 @@ class Pairs(Dataset):
         return self.data.image(i), self.tokenizer([self.captions[i]])[0], i
 
 
-def loader(dataset: Dataset, batch_size: int, device, shuffle: bool = True, seed: int = 0,
-           workers: Optional[int] = None, drop_last: bool = True) -> DataLoader:
+def loader(
+    dataset: Dataset,
+    batch_size: int,
+    device,
+    shuffle: bool = True,
+    seed: int = 0,
+    workers: Optional[int] = None,
+    drop_last: bool = True,
+) -> DataLoader:
     """A DataLoader for `device`: on CUDA worker processes decode images (default: up to 8)
     into pinned memory; on a CPU the main process does (workers would take its cores)."""
     cuda = torch.device(device).type == "cuda"
     workers = min(8, os.cpu_count() or 1) if workers is None and cuda else workers or 0
-    return DataLoader(dataset, batch_size=min(batch_size, len(dataset)), shuffle=shuffle,
-                      drop_last=drop_last, num_workers=workers, pin_memory=cuda,
-                      persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed))
+    return DataLoader(
+        dataset,
+        batch_size=min(batch_size, len(dataset)),
+        shuffle=shuffle,
+        drop_last=drop_last,
+        num_workers=workers,
+        pin_memory=cuda,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def endless(batches: DataLoader):

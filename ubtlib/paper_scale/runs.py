@@ -7,51 +7,63 @@ Every stage is the pocket chapters' own code, fed from disk instead of the pocke
   the pocket world), poisons chosen by `poison.poison`;
 * zero-shot CA / ASR and top-1 / top-5 use `evaluate`'s classifier and metrics, images
   streamed batch by batch;
-* UBT (`ubt.run_ubt`), CleanCLIP (`cleanclip.cleanclip`) and the privacy paper's unlearning
-  (`privacy.unlearn_names` / `unlearn_faces`, judged by `idia.attack`) index image tensors,
-  which `data.Images` reads from disk on demand.
+* UBT (`ubt.run_ubt`) and CleanCLIP (`cleanclip.cleanclip`) index image tensors, which
+  `data.Images` reads from disk on demand;
+* the privacy paper's sweeps are the privacy chapters' `forgetting.sweep_names` /
+  `sweep_faces` (and so `forget_names` / `forget_faces`), reading the data sets through a
+  `PaperSource` instead of the pocket world.
 
 The command line (`python -m ubtlib paper ...`, see cli.py) calls the `*_run` functions, which
 read paths, write safetensors weights and JSON / CSV results.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import pathlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import open_clip
 import pandas as pd
 import torch
 from safetensors.torch import save_file
-
-from ubtlib.checks import read_tensors
 from torch.utils.data import Subset
 
-from ubtlib.privacy import idia
-from ubtlib.privacy import unlearning as privacy
-from ubtlib.clip import model as modellib
-from ubtlib.pipeline.cache import write_json
-from ubtlib.checks import check_choice, check_range
-from ubtlib.defenses.cleanclip import cleanclip
-from ubtlib.paper_scale.data import CaptionCSV, IdentityFolders, Images, LabelledFolder, Pairs, endless, loader, read_captions
-from ubtlib.evaluation.zeroshot import attack_success_rate, classifier, encode_images, topk_accuracy
 from ubtlib.attacks.poison import PoisonConfig, PoisonedData, poison, poison_templates, triggered_hook
-from ubtlib.pipeline.profiles import Profile
-from ubtlib.book.report import provenance
-from ubtlib.clip.train import TrainConfig, clip_loss, epoch_steps, optimize
 from ubtlib.attacks.ssba import SSBATrigger, StegaEncoder, fixed_secret, train_stega
 from ubtlib.attacks.triggers import ATTACKS, make_trigger
+from ubtlib.book.report import provenance
+from ubtlib.checks import check_choice, check_range, read_tensors
+from ubtlib.clip import model as modellib
+from ubtlib.clip.train import TrainConfig, clip_loss, epoch_steps, optimize
+from ubtlib.defenses.cleanclip import cleanclip
 from ubtlib.defenses.ubt import run_ubt
+from ubtlib.evaluation.zeroshot import attack_success_rate, classifier, encode_images, topk_accuracy
+from ubtlib.paper_scale.data import (
+    CaptionCSV,
+    IdentityFolders,
+    Images,
+    LabelledFolder,
+    Pairs,
+    endless,
+    loader,
+    read_captions,
+)
 from ubtlib.paper_scale.weights import load_pretrained, weights_file
+from ubtlib.pipeline.cache import write_json
+from ubtlib.pipeline.defending import DEFENSES
+from ubtlib.pipeline.profiles import Profile
+from ubtlib.privacy import forgetting
+from ubtlib.privacy import unlearning as privacy
 
 PAPER_ATTACKS = ATTACKS
-SSBA_SUFFIX = ".ssba-encoder.safetensors"   # beside the poisoned weights: the attacker's encoder
-IDIA_CANDIDATES = 1000     # the privacy paper's candidate names: the people, then distractors
+SSBA_SUFFIX = ".ssba-encoder.safetensors"  # beside the poisoned weights: the attacker's encoder
+IDIA_CANDIDATES = 1000  # the privacy paper's candidate names: the people, then distractors
 
 
 # ---------------------------------------------------------------- attack: poisoned fine-tuning
@@ -66,23 +78,37 @@ def paper_trigger(profile: Profile, attack: str, size: int, ssba_encoder: Option
     if attack != "ssba":
         return make_trigger(cfg, size, profile.seed)
     if ssba_encoder is None:
-        raise ValueError("attack='ssba' needs the attacker's trained encoder: pass --ssba-encoder, the "
-                         f"'*{SSBA_SUFFIX}' file that `paper finetune --attack ssba` wrote")
+        raise ValueError(
+            "attack='ssba' needs the attacker's trained encoder: pass --ssba-encoder, the "
+            f"'*{SSBA_SUFFIX}' file that `paper finetune --attack ssba` wrote"
+        )
     path = pathlib.Path(ssba_encoder)
     if path.suffix != ".safetensors" or not path.is_file():
-        raise ValueError(f"ssba_encoder={str(path)!r}: expected an existing .safetensors file "
-                         f"(the '*{SSBA_SUFFIX}' written by `paper finetune --attack ssba`)")
+        raise ValueError(
+            f"ssba_encoder={str(path)!r}: expected an existing .safetensors file "
+            f"(the '*{SSBA_SUFFIX}' written by `paper finetune --attack ssba`)"
+        )
     encoder = StegaEncoder(cfg.ssba_bits, size, max_residual=cfg.ssba_max_residual)
     encoder.load_state_dict(read_tensors(path))
     return SSBATrigger(encoder.eval(), fixed_secret(cfg.ssba_bits, profile.seed))
 
 
-def train_ssba_encoder(profile: Profile, images, device, out: pathlib.Path, progress: bool = True) -> pathlib.Path:
+def train_ssba_encoder(
+    profile: Profile, images, device, out: pathlib.Path, progress: bool = True
+) -> pathlib.Path:
     """Train the SSBA-style encoder / decoder on the attacker's `images` (as the pocket world's,
     ssba.train_stega) and save the encoder to `out`; returns `out`."""
     cfg = profile.attack
-    encoder, _, log = train_stega(images, cfg.ssba_bits, cfg.ssba_epochs, cfg.ssba_invisibility, device,
-                                  seed=profile.seed, progress=progress, max_residual=cfg.ssba_max_residual)
+    encoder, _, log = train_stega(
+        images,
+        cfg.ssba_bits,
+        cfg.ssba_epochs,
+        cfg.ssba_invisibility,
+        device,
+        seed=profile.seed,
+        progress=progress,
+        max_residual=cfg.ssba_max_residual,
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}, str(out))
     write_json(out.with_suffix(".json"), {"log": log, "attack": cfg})
@@ -101,8 +127,16 @@ def poisoned_pairs(data: CaptionCSV, cfg: PoisonConfig, trigger, seed: int) -> P
     return poison(images, data.captions, np.full(len(data), -1), [cfg.target], cfg, trigger, seed)
 
 
-def finetune(model, tokenizer, data: PoisonedData, cfg: TrainConfig, device, seed: int = 0,
-             workers: Optional[int] = None, progress: bool = True) -> list:
+def finetune(
+    model,
+    tokenizer,
+    data: PoisonedData,
+    cfg: TrainConfig,
+    device,
+    seed: int = 0,
+    workers: Optional[int] = None,
+    progress: bool = True,
+) -> list:
     """Fine-tune `model` in place with open_clip's ClipLoss on `data` (from poisoned_pairs),
     streamed by a DataLoader; the poisoned rows of each batch are triggered on the device."""
     cfg.validate()
@@ -123,14 +157,15 @@ def finetune(model, tokenizer, data: PoisonedData, cfg: TrainConfig, device, see
 
 
 @torch.no_grad()
-def encode_dataset(model, dataset, device, hooks: Sequence = (None,), batch_size: int = 256,
-                   workers: Optional[int] = None) -> tuple:
+def encode_dataset(
+    model, dataset, device, hooks: Sequence = (None,), batch_size: int = 256, workers: Optional[int] = None
+) -> tuple:
     """([normalised image embeddings, one tensor per hook], labels) of every item of `dataset`
     (images decoded once, streamed in order; a hook(x, positions) alters a [0, 1] batch)."""
     feats, labels = [[] for _ in hooks], []
     for x, y, idx in loader(dataset, batch_size, device, shuffle=False, drop_last=False, workers=workers):
         for out, hook in zip(feats, hooks):
-            h = None if hook is None else (lambda x_, _, hook=hook: hook(x_, idx))
+            h = None if hook is None else (lambda x_, _, hook=hook, idx=idx: hook(x_, idx))
             out.append(encode_images(model, x, device, batch_size=len(x), image_hook=h).cpu())
         labels.append(torch.as_tensor(y))
     return [torch.cat(f) for f in feats], torch.cat(labels)
@@ -141,9 +176,18 @@ def templates() -> list:
     return poison_templates("openai")
 
 
-def zero_shot(model, tokenizer, folder: LabelledFolder, device, trigger=None, target: str = "banana",
-              seed: int = 0, prompts: Optional[Sequence[str]] = None, batch_size: int = 256,
-              workers: Optional[int] = None) -> dict:
+def zero_shot(
+    model,
+    tokenizer,
+    folder: LabelledFolder,
+    device,
+    trigger=None,
+    target: str = "banana",
+    seed: int = 0,
+    prompts: Optional[Sequence[str]] = None,
+    batch_size: int = 256,
+    workers: Optional[int] = None,
+) -> dict:
     """Zero-shot top-1 / top-5 (%) on a labelled folder with `prompts` (default: the 80
     templates); with a trigger also CA (clean top-1) and ASR (%, triggered images not of the
     target read as the target)."""
@@ -162,103 +206,98 @@ def zero_shot(model, tokenizer, folder: LabelledFolder, device, trigger=None, ta
 # ---------------------------------------------------------------- the privacy paper
 
 
-@dataclass
-class PrivacySetting:
-    """The original model, the IDIA against it and its zero-shot accuracy on real data."""
-    profile: Profile
-    model: torch.nn.Module
-    tokenizer: object
-    device: torch.device
-    people: IdentityFolders      # the IDIA's photos: each person's first `idia.images`
-    names: list                  # candidate names: the people, then distractors
-    faces: torch.Tensor          # IDIA photos' embeddings, N x I x d
-    prompts: torch.Tensor        # IDIA prompts' embeddings, P x K x d
-    before: idia.IdiaResult
-    imagenet_v2: LabelledFolder
-    imagenet: tuple              # its (image embeddings, labels, class weights)
-    zero_shot: dict              # top-1 / top-5 (%)
-
-    def order(self, repeat: int) -> np.ndarray:
-        """Recognised people in a random order per repeat (prefixes are the nested sets)."""
-        return np.random.default_rng([self.profile.seed, repeat]).permutation(
-            np.flatnonzero(self.before.recognised))
-
-    def accuracy(self, feats=None, weights=None) -> dict:
-        f0, labels, w0 = self.imagenet
-        acc = topk_accuracy((f0 if feats is None else feats) @ (w0 if weights is None else weights), labels)
-        return {**acc, "top1_drop": self.zero_shot["top1"] - acc["top1"],
-                "top5_drop": self.zero_shot["top5"] - acc["top5"]}
-
-
 def idia_photos(people: IdentityFolders, who: Sequence[int], n: int) -> list:
     """Positions of the first n photos of each person in `who`."""
     return [q for p in who for q in people.photos[p][:n]]
 
 
-def face_features(model, people: IdentityFolders, n: int, device, workers: Optional[int] = None) -> torch.Tensor:
+def face_features(
+    model, people: IdentityFolders, n: int, device, workers: Optional[int] = None
+) -> torch.Tensor:
     """`model`'s normalised embeddings of everyone's first n photos (the IDIA's): N x n x d."""
     photos = Subset(people, idia_photos(people, range(len(people.names)), n))
     return encode_dataset(model, photos, device, workers=workers)[0][0].reshape(len(people.names), n, -1)
 
 
-def privacy_setting(profile: Profile, model, tokenizer, people: IdentityFolders, distractors: Sequence[str],
-                    imagenet_v2: LabelledFolder, device, workers: Optional[int] = None) -> PrivacySetting:
-    """Run the IDIA (21 prompts, `idia.images` photos per person, IDIA_CANDIDATES names) and the
-    ImageNet-V2 zero-shot evaluation against the original model."""
-    cfg = profile.idia
-    cfg.validate()
-    short = [people.names[p] for p, ph in enumerate(people.photos) if len(ph) < cfg.images]
-    if short:
-        raise ValueError(f"{people.root}: {len(short)} people have fewer than idia_images={cfg.images} "
-                         f"photos, e.g. {short[0]!r}")
-    known = set(people.names)
-    names = (list(people.names) + [n for n in dict.fromkeys(distractors) if n not in known])[:IDIA_CANDIDATES]
-    faces = face_features(model, people, cfg.images, device, workers)
-    prompts = idia.prompt_features(model, tokenizer, names, device, cfg.prompts).cpu()
-    weights = classifier(model, tokenizer, imagenet_v2.classnames, templates(), device).cpu()
-    feats, labels = encode_dataset(model, imagenet_v2, device, workers=workers)
-    return PrivacySetting(profile, model, tokenizer, device, people, names, faces, prompts,
-                          idia.attack(faces, prompts, cfg.min_hits), imagenet_v2, (feats[0], labels, weights),
-                          topk_accuracy(feats[0] @ weights, labels))
+@dataclass
+class PaperSource:
+    """Real data sets as a `forgetting.Source`, so that the paper profile's sweeps are the
+    chapters' `forgetting.sweep_names` / `sweep_faces`. The IDIA shows each person's first
+    `idia_images` photos in `people`, against their names, then the distractors (deduplicated,
+    IDIA_CANDIDATES names in all); zero-shot accuracy is ImageNet-V2's with the 80 templates.
+    Text runs plant the backdoors in `captions` and measure on the first `eval_captions`; image
+    runs paste each person's face crops in `triggers` after their first idia_images (crops of the
+    IDIA's photos) onto `clean` images, the target is the mean of all crops, and the metrics use
+    the first rows of `clean_eval`. Runs are not cached on disk (key None)."""
 
+    people: IdentityFolders
+    distractors: list
+    imagenet_v2: LabelledFolder
+    idia_images: int
+    seed: int = 0
+    captions: Optional[list] = None
+    evals: Optional[list] = None
+    triggers: Optional[IdentityFolders] = None
+    clean: Optional[CaptionCSV] = None
+    clean_eval: Optional[CaptionCSV] = None
+    workers: Optional[int] = None
+    key = None
 
-def forget_names(s: PrivacySetting, people: Sequence[int], corpus: Sequence[str], teacher_corpus,
-                 eval_captions: Sequence[str], neutral: str, beta: float, seed: int) -> tuple:
-    """Unlearn the names of `people` from the text encoder: (metrics row, student prompts, weights)."""
-    names = [s.people.names[p] for p in people]
-    student, log = privacy.unlearn_names(s.model, s.tokenizer, names, corpus, s.profile.names, s.device,
-                                         seed=seed, neutral=neutral, beta=beta, teacher_clean=teacher_corpus)
-    prompts = idia.prompt_features(student, s.tokenizer, s.names, s.device, s.profile.idia.prompts).cpu()
-    after = idia.attack(s.faces, prompts, s.profile.idia.min_hits)
-    weights = classifier(student, s.tokenizer, s.imagenet_v2.classnames, templates(), s.device).cpu()
-    sims = privacy.text_similarities(s.model, student, s.tokenizer, eval_captions, names, neutral, s.device, seed)
-    row = {"encoders": "text", **idia.outcome(s.before, after, people), **sims, **s.accuracy(weights=weights),
-           "seconds": log["seconds"], "filtered": log["filtered"]}
-    return row, prompts, weights
+    def __post_init__(self):
+        known = set(self.people.names)
+        others = [n for n in dict.fromkeys(self.distractors) if n not in known]
+        self.distractors = others[: max(0, IDIA_CANDIDATES - len(known))]
 
+    @property
+    def names(self) -> list:
+        return list(self.people.names)
 
-def forget_faces(s: PrivacySetting, people: Sequence[int], triggers: IdentityFolders, clean: Images,
-                 clean_eval: Images, target: torch.Tensor, target_faces: Images, beta: float, seed: int) -> tuple:
-    """Unlearn the faces of `people` from the image encoder: (metrics row, student's IDIA face
-    embeddings, its ImageNet-V2 embeddings). Trigger photos are each person's photos in
-    `triggers` after the first `idia.images` (those are the IDIA's)."""
-    cfg, n = s.profile.faces, s.profile.idia.images
-    own = {name: p for p, name in enumerate(triggers.names)}
-    faces = [Images(triggers, triggers.photos[own[s.people.names[p]]][n:])[:] for p in people]
-    student, log = privacy.unlearn_faces(s.model, faces, clean, target, cfg, s.device, seed=seed, beta=beta)
-    faces_after = face_features(student, s.people, n, s.device)
-    after = idia.attack(faces_after, s.prompts, s.profile.idia.min_hits)
-    held_out = Images(s.people, idia_photos(s.people, people, n))  # never pasted: the IDIA's photos
-    sims = privacy.image_similarities(s.model, student, clean_eval, held_out, target_faces, target, cfg,
-                                      s.device, seed)
-    imagenet = encode_dataset(student, s.imagenet_v2, s.device)[0][0]
-    row = {"encoders": "image", **idia.outcome(s.before, after, people), **sims,
-           **s.accuracy(feats=imagenet), "seconds": log["seconds"]}
-    return row, faces_after, imagenet
+    @property
+    def categories(self) -> list:
+        return list(self.imagenet_v2.classnames)
 
+    @property
+    def templates(self) -> list:
+        return templates()
 
-def set_sizes(max_set: int) -> list:
-    return [1 << k for k in range(max_set.bit_length()) if 1 << k <= max_set]
+    def corpus(self) -> list:
+        return list(self.captions)
+
+    def eval_captions(self, n: int) -> list:
+        return list(self.evals[:n])
+
+    def people_captions(self, ids, n: int) -> None:
+        return None  # no captions of the people at hand
+
+    def idia_faces(self, model, device, n: int) -> torch.Tensor:
+        return face_features(model, self.people, n, device, self.workers).to(device)
+
+    def zero_shot(self, model, device) -> tuple:
+        feats, labels = encode_dataset(model, self.imagenet_v2, device, workers=self.workers)
+        return feats[0].to(device), labels
+
+    def target_faces(self) -> Images:
+        return Images(self.triggers)
+
+    def face_images(self, ids, n_images: int) -> dict:
+        """The people's crops after the IDIA's; the clean CSV; the first n_images rows of
+        clean_eval; the people's and (at most n_images of) the others' IDIA photos; a random
+        n_images of all crops for Sim_Targets."""
+        n = self.idia_images
+        own = {name: p for p, name in enumerate(self.triggers.names)}
+        rest = idia_photos(self.people, np.setdiff1d(np.arange(len(self.people.names)), ids), n)[:n_images]
+        sample = np.random.default_rng(self.seed).permutation(len(self.triggers))[:n_images]
+        return {
+            "triggers": [
+                Images(self.triggers, self.triggers.photos[own[self.people.names[p]]][n:])[:] for p in ids
+            ],
+            "clean": Images(self.clean),
+            "is_person": None,
+            "clean_eval": Images(self.clean_eval, range(min(n_images, len(self.clean_eval)))),
+            "faces_eval": Images(self.people, idia_photos(self.people, ids, n)),
+            "others_eval": Images(self.people, rest) if rest else None,
+            "target_faces": Images(self.triggers, sample),
+        }
 
 
 # ---------------------------------------------------------------- runs from paths (the CLI)
@@ -269,7 +308,9 @@ def check_model(profile: Profile, weights: Optional[str] = None, privacy: bool =
     profile's published model (the privacy paper's with privacy=True) and our fine-tuned
     `weights` on top. Returns the model's image side."""
     weights_file(profile.paper_model, profile.privacy_pretrained if privacy else profile.paper_pretrained)
-    if weights is not None and (not str(weights).endswith(".safetensors") or not pathlib.Path(weights).is_file()):
+    if weights is not None and (
+        not str(weights).endswith(".safetensors") or not pathlib.Path(weights).is_file()
+    ):
         raise ValueError(f"weights={weights!r}: give an existing .safetensors file (ubtlib writes them)")
     size = open_clip.get_model_config(profile.paper_model)["vision_cfg"]["image_size"]
     return int(size[0] if isinstance(size, (tuple, list)) else size)
@@ -302,45 +343,75 @@ def finetune_run(profile: Profile, csv: str, attack: str, out: str, workers: Opt
     model, tokenizer = load_model(profile, device)
     ssba_encoder = None
     if attack == "ssba":  # the attacker trains the encoder on the images it poisons
-        ssba_encoder = str(train_ssba_encoder(profile, Images(data), device,
-                                              pathlib.Path(out).with_suffix(SSBA_SUFFIX)))
+        ssba_encoder = str(
+            train_ssba_encoder(profile, Images(data), device, pathlib.Path(out).with_suffix(SSBA_SUFFIX))
+        )
     trigger = paper_trigger(profile, attack, size, ssba_encoder)
     poisoned = poisoned_pairs(data, profile.poison, trigger, profile.seed)
     torch.manual_seed(profile.seed)
     start = time.perf_counter()
     curve = finetune(model, tokenizer, poisoned, profile.finetune, device, profile.seed, workers)
-    record = {"stage": "finetune", "attack": attack, "csv": str(csv), "pairs": len(data),
-              "ssba_encoder": ssba_encoder,
-              "poisoned_rows": np.flatnonzero(poisoned.is_backdoor).tolist(), "curve": curve,
-              "seconds": time.perf_counter() - start, "finetune": profile.finetune,
-              "poison": profile.poison, "provenance": prov}
+    record = {
+        "stage": "finetune",
+        "attack": attack,
+        "csv": str(csv),
+        "pairs": len(data),
+        "ssba_encoder": ssba_encoder,
+        "poisoned_rows": np.flatnonzero(poisoned.is_backdoor).tolist(),
+        "curve": curve,
+        "seconds": time.perf_counter() - start,
+        "finetune": profile.finetune,
+        "poison": profile.poison,
+        "provenance": prov,
+    }
     _finish(pathlib.Path(out), model, record)
     return record
 
 
-def evaluate_run(profile: Profile, imagenet: str, attack: Optional[str] = None, weights: Optional[str] = None,
-                 out: Optional[str] = None, workers: Optional[int] = None,
-                 ssba_encoder: Optional[str] = None) -> dict:
+def evaluate_run(
+    profile: Profile,
+    imagenet: str,
+    attack: Optional[str] = None,
+    weights: Optional[str] = None,
+    out: Optional[str] = None,
+    workers: Optional[int] = None,
+    ssba_encoder: Optional[str] = None,
+) -> dict:
     """Zero-shot top-1 / top-5 on ImageNet (validation) and, with an attack, CA and ASR."""
     device = modellib.pick_device(profile.device)
     size = check_model(profile, weights)
     trigger = None if attack is None else paper_trigger(profile, attack, size, ssba_encoder)
     folder = LabelledFolder(imagenet, "imagenet", size)
     model, tokenizer = load_model(profile, device, weights)
-    result = {"stage": "evaluate", "weights": weights, "attack": attack,
-              **zero_shot(model, tokenizer, folder, device, trigger, profile.poison.target, profile.seed,
-                          workers=workers), "provenance": provenance(profile, device)}
+    result = {
+        "stage": "evaluate",
+        "weights": weights,
+        "attack": attack,
+        **zero_shot(
+            model, tokenizer, folder, device, trigger, profile.poison.target, profile.seed, workers=workers
+        ),
+        "provenance": provenance(profile, device),
+    }
     print(json.dumps({k: v for k, v in result.items() if k != "provenance"}), flush=True)
     if out:
         _finish(pathlib.Path(out), None, result)
     return result
 
 
-def defend_run(profile: Profile, defense: str, weights: str, csv: str, attack: str, out: str,
-               clean_csv: Optional[str] = None, ssba_encoder: Optional[str] = None) -> dict:
-    """UBT (with or without token-level unlearning) on the poisoned training CSV, or CleanCLIP
+def defend_run(
+    profile: Profile,
+    defense: str,
+    weights: str,
+    csv: str,
+    attack: str,
+    out: str,
+    clean_csv: Optional[str] = None,
+    ssba_encoder: Optional[str] = None,
+) -> dict:
+    """`defense` (one of defending.DEFENSES, spelled as in the pocket chapters): UBT ("ubt", or
+    "ubt_no_token" without token-level unlearning) on the poisoned training CSV, or CleanCLIP
     on `clean_csv` (a clean subset; the first cleanclip_clean_pairs rows are used)."""
-    check_choice("defense", defense, ("ubt", "ubt-no-token", "cleanclip"))
+    check_choice("defense", defense, DEFENSES)
     device = modellib.pick_device(profile.device)
     size = check_model(profile, weights)
     if defense == "cleanclip":
@@ -356,32 +427,65 @@ def defend_run(profile: Profile, defense: str, weights: str, csv: str, attack: s
     if defense == "cleanclip":
         n = min(profile.cleanclip.clean_pairs, len(clean))
         cfg = dataclasses.replace(profile.cleanclip, clean_pairs=n)
-        curve = cleanclip(poisoned_model, Images(clean, range(n)), clean.captions[:n], tokenizer, cfg, device,
-                          profile.seed)
+        curve = cleanclip(
+            poisoned_model, Images(clean, range(n)), clean.captions[:n], tokenizer, cfg, device, profile.seed
+        )
         model, record = poisoned_model, {"curve": curve, "clean_pairs": n}
     else:
         clean_model, _ = load_model(profile, device)
         poisoned = poisoned_pairs(data, profile.poison, trigger, profile.seed)
-        model, record = run_ubt(poisoned_model, clean_model, poisoned, tokenizer, profile.ubt, device,
-                                token_level=defense == "ubt", seed=profile.seed)
+        model, record = run_ubt(
+            poisoned_model,
+            clean_model,
+            poisoned,
+            tokenizer,
+            profile.ubt,
+            device,
+            token_level=defense == "ubt",
+            seed=profile.seed,
+        )
         for k in ("clean_similarity", "op_similarity", "susp"):  # per-pair lists: too long for a record
             record.pop(k)
-    record = {"stage": "defend", "defense": defense, "attack": attack, "weights": weights, **record,
-              "seconds": time.perf_counter() - start, "ubt": profile.ubt, "cleanclip": profile.cleanclip,
-              "provenance": prov}
+    record = {
+        "stage": "defend",
+        "defense": defense,
+        "attack": attack,
+        "weights": weights,
+        **record,
+        "seconds": time.perf_counter() - start,
+        "ubt": profile.ubt,
+        "cleanclip": profile.cleanclip,
+        "provenance": prov,
+    }
     _finish(pathlib.Path(out), model, record)
     return record
 
 
-def privacy_run(profile: Profile, encoder: str, people: str, distractors: str, imagenet_v2: str, out: str,
-                captions: Optional[str] = None, eval_captions: Optional[str] = None,
-                triggers: Optional[str] = None, clean: Optional[str] = None, clean_eval: Optional[str] = None,
-                sizes: Optional[Sequence[int]] = None, repeats: Optional[int] = None, regs=(True, False),
-                neutral: Optional[str] = None, workers: Optional[int] = None) -> pd.DataFrame:
-    """The privacy paper's sweep (Fig. 2: encoder="text"; Fig. 3: "image"; both encoders: "both"):
-    for each repeat, weight regularisation on / off and set size, unlearn that many recognised
-    people and measure the IDIA, the similarities and ImageNet-V2 accuracy. Writes one CSV row
-    per run to `out` and the IDIA before unlearning to out's .json."""
+def privacy_run(
+    profile: Profile,
+    encoder: str,
+    people: str,
+    distractors: str,
+    imagenet_v2: str,
+    out: str,
+    captions: Optional[str] = None,
+    eval_captions: Optional[str] = None,
+    triggers: Optional[str] = None,
+    clean: Optional[str] = None,
+    clean_eval: Optional[str] = None,
+    sizes: Optional[Sequence[int]] = None,
+    repeats: Optional[int] = None,
+    regs=(True, False),
+    neutral: Optional[str] = None,
+    workers: Optional[int] = None,
+) -> pd.DataFrame:
+    """The privacy paper's sweep, run by the chapters' own code on real data (a PaperSource):
+    Fig. 2 (encoder="text") is `forgetting.sweep_names`, Fig. 3 ("image") `forgetting.sweep_faces`;
+    "both" runs the text sweep, then the face sweep pairing each image student with the text
+    student of the same people (kept in host memory: about 25 MB per text run). For each repeat,
+    weight regularisation on / off and set size (default 1, 2, 4, ..., max_set), it unlearns that
+    many recognised people and measures the IDIA, the similarities and ImageNet-V2 accuracy.
+    Writes one CSV row per run to `out` as it goes and the IDIA before unlearning to out's .json."""
     check_choice("encoder", encoder, ("text", "image", "both"))
     text, image = encoder in ("text", "both"), encoder in ("image", "both")
     needed = {"captions": captions, "eval_captions": eval_captions} if text else {}
@@ -389,67 +493,74 @@ def privacy_run(profile: Profile, encoder: str, people: str, distractors: str, i
     missing = [k for k, v in needed.items() if v is None]
     if missing:
         raise ValueError(f"encoder={encoder!r} needs {', '.join(missing)}")
+    neutral = privacy.check_term("neutral", neutral or profile.names.neutral)
+    profile = dataclasses.replace(profile, names=dataclasses.replace(profile.names, neutral=neutral))
+    profile.idia.validate()
     device = modellib.pick_device(profile.device)
     size = check_model(profile, privacy=True)
     # every input is read and checked before the first model runs
-    people_dir = IdentityFolders(people, size, min_images=profile.idia.images)
-    folder = LabelledFolder(imagenet_v2, "imagenet", size)
-    others = read_captions(distractors)
-    corpus, evals = (read_captions(captions), read_captions(eval_captions)) if text else (None, None)
+    data = PaperSource(
+        IdentityFolders(people, size, min_images=profile.idia.images),
+        read_captions(distractors),
+        LabelledFolder(imagenet_v2, "imagenet", size),
+        profile.idia.images,
+        profile.seed,
+        workers=workers,
+    )
+    if text:
+        data.captions, data.evals = read_captions(captions), read_captions(eval_captions)
     if image:
-        trig = IdentityFolders(triggers, size)
-        own = {n: len(ph) for n, ph in zip(trig.names, trig.photos)}
-        short = [n for n in people_dir.names if own.get(n, 0) <= profile.idia.images]
+        data.triggers = IdentityFolders(triggers, size)
+        own = {n: len(ph) for n, ph in zip(data.triggers.names, data.triggers.photos)}
+        short = [n for n in data.names if own.get(n, 0) <= profile.idia.images]
         if short:
-            raise ValueError(f"{triggers}: {len(short)} people have no folder or no more than idia_images="
-                             f"{profile.idia.images} photos (the first are the IDIA's), e.g. {short[0]!r}")
-        clean_imgs = Images(CaptionCSV(clean, size))
-        eval_data = CaptionCSV(clean_eval, size)
-        clean_eval_imgs = Images(eval_data, range(min(profile.faces.eval_images, len(eval_data))))
-    sizes = list(sizes or set_sizes(max(profile.names.max_set, profile.faces.max_set)))
+            raise ValueError(
+                f"{triggers}: {len(short)} people have no folder or no more than idia_images="
+                f"{profile.idia.images} photos (the first are the IDIA's), e.g. {short[0]!r}"
+            )
+        data.clean, data.clean_eval = CaptionCSV(clean, size), CaptionCSV(clean_eval, size)
+    cfgs = ([profile.names] if text else []) + ([profile.faces] if image else [])
+    sizes = list(sizes or forgetting.set_sizes(max(cfg.max_set for cfg in cfgs)))
     for k in sizes:
-        check_range("sizes", k, 1, len(people_dir.names))
-    repeats = repeats or profile.names.repeats
+        check_range("sizes", k, 1, len(data.names))
+    repeats = repeats or cfgs[0].repeats
     check_range("repeats", repeats, 1, 1000)
-    neutral = privacy.check_term("neutral", neutral or profile.names.neutral)
     prov = provenance(profile, device)
     model, tokenizer = load_model(profile, device, privacy=True)
-    s = privacy_setting(profile, model, tokenizer, people_dir, others, folder, device, workers)
-    recognised = np.flatnonzero(s.before.recognised)
-    write_json(pathlib.Path(out).with_suffix(".json"), {
-        "recognised": [s.people.names[p] for p in recognised], "people": len(s.people.names),
-        "candidates": len(s.names), "zero_shot": s.zero_shot, "idia": profile.idia, "provenance": prov})
-    if len(recognised) < max(sizes):
-        raise ValueError(f"the IDIA recognises {len(recognised)} people, fewer than the largest set size "
-                         f"{max(sizes)}: give smaller sizes")
-    teacher_corpus = None  # the teacher's embeddings of the corpus, shared by every run
-    if text:
-        teacher_corpus = privacy.text_features(model, privacy.WordTokens(tokenizer)(corpus), device,
-                                               normalized=False)
-    if image:  # the target: everyone's mean face; its similarity metric uses a sample of them
-        target = privacy.face_target(model, Images(trig), device)
-        sample = np.random.default_rng(profile.seed).permutation(len(trig))[:profile.faces.eval_images]
-        target_faces = Images(trig, sample)
-
+    s = forgetting.build(profile, data, model, tokenizer, device)
+    recognised = s.recognised
+    write_json(
+        pathlib.Path(out).with_suffix(".json"),
+        {
+            "recognised": [data.names[p] for p in recognised],
+            "people": len(data.names),
+            "candidates": len(s.names),
+            "zero_shot": s.zero_shot,
+            "idia": profile.idia,
+            "provenance": prov,
+        },
+    )
+    if len(recognised) < max(sizes):  # the paper unlearns only people the IDIA recognises
+        raise ValueError(
+            f"the IDIA recognises {len(recognised)} people, fewer than the largest set size "
+            f"{max(sizes)}: give smaller sizes"
+        )
     rows = []
-    for repeat in range(repeats):
-        order, seed = s.order(repeat), profile.seed * 1000 + repeat
-        for reg in regs:
-            for k in sizes:
-                ids = order[:k].tolist()
-                base = {"repeat": repeat, "reg": reg, "size": k, "neutral": neutral}
-                if text:
-                    row, prompts, weights = forget_names(s, ids, corpus, teacher_corpus, evals, neutral,
-                                                         profile.names.beta if reg else 0.0, seed)
-                    rows.append({**base, **row})
-                if image:
-                    row, faces_after, feats = forget_faces(s, ids, trig, clean_imgs, clean_eval_imgs, target,
-                                                           target_faces, profile.faces.beta if reg else 0.0, seed)
-                    rows.append({**base, **row})
-                if text and image:  # both students together: their prompts against their faces
-                    after = idia.attack(faces_after, prompts, profile.idia.min_hits)
-                    rows.append({**base, "encoders": "both", **idia.outcome(s.before, after, ids),
-                                 **s.accuracy(feats=feats, weights=weights)})
-                pd.DataFrame(rows).to_csv(out, index=False)  # after every run: a long sweep can be cut
+
+    def each(row: dict) -> None:
+        rows.append(row)
+        pd.DataFrame(rows).to_csv(out, index=False)  # after every run: a long sweep can be cut
+
+    if text:
+        forgetting.sweep_names(
+            s,
+            neutrals=[neutral],
+            regs=regs,
+            sizes=sizes,
+            repeats=repeats,
+            each=lambda row: each({"encoders": "text", **row}),
+        )
+    if image:
+        forgetting.sweep_faces(s, regs=regs, sizes=sizes, repeats=repeats, both=text, each=each)
     print(f"wrote {out} ({len(rows)} rows)", flush=True)
     return pd.DataFrame(rows)

@@ -8,6 +8,7 @@ weights are missing, the error names the file to download and where to put it.
 Kept apart from model.py on purpose: the pipeline's cache keys hash model.py's source, and the
 pocket chapters' cached models should not be recomputed for code they never run.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,15 +16,19 @@ import pathlib
 from typing import Optional
 
 import open_clip
-from open_clip.constants import (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME, OPENAI_DATASET_MEAN,
-                                 OPENAI_DATASET_STD)
+import torch
+from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+from ubtlib.checks import read_tensors
 
 
 def check_model_name(name: str) -> str:
     if name not in open_clip.list_models():
         close = [m for m in open_clip.list_models() if m.lower().startswith(name.lower()[:4])]
-        raise ValueError(f"model={name!r} is not an open_clip model: choose one of "
-                         f"open_clip.list_models(){', e.g. ' + ', '.join(close[:8]) if close else ''}")
+        raise ValueError(
+            f"model={name!r} is not an open_clip model: choose one of "
+            f"open_clip.list_models(){', e.g. ' + ', '.join(close[:8]) if close else ''}"
+        )
     return name
 
 
@@ -50,27 +55,39 @@ def weights_file(name: str, pretrained: str, cache_dir: Optional[str] = None) ->
         path = pathlib.Path(pretrained).expanduser()
         if not path.suffix and os.sep not in pretrained:
             tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
-            raise ValueError(f"pretrained={pretrained!r} is neither a pretrained tag of {name} "
-                             f"(tags: {tags}) nor a .safetensors file")
+            raise ValueError(
+                f"pretrained={pretrained!r} is neither a pretrained tag of {name} "
+                f"(tags: {tags}) nor a .safetensors file"
+            )
         if not path.is_file():
             raise FileNotFoundError(f"pretrained={pretrained!r}: no such file")
         if path.suffix != ".safetensors":
-            raise ValueError(f"{path}: only .safetensors weights are read; a {path.suffix or 'suffix-less'} "
-                             "file may be a pickle, which can run code when loaded. Use the "
-                             "open_clip_model.safetensors of open_clip's Hugging Face repositories")
+            raise ValueError(
+                f"{path}: only .safetensors weights are read; a {path.suffix or 'suffix-less'} "
+                "file may be a pickle, which can run code when loaded. Use the "
+                "open_clip_model.safetensors of open_clip's Hugging Face repositories"
+            )
         return path
     if tag["mean"] != OPENAI_DATASET_MEAN or tag["std"] != OPENAI_DATASET_STD:
-        raise ValueError(f"{name} {pretrained!r} expects images normalised with mean {tag['mean']} and "
-                         f"std {tag['std']}; ubtlib normalises with CLIP's (OpenAI's): choose another tag")
+        raise ValueError(
+            f"{name} {pretrained!r} expects images normalised with mean {tag['mean']} and "
+            f"std {tag['std']}; ubtlib normalises with CLIP's (OpenAI's): choose another tag"
+        )
     repo, filename = os.path.split(tag.get("hf_hub", ""))
     if not repo:
-        raise FileNotFoundError(f"{name} {pretrained!r}: open_clip publishes these weights only as a "
-                                f"pickle ({tag.get('url')}), which ubtlib does not load; convert it to "
-                                "safetensors on a machine you trust and pass that file's path")
+        raise FileNotFoundError(
+            f"{name} {pretrained!r}: open_clip publishes these weights only as a "
+            f"pickle ({tag.get('url')}), which ubtlib does not load; convert it to "
+            "safetensors on a machine you trust and pass that file's path"
+        )
     # open_clip's default checkpoint name, or the safetensors twin of the file the tag names
-    filename = (HF_SAFE_WEIGHTS_NAME if filename in ("", HF_WEIGHTS_NAME)
-                else filename.rsplit(".", 1)[0] + ".safetensors")
+    filename = (
+        HF_SAFE_WEIGHTS_NAME
+        if filename in ("", HF_WEIGHTS_NAME)
+        else filename.rsplit(".", 1)[0] + ".safetensors"
+    )
     from huggingface_hub import constants, try_to_load_from_cache
+
     found = try_to_load_from_cache(repo, filename, cache_dir=cache_dir)
     if isinstance(found, str):
         return pathlib.Path(found)
@@ -78,11 +95,17 @@ def weights_file(name: str, pretrained: str, cache_dir: Optional[str] = None) ->
         f"no local weights for {name} pretrained={pretrained!r} (ubtlib never downloads): get "
         f"{filename} from the Hugging Face repository {repo} (on a machine with network: "
         f"`hf download {repo} {filename}`), then copy that machine's Hugging Face cache to "
-        f"{cache_dir or constants.HF_HUB_CACHE} here, or pass the file's path as pretrained")
+        f"{cache_dir or constants.HF_HUB_CACHE} here, or pass the file's path as pretrained"
+    )
 
 
-def load_pretrained(name: str, pretrained: str, device="cpu", cache_dir: Optional[str] = None,
-                    quick_gelu: Optional[bool] = None):
+def load_pretrained(
+    name: str,
+    pretrained: str,
+    device="cpu",
+    cache_dir: Optional[str] = None,
+    quick_gelu: Optional[bool] = None,
+):
     """open_clip model `name` with published weights (eval mode), and its tokenizer, offline.
 
     `pretrained` is an open_clip tag ("openai", "laion400m_e32", ...) looked up in the Hugging
@@ -92,9 +115,34 @@ def load_pretrained(name: str, pretrained: str, device="cpu", cache_dir: Optiona
     path = weights_file(name, pretrained, cache_dir)
     if quick_gelu is None:
         quick_gelu = open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu", False)
+    # read before building the model: a damaged file fails at once, naming the file
+    state = read_tensors(path)
+    model = open_clip.create_model(name, device="cpu", output_dict=True, force_quick_gelu=quick_gelu)
     try:
-        model = open_clip.create_model(name, pretrained=str(path), device=device, output_dict=True,
-                                       force_quick_gelu=quick_gelu)
-    except RuntimeError as e:  # open_clip's strict load: say which file and which model
+        model.load_state_dict(open_clip_state(model, state), strict=True)
+    except RuntimeError as e:  # a strict load: say which file and which model
         raise ValueError(f"{path}: not weights of open_clip model {name}: {e}") from None
-    return model.eval(), open_clip.get_tokenizer(name)
+    return model.to(device).eval(), open_clip.get_tokenizer(name)
+
+
+def open_clip_state(model, state: dict) -> dict:
+    """A state dict as open_clip's own checkpoint loader would adapt it to `model` (third-party
+    and older layouts, a scalar logit_scale, a different number of positions), from tensors
+    already read: open_clip's loader would read the file a second time, bypassing read_tensors."""
+    from open_clip.convert import convert_state_dict
+    from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
+
+    if next(iter(state), "").startswith("module."):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    state = convert_state_dict(model, state)
+    if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
+        state = convert_to_custom_text_state_dict(state)
+    for key in ("logit_scale", "logit_bias"):
+        ours = getattr(model, key, None)
+        if key in state and ours is not None and ours.ndim != state[key].ndim:
+            state[key] = state[key].reshape(ours.shape)
+    if "logit_bias" not in state and getattr(model, "logit_bias", None) is not None:
+        state["logit_bias"] = torch.zeros_like(state["logit_scale"])
+    resize_pos_embed(state, model)
+    resize_text_pos_embed(state, model)
+    return state

@@ -13,6 +13,7 @@ Entries are computed into a temporary folder and renamed into place, so a run ki
 never leaves anything that is read; a lock makes a second process wait for the first one's
 entry instead of computing it again.
 """
+
 from __future__ import annotations
 
 import ast
@@ -29,7 +30,8 @@ import shutil
 import socket
 import tempfile
 import time
-from typing import Callable, Mapping, TypeVar
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from ubtlib.checks import UnreadableFile
 
@@ -80,7 +82,7 @@ def _type_checking_only(tree: ast.AST) -> set:
     return skip
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _import_statements(source: str) -> tuple:
     """(level, module, names) of every import in `source` that runs (not TYPE_CHECKING ones)."""
     tree = ast.parse(source)
@@ -111,9 +113,9 @@ def imported_modules(module: str, sources: Mapping[str, str]) -> set:
         base = (f"{base}.{name}" if name else base) if level else name
         for n in names:
             if f"{base}.{n}" in sources:
-                found.add(f"{base}.{n}")    # a submodule
+                found.add(f"{base}.{n}")  # a submodule
             elif base in sources:
-                found.add(base)             # a name defined in (or re-exported by) `base`
+                found.add(base)  # a name defined in (or re-exported by) `base`
     return found
 
 
@@ -133,9 +135,13 @@ def module_closure(module: str, sources: Mapping[str, str] = SOURCES) -> list:
 def _drop_docstrings(tree: ast.AST) -> ast.AST:
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)):
+        if (
+            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             node.body = body[1:] or [ast.Pass()]
     return tree
 
@@ -145,7 +151,7 @@ def normalized_source(source: str) -> str:
     return ast.dump(_drop_docstrings(ast.parse(source)), annotate_fields=False, include_attributes=False)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _source_digest(source: str) -> str:
     return hashlib.sha256(normalized_source(source).encode()).hexdigest()
 
@@ -159,7 +165,7 @@ def code_hash(module: str, sources: Mapping[str, str] | None = None) -> str:
     return h.hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def library_versions() -> dict:
     """{distribution: version} of `NUMERIC_LIBRARIES` ("absent" where not installed)."""
     out = {}
@@ -183,8 +189,13 @@ def _jsonable(x):
 
 def cache_key(stage: str, code_module: str, **parts) -> tuple[str, dict]:
     """(digest, description) of an entry: the stage, its code's hash, the libraries, the parts."""
-    desc = {"stage": stage, "code": code_hash(code_module), "code_module": code_module,
-            "libraries": library_versions(), **_jsonable(parts)}
+    desc = {
+        "stage": stage,
+        "code": code_hash(code_module),
+        "code_module": code_module,
+        "libraries": library_versions(),
+        **_jsonable(parts),
+    }
     digest = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:20]
     return digest, desc
 
@@ -193,13 +204,20 @@ class CacheEntryError(RuntimeError):
     """A cache entry that exists but cannot be read (a damaged file)."""
 
 
-def cached(stage: str, compute: Callable[[pathlib.Path], None], load: Callable[[pathlib.Path], T],
-           *, code_module: str | None = None, **parts) -> T:
+def cached(
+    stage: str,
+    compute: Callable[[pathlib.Path], None],
+    load: Callable[[pathlib.Path], T],
+    *,
+    code_module: str | None = None,
+    **parts,
+) -> T:
     """Return `load(folder)` for the entry keyed by (stage, the code `compute` reaches, parts).
 
     The code is that of the module defining `compute` (or `code_module`, for a compute defined
-    outside ubtlib) and all it imports. On a miss `compute(tmp_folder)` writes the entry's files; the folder is renamed into place
-    only after it returns, together with a key.json describing what made it. Two processes
+    outside ubtlib) and all it imports. On a miss `compute(tmp_folder)` writes the entry's
+    files; the folder is renamed into place only after it returns, together with a key.json
+    describing what made it. Two processes
     asking for the same entry: the second waits for the first and reads its entry.
     """
     digest, desc = cache_key(stage, code_module or compute.__module__, **parts)
@@ -214,8 +232,9 @@ def cached(stage: str, compute: Callable[[pathlib.Path], None], load: Callable[[
     try:
         return load(folder)
     except (OSError, json.JSONDecodeError, UnreadableFile) as e:
-        raise CacheEntryError(f"cache entry {folder} cannot be read ({e}): delete that folder "
-                              "and run again to recompute it") from None
+        raise CacheEntryError(
+            f"cache entry {folder} cannot be read ({e}): delete that folder and run again to recompute it"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -272,8 +291,9 @@ def sweep_orphans(stage_folder: pathlib.Path, max_age_s: float = 7 * 86400.0) ->
             continue
         parts = p.name.split(".")  # "", digest, host-pid, random suffix
         writer = parts[2].rsplit("-", 1) if len(parts) >= 4 else []
-        mine_and_dead = (len(writer) == 2 and writer[0] == host and writer[1].isdigit()
-                         and not _alive(int(writer[1])))
+        mine_and_dead = (
+            len(writer) == 2 and writer[0] == host and writer[1].isdigit() and not _alive(int(writer[1]))
+        )
         if mine_and_dead or time.time() - p.stat().st_mtime > max_age_s:
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p.name)

@@ -1,4 +1,5 @@
 """CleanCLIP's stage: the poisoned model fine-tuned on the defender's own clean pairs."""
+
 from __future__ import annotations
 
 import copy
@@ -32,13 +33,32 @@ def cleanclip_defended(prof: Profile, progress: bool = True) -> Trained:
         pick = np.sort(rng.choice(clean, size=min(cfg.clean_pairs, len(clean)), replace=False))
         model = copy.deepcopy(attacked.model)
         start = time.perf_counter()
-        curve = cleanclip(model, data.images[pick], [data.captions[i] for i in pick],
-                          attacked.tokenizer, cfg, device, seed=prof.seed, progress=progress)
-        record = {"seconds": time.perf_counter() - start, "pairs_trained": len(pick),
-                  "pairs_scored": 0, "curve": curve,
-                  "defense": "cleanclip", "attack": prof.attack.name, "device": str(device)}
+        curve = cleanclip(
+            model,
+            data.images[pick],
+            [data.captions[i] for i in pick],
+            attacked.tokenizer,
+            cfg,
+            device,
+            seed=prof.seed,
+            progress=progress,
+        )
+        record = {
+            "seconds": time.perf_counter() - start,
+            "pairs_trained": len(pick),
+            "pairs_scored": 0,
+            "curve": curve,
+            "defense": "cleanclip",
+            "attack": prof.attack.name,
+            "device": str(device),
+        }
         modellib.save(model, folder / "model.safetensors")
         write_json(folder / "record.json", record)
 
-    return cached("defended-cleanclip", compute, lambda folder: load_trained(prof, folder, device),
-                  **poisoned_key(prof), defense=cfg)
+    return cached(
+        "defended-cleanclip",
+        compute,
+        lambda folder: load_trained(prof, folder, device),
+        **poisoned_key(prof),
+        defense=cfg,
+    )

@@ -1,4 +1,5 @@
 """The defended model: one entry point for every defense the pocket chapters run."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -16,8 +17,9 @@ if TYPE_CHECKING:
 DEFENSES = ("cleanclip", "ubt", "ubt_no_token")
 
 
-def defended(profile: Profile, attack: str | None = None, defense: str = "ubt",
-             progress: bool = True) -> Trained:
+def defended(
+    profile: Profile, attack: str | None = None, defense: str = "ubt", progress: bool = True
+) -> Trained:
     """The attacker's poisoned model after `defense` (cleanclip | ubt | ubt_no_token).
 
     Cached like every stage; the record holds the defense's wall time (measured when it was
@@ -25,13 +27,17 @@ def defended(profile: Profile, attack: str | None = None, defense: str = "ubt",
     """
     check_choice("defense", defense, DEFENSES)
     if attack == "none":
-        raise ValueError(f"defense={defense!r} needs a poisoned model, but attack='none' is the "
-                         "clean pre-trained model, which was never poisoned: choose one of "
-                         "'badnet', 'blended', 'sig', 'wanet', 'ssba'")
+        raise ValueError(
+            f"defense={defense!r} needs a poisoned model, but attack='none' is the "
+            "clean pre-trained model, which was never poisoned: choose one of "
+            "'badnet', 'blended', 'sig', 'wanet', 'ssba'"
+        )
     prof = with_attack(profile, attack)
     if prof.world is None or prof.poison is None or prof.finetune is None:
-        raise ValueError(f"defense={defense!r} needs a poisoned model, but profile {prof.name!r} "
-                         "has no pocket world to poison (real data sets load by path)")
+        raise ValueError(
+            f"defense={defense!r} needs a poisoned model, but profile {prof.name!r} "
+            "has no pocket world to poison (real data sets load by path)"
+        )
     cfg = prof.cleanclip if defense == "cleanclip" else prof.ubt
     cfg.validate(prof.world.n_train_pairs)  # bad k or fraction: fail before any compute
     if defense == "cleanclip":

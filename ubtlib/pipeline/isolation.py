@@ -1,4 +1,5 @@
 """ABL's isolation stage: per-pair losses after LGA training from the clean pre-trained model."""
+
 from __future__ import annotations
 
 import copy

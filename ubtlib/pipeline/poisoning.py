@@ -1,4 +1,5 @@
 """The attack stages: a profile's trigger, its poisoned training pairs and the poisoned model."""
+
 from __future__ import annotations
 
 import copy
@@ -44,14 +45,28 @@ def poisoned_data(profile: Profile, attack: str | None = None, progress: bool = 
         raise ValueError(f"profile {prof.name!r} has no poisoning stage")
     w = world(prof, progress=progress)
     idx = w.indices("train")
-    return poison(w.images[idx], [w.captions[i] for i in idx], w.label[idx], w.categories,
-                  prof.poison, trigger(prof, progress=progress), prof.seed)
+    return poison(
+        w.images[idx],
+        [w.captions[i] for i in idx],
+        w.label[idx],
+        w.categories,
+        prof.poison,
+        trigger(prof, progress=progress),
+        prof.seed,
+    )
 
 
 def poisoned_key(prof: Profile) -> dict:
     """The configs a poisoned model depends on; the stages after it extend this key."""
-    return dict(world=prof.world, model=prof.model, pretrain=prof.pretrain, attack=prof.attack,
-                poison=prof.poison, finetune=prof.finetune, seed=prof.seed)
+    return dict(
+        world=prof.world,
+        model=prof.model,
+        pretrain=prof.pretrain,
+        attack=prof.attack,
+        poison=prof.poison,
+        finetune=prof.finetune,
+        seed=prof.seed,
+    )
 
 
 def poisoned(profile: Profile, attack: str | None = None, progress: bool = True) -> Trained:
@@ -68,14 +83,30 @@ def poisoned(profile: Profile, attack: str | None = None, progress: bool = True)
     def compute(folder):
         model = copy.deepcopy(base.model)
         start = time.perf_counter()
-        curve = train_clip(model, data.images, base.tokenizer(data.captions), prof.finetune, device,
-                           seed=prof.seed, image_hook=data.image_hook,
-                           desc=f"poisoned fine-tuning ({prof.attack.name})", progress=progress)
+        curve = train_clip(
+            model,
+            data.images,
+            base.tokenizer(data.captions),
+            prof.finetune,
+            device,
+            seed=prof.seed,
+            image_hook=data.image_hook,
+            desc=f"poisoned fine-tuning ({prof.attack.name})",
+            progress=progress,
+        )
         modellib.save(model, folder / "model.safetensors")
-        write_json(folder / "record.json", {
-            "curve": curve, "seconds": time.perf_counter() - start, "pairs": len(data.images),
-            "poisoned_positions": np.flatnonzero(data.is_backdoor).tolist(),
-            "device": str(device), "attack": prof.attack.name})
+        write_json(
+            folder / "record.json",
+            {
+                "curve": curve,
+                "seconds": time.perf_counter() - start,
+                "pairs": len(data.images),
+                "poisoned_positions": np.flatnonzero(data.is_backdoor).tolist(),
+                "device": str(device),
+                "attack": prof.attack.name,
+            },
+        )
 
-    return cached("poisoned", compute, lambda folder: load_trained(prof, folder, device),
-                  **poisoned_key(prof))
+    return cached(
+        "poisoned", compute, lambda folder: load_trained(prof, folder, device), **poisoned_key(prof)
+    )

@@ -1,4 +1,5 @@
 """The pre-training stage: the pocket CLIP trained on the world's training pairs."""
+
 from __future__ import annotations
 
 import json
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 @dataclass
 class Trained:
     """A model with its tokenizer and the record of how it was made."""
+
     model: torch.nn.Module
     tokenizer: object
     record: dict
@@ -41,8 +43,10 @@ def pretrained(profile: Profile, progress: bool = True) -> Trained:
     configs, seed and code; weights are safetensors.
     """
     if profile.model is None:
-        raise ValueError(f"profile {profile.name!r} uses published weights "
-                         f"({profile.paper_model}, {profile.paper_pretrained}), not a pocket CLIP")
+        raise ValueError(
+            f"profile {profile.name!r} uses published weights "
+            f"({profile.paper_model}, {profile.paper_pretrained}), not a pocket CLIP"
+        )
     device = modellib.pick_device(profile.device)
     w = world(profile, progress=progress)
     seed = profile.world.seed  # pre-training follows the world; repeats of later stages share it
@@ -53,14 +57,35 @@ def pretrained(profile: Profile, progress: bool = True) -> Trained:
         idx = w.indices("train")
         tokens = tokenizer([w.captions[i] for i in idx])
         start = time.perf_counter()
-        curve = train_clip(model, w.images[idx], tokens, profile.pretrain, device, seed=seed,
-                           desc="pre-training the pocket CLIP", progress=progress)
+        curve = train_clip(
+            model,
+            w.images[idx],
+            tokens,
+            profile.pretrain,
+            device,
+            seed=seed,
+            desc="pre-training the pocket CLIP",
+            progress=progress,
+        )
         modellib.save(model, folder / "model.safetensors")
-        write_json(folder / "record.json", {
-            "curve": curve, "seconds": time.perf_counter() - start, "pairs": len(idx),
-            "device": str(device), "threads": torch.get_num_threads(),
-            "params": sum(p.numel() for p in model.parameters())})
+        write_json(
+            folder / "record.json",
+            {
+                "curve": curve,
+                "seconds": time.perf_counter() - start,
+                "pairs": len(idx),
+                "device": str(device),
+                "threads": torch.get_num_threads(),
+                "params": sum(p.numel() for p in model.parameters()),
+            },
+        )
 
-    return cached("pretrained", compute, lambda folder: load_trained(profile, folder, device),
-                  world=profile.world, model=profile.model, pretrain=profile.pretrain, seed=seed)
-
+    return cached(
+        "pretrained",
+        compute,
+        lambda folder: load_trained(profile, folder, device),
+        world=profile.world,
+        model=profile.model,
+        pretrain=profile.pretrain,
+        seed=seed,
+    )

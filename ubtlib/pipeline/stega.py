@@ -1,4 +1,5 @@
 """The SSBA-style stage: the attacker's steganographic encoder / decoder pair."""
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,16 @@ def ssba_trigger(profile: Profile, progress: bool = True) -> SSBATrigger:
     size = profile.model.image_size
 
     def compute(folder):
-        enc, dec, log = train_stega(w.images[w.indices("train")], cfg.ssba_bits, cfg.ssba_epochs,
-                                    cfg.ssba_invisibility, device, seed=profile.seed, progress=progress,
-                                    max_residual=cfg.ssba_max_residual)
+        enc, dec, log = train_stega(
+            w.images[w.indices("train")],
+            cfg.ssba_bits,
+            cfg.ssba_epochs,
+            cfg.ssba_invisibility,
+            device,
+            seed=profile.seed,
+            progress=progress,
+            max_residual=cfg.ssba_max_residual,
+        )
         save_file({k: v.cpu() for k, v in enc.state_dict().items()}, str(folder / "encoder.safetensors"))
         save_file({k: v.cpu() for k, v in dec.state_dict().items()}, str(folder / "decoder.safetensors"))
         write_json(folder / "log.json", log)
@@ -35,9 +43,21 @@ def ssba_trigger(profile: Profile, progress: bool = True) -> SSBATrigger:
         dec = StegaDecoder(cfg.ssba_bits, size)
         enc.load_state_dict(read_tensors(folder / "encoder.safetensors"))
         dec.load_state_dict(read_tensors(folder / "decoder.safetensors"))
-        return SSBATrigger(enc.eval(), fixed_secret(cfg.ssba_bits, profile.seed), dec.eval(),
-                           json.loads((folder / "log.json").read_text()))
+        return SSBATrigger(
+            enc.eval(),
+            fixed_secret(cfg.ssba_bits, profile.seed),
+            dec.eval(),
+            json.loads((folder / "log.json").read_text()),
+        )
 
-    return cached("ssba", compute, load, world=profile.world, bits=cfg.ssba_bits,
-                  epochs=cfg.ssba_epochs, invisibility=cfg.ssba_invisibility,
-                  max_residual=cfg.ssba_max_residual, seed=profile.seed)
+    return cached(
+        "ssba",
+        compute,
+        load,
+        world=profile.world,
+        bits=cfg.ssba_bits,
+        epochs=cfg.ssba_epochs,
+        invisibility=cfg.ssba_invisibility,
+        max_residual=cfg.ssba_max_residual,
+        seed=profile.seed,
+    )

@@ -1,5 +1,6 @@
 """UBT's stages: the shared detection (split, overfitting, top-k, token relevance) and the
 defended models of both variants (with and without token-level unlearning)."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,16 @@ from ubtlib.pipeline.pretraining import Trained, load_trained, pretrained
 if TYPE_CHECKING:
     from ubtlib.pipeline.profiles import Profile
 
-_FOUND_TENSORS = ("susp", "safe", "retain_candidates", "candidate_gain", "top", "relevance",
-                  "clean_similarity", "op_similarity")
+_FOUND_TENSORS = (
+    "susp",
+    "safe",
+    "retain_candidates",
+    "candidate_gain",
+    "top",
+    "relevance",
+    "clean_similarity",
+    "op_similarity",
+)
 
 
 def ubt_detection(profile: Profile, attack: str | None = None, progress: bool = True) -> dict:
@@ -35,15 +44,25 @@ def ubt_detection(profile: Profile, attack: str | None = None, progress: bool = 
     def compute(folder):
         clean = pretrained(prof, progress=progress)
         # only the fields in the key reach the computation, so the key cannot go stale
-        found = find_poison(attacked.model, clean.model, data, attacked.tokenizer(data.captions),
-                            UBTConfig(**detection), device, seed=prof.seed, progress=progress)
+        found = find_poison(
+            attacked.model,
+            clean.model,
+            data,
+            attacked.tokenizer(data.captions),
+            UBTConfig(**detection),
+            device,
+            seed=prof.seed,
+            progress=progress,
+        )
         found["device"] = str(device)
         save_file({k: found.pop(k).contiguous() for k in _FOUND_TENSORS}, str(folder / "found.safetensors"))
         write_json(folder / "found.json", found)
 
     def load(folder):
-        return {**json.loads((folder / "found.json").read_text()),
-                **read_tensors(folder / "found.safetensors")}
+        return {
+            **json.loads((folder / "found.json").read_text()),
+            **read_tensors(folder / "found.safetensors"),
+        }
 
     return cached("ubt-detection", compute, load, **poisoned_key(prof), detection=detection)
 
@@ -58,11 +77,26 @@ def ubt_defended(prof: Profile, token_level: bool, progress: bool = True) -> Tra
 
     def compute(folder):
         found = ubt_detection(prof, progress=progress)  # shared by both UBT variants
-        model, record = run_ubt(attacked.model, None, data, attacked.tokenizer, prof.ubt, device,
-                                token_level=token_level, seed=prof.seed, progress=progress, found=found)
+        model, record = run_ubt(
+            attacked.model,
+            None,
+            data,
+            attacked.tokenizer,
+            prof.ubt,
+            device,
+            token_level=token_level,
+            seed=prof.seed,
+            progress=progress,
+            found=found,
+        )
         record.update(defense=defense, attack=prof.attack.name, device=str(device))
         modellib.save(model, folder / "model.safetensors")
         write_json(folder / "record.json", record)
 
-    return cached(f"defended-{defense}", compute, lambda folder: load_trained(prof, folder, device),
-                  **poisoned_key(prof), defense=prof.ubt)
+    return cached(
+        f"defended-{defense}",
+        compute,
+        lambda folder: load_trained(prof, folder, device),
+        **poisoned_key(prof),
+        defense=prof.ubt,
+    )

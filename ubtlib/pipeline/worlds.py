@@ -1,4 +1,5 @@
 """The world stage: a profile's pocket world, drawn once per config, then read from the cache."""
+
 from __future__ import annotations
 
 import json
@@ -18,28 +19,45 @@ if TYPE_CHECKING:
 def world(profile: Profile, progress: bool = True) -> World:
     """The profile's pocket world (drawn once per config, then read from the cache)."""
     if profile.world is None:
-        raise ValueError(f"profile {profile.name!r} has no pocket world: it reads real data sets "
-                         "by path (see the 'Scaling up' page)")
+        raise ValueError(
+            f"profile {profile.name!r} has no pocket world: it reads real data sets "
+            "by path (see the 'Scaling up' page)"
+        )
     cfg = profile.world
 
     def compute(folder):
         w = make_world(cfg, progress=progress)
         save_file({"images": w.images}, str(folder / "images.safetensors"))
-        write_json(folder / "meta.json", {
-            "captions": w.captions, "kind": w.kind.tolist(), "label": w.label.tolist(),
-            "identity": w.identity.tolist(), "split": w.split.tolist(),
-            "categories": list(w.categories), "identities": w.identities,
-            "distractor_names": w.distractor_names})
+        write_json(
+            folder / "meta.json",
+            {
+                "captions": w.captions,
+                "kind": w.kind.tolist(),
+                "label": w.label.tolist(),
+                "identity": w.identity.tolist(),
+                "split": w.split.tolist(),
+                "categories": list(w.categories),
+                "identities": w.identities,
+                "distractor_names": w.distractor_names,
+            },
+        )
 
     def load(folder):
         meta = json.loads((folder / "meta.json").read_text())
-        return World(config=cfg, images=read_tensors(folder / "images.safetensors")["images"],
-                     captions=meta["captions"], kind=np.array(meta["kind"]),
-                     label=np.array(meta["label"], np.int64),
-                     identity=np.array(meta["identity"], np.int64), split=np.array(meta["split"]),
-                     categories=tuple(meta["categories"]),
-                     identities=[Identity(**{k: tuple(v) if isinstance(v, list) else v
-                                             for k, v in p.items()}) for p in meta["identities"]],
-                     distractor_names=meta["distractor_names"])
+        return World(
+            config=cfg,
+            images=read_tensors(folder / "images.safetensors")["images"],
+            captions=meta["captions"],
+            kind=np.array(meta["kind"]),
+            label=np.array(meta["label"], np.int64),
+            identity=np.array(meta["identity"], np.int64),
+            split=np.array(meta["split"]),
+            categories=tuple(meta["categories"]),
+            identities=[
+                Identity(**{k: tuple(v) if isinstance(v, list) else v for k, v in p.items()})
+                for p in meta["identities"]
+            ],
+            distractor_names=meta["distractor_names"],
+        )
 
     return cached("world", compute, load, world=cfg)

@@ -12,6 +12,7 @@ name.
 Here the candidates are the world's identities followed by its distractor names (names that
 never appear in a caption), and the photos are each identity's held-out "eval" faces.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,21 +27,35 @@ from ubtlib.evaluation.zeroshot import encode_images
 # plain, photographic and event phrasings of a name. Every word appears in the pocket world's
 # person captions, so the pocket CLIP knows them all.
 PROMPTS = (
-    "{}", "a photo of {}.", "an image of {}.", "portrait of {}.", "a close-up of {}.",
-    "{} smiling.", "{} at the premiere.", "{} on the red carpet.", "{} at an event.",
-    "{} looking at the camera.", "{} photographed outside.", "{} during an interview.",
-    "{} in a red shirt.", "{} in a blue shirt.", "{} in a black shirt.",
-    "a photo of {} smiling.", "a close-up of {} smiling.", "portrait of {} at the premiere.",
-    "an image of {} on the red carpet.", "{} at the premiere, smiling.",
+    "{}",
+    "a photo of {}.",
+    "an image of {}.",
+    "portrait of {}.",
+    "a close-up of {}.",
+    "{} smiling.",
+    "{} at the premiere.",
+    "{} on the red carpet.",
+    "{} at an event.",
+    "{} looking at the camera.",
+    "{} photographed outside.",
+    "{} during an interview.",
+    "{} in a red shirt.",
+    "{} in a blue shirt.",
+    "{} in a black shirt.",
+    "a photo of {} smiling.",
+    "a close-up of {} smiling.",
+    "portrait of {} at the premiere.",
+    "an image of {} on the red carpet.",
+    "{} at the premiere, smiling.",
     "a photo of {} looking at the camera.",
 )
 
 
 @dataclass(frozen=True)
 class IdiaConfig:
-    prompts: int = 21        # the first n of PROMPTS (the paper uses 21)
-    images: int = 20         # face photos per identity that vote (the paper uses 20)
-    min_hits: int = 1        # templates that must name the person for "recognised" (paper: 1)
+    prompts: int = 21  # the first n of PROMPTS (the paper uses 21)
+    images: int = 20  # face photos per identity that vote (the paper uses 20)
+    min_hits: int = 1  # templates that must name the person for "recognised" (paper: 1)
 
     def validate(self) -> None:
         check_range("prompts", self.prompts, 1, len(PROMPTS))
@@ -55,9 +70,10 @@ class IdiaConfig:
 @dataclass
 class IdiaResult:
     """Per identity: how many templates named them (hits) and whether that counts as recognised."""
-    hits: np.ndarray          # int, one per identity: templates whose majority vote was right
-    recognised: np.ndarray    # bool, hits >= min_hits
-    prompt_hits: np.ndarray   # bool, templates x identities
+
+    hits: np.ndarray  # int, one per identity: templates whose majority vote was right
+    recognised: np.ndarray  # bool, hits >= min_hits
+    prompt_hits: np.ndarray  # bool, templates x identities
 
     @property
     def rate(self) -> float:
@@ -73,18 +89,21 @@ def candidates(world) -> list:
 def prompt_features(model, tokenizer, names, device, n_prompts: int = len(PROMPTS)) -> torch.Tensor:
     """Normalised text embeddings of every template filled with every name: P x K x d."""
     from ubtlib.privacy.unlearning import WordTokens, text_features
+
     words = WordTokens(tokenizer)
-    return torch.stack([text_features(model, words([p.format(n) for n in names]), device)
-                        for p in PROMPTS[:n_prompts]])
+    return torch.stack(
+        [text_features(model, words([p.format(n) for n in names]), device) for p in PROMPTS[:n_prompts]]
+    )
 
 
-def template_backdoor(model, tokenizer, names, neutral: str, device,
-                      n_prompts: int = len(PROMPTS)) -> torch.Tensor:
+def template_backdoor(
+    model, tokenizer, names, neutral: str, device, n_prompts: int = len(PROMPTS)
+) -> torch.Tensor:
     """Sim_Backdoor per prompt template: for each of the first `n_prompts` templates, the mean
     over `names` of cos(model(template with the name), model(template with `neutral`)). Shows
     which phrasings a name backdoor covers: the attack needs only one it misses."""
-    named = prompt_features(model, tokenizer, names, device, n_prompts)       # P x K x d
-    plain = prompt_features(model, tokenizer, [neutral], device, n_prompts)   # P x 1 x d
+    named = prompt_features(model, tokenizer, names, device, n_prompts)  # P x K x d
+    plain = prompt_features(model, tokenizer, [neutral], device, n_prompts)  # P x 1 x d
     return (named * plain).sum(-1).mean(1).cpu()
 
 
@@ -111,7 +130,7 @@ def predictions(faces: torch.Tensor, prompts: torch.Tensor, batch: int = 4096) -
     out = torch.empty(prompts.shape[0], n * i, dtype=torch.long)
     for p in range(prompts.shape[0]):
         for s in range(0, n * i, batch):
-            out[p, s:s + batch] = (flat[s:s + batch] @ prompts[p].T).argmax(1).cpu()
+            out[p, s : s + batch] = (flat[s : s + batch] @ prompts[p].T).argmax(1).cpu()
     return out.reshape(-1, n, i)
 
 
@@ -135,8 +154,7 @@ def attack(faces: torch.Tensor, prompts: torch.Tensor, min_hits: int = 1) -> Idi
     truth = torch.arange(faces.shape[0])
     hits = majority_hits(predictions(faces, prompts), truth, prompts.shape[1])
     per_identity = hits.sum(0).numpy()
-    return IdiaResult(hits=per_identity, recognised=per_identity >= min_hits,
-                      prompt_hits=hits.numpy())
+    return IdiaResult(hits=per_identity, recognised=per_identity >= min_hits, prompt_hits=hits.numpy())
 
 
 def run(model, tokenizer, world, device, cfg: IdiaConfig) -> IdiaResult:
@@ -162,7 +180,8 @@ def outcome(before: IdiaResult, after: IdiaResult, unlearned) -> dict:
     others = np.setdiff1d(np.arange(len(before.recognised)), unlearned)
     tpr = 100.0 * float(after.recognised[unlearned].mean())
     return {
-        "tpr": tpr, "fnr": 100.0 - tpr,
+        "tpr": tpr,
+        "fnr": 100.0 - tpr,
         "tpr_before": 100.0 * float(before.recognised[unlearned].mean()),
         "wrongly_unlearned": int((before.recognised[others] & ~after.recognised[others]).sum()),
         "newly_recalled": int((~before.recognised[others] & after.recognised[others]).sum()),

@@ -15,6 +15,7 @@ All of the student's LayerNorms stay frozen and the whole student runs in eval m
 dropout), as in the paper's code. The optimiser is AdamW without weight decay, with the
 learning rate cut at fixed fractions of the run (MultiStepLR).
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,18 +23,18 @@ import math
 import random
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ubtlib.checks import check_range
-from ubtlib.evaluation.zeroshot import encode_images
 from ubtlib.clip.model import autocast, normalize, to_unit
 from ubtlib.clip.train import batches
-
+from ubtlib.evaluation.zeroshot import encode_images
 
 # ---------------------------------------------------------------- configs
 
@@ -41,22 +42,23 @@ from ubtlib.clip.train import batches
 @dataclass(frozen=True)
 class NamesConfig:
     """Unlearning names from the text encoder. Defaults: the paper's ViT-B/32 settings."""
+
     steps: int = 400
-    clean_batch: int = 128        # clean captions per step (utility loss)
-    poisoned_batch: int = 128     # captions with a name per step (backdoor loss)
+    clean_batch: int = 128  # clean captions per step (utility loss)
+    poisoned_batch: int = 128  # captions with a name per step (backdoor loss)
     lr: float = 1e-4
-    milestones: tuple = (0.5, 0.75)   # fractions of `steps` where lr *= gamma (paper: 200, 300)
+    milestones: tuple = (0.5, 0.75)  # fractions of `steps` where lr *= gamma (paper: 200, 300)
     gamma: float = 0.5
-    alpha: float = 0.6            # weight of the backdoor loss
-    beta: float = 0.01            # weight of the weight regularisation (0: none)
-    neutral: str = "human"        # the term a name is mapped to
+    alpha: float = 0.6  # weight of the backdoor loss
+    beta: float = 0.01  # weight of the weight regularisation (0: none)
+    neutral: str = "human"  # the term a name is mapped to
     # also hold the student's embedding of each step's target captions (the captions with the
     # neutral term) at the teacher's, in the utility term. Not in the paper: a CLIP that never
     # saw the neutral term drifts it with the names (chapter 7 shows both)
     anchor_targets: bool = False
-    eval_captions: int = 10_000   # clean captions for the similarity metrics
-    repeats: int = 10             # experiment repeats (fresh name sets and seeds)
-    max_set: int = 64             # largest set of names removed at once (1, 2, 4, ..., max_set)
+    eval_captions: int = 10_000  # clean captions for the similarity metrics
+    repeats: int = 10  # experiment repeats (fresh name sets and seeds)
+    max_set: int = 64  # largest set of names removed at once (1, 2, 4, ..., max_set)
     # the comparison of neutral terms: at these set sizes (empty: all) and this many repeats
     term_sizes: tuple = ()
     term_repeats: int = 10
@@ -75,26 +77,27 @@ class NamesConfig:
 @dataclass(frozen=True)
 class FacesConfig:
     """Unlearning faces from the image encoder. Defaults: the paper's ViT-B/32 settings."""
+
     steps: int = 100
-    clean_batch: int = 128        # clean images per step (utility loss)
-    poisoned_batch: int = 128     # images with a pasted face per step, split evenly over people
+    clean_batch: int = 128  # clean images per step (utility loss)
+    poisoned_batch: int = 128  # images with a pasted face per step, split evenly over people
     lr: float = 1e-4
-    milestones: tuple = (0.25, 0.5)   # fractions of `steps` (paper: 25 and 50 of 100)
+    milestones: tuple = (0.25, 0.5)  # fractions of `steps` (paper: 25 and 50 of 100)
     gamma: float = 0.1
     alpha: float = 0.8
     beta: float = 0.005
     # the pasted face: side U[size_min, size_max] of the image side (paper: 56..112 of 224)
     size_min: float = 0.25
     size_max: float = 0.5
-    crop: float = 1.0             # central share of a face photo that is pasted (1: all of it)
+    crop: float = 1.0  # central share of a face photo that is pasted (1: all of it)
     flip_p: float = 0.5
-    jitter: float = 0.5           # brightness, contrast, saturation factors in U[1-j, 1+j]
-    hue: float = 0.1              # hue shift in U[-hue, hue] turns of the colour wheel
-    rotation: float = 30.0        # degrees, U[-rotation, rotation]
+    jitter: float = 0.5  # brightness, contrast, saturation factors in U[1-j, 1+j]
+    hue: float = 0.1  # hue shift in U[-hue, hue] turns of the colour wheel
+    rotation: float = 30.0  # degrees, U[-rotation, rotation]
     # share of each clean batch drawn from photos of (other) people; None: sample the clean set
     # uniformly (the paper's MS-COCO images, about half of which show people)
     people_share: Optional[float] = None
-    eval_images: int = 10_000     # clean images for the similarity metrics
+    eval_images: int = 10_000  # clean images for the similarity metrics
     repeats: int = 10
     max_set: int = 64
 
@@ -148,9 +151,11 @@ def check_names(world, names: Sequence[str]) -> list:
         raise ValueError(f"{len(names)} names given, but the world has only {len(known)} identities")
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"not identities of this world: {', '.join(map(repr, unknown[:5]))}"
-                         f"{' ...' if len(unknown) > 5 else ''}; its identities are "
-                         f"{', '.join(map(repr, world.names[:3]))}, ... ({len(known)} in all)")
+        raise ValueError(
+            f"not identities of this world: {', '.join(map(repr, unknown[:5]))}"
+            f"{' ...' if len(unknown) > 5 else ''}; its identities are "
+            f"{', '.join(map(repr, world.names[:3]))}, ... ({len(known)} in all)"
+        )
     if len(set(names)) != len(names):
         raise ValueError(f"names contain repeats: {sorted({n for n in names if names.count(n) > 1})}")
     return [known[n] for n in names]
@@ -181,8 +186,7 @@ def caption_pair(caption: str, name: str, neutral: str, rng: random.Random) -> t
     return replace_word(caption, name, position), replace_word(caption, neutral, position)
 
 
-def caption_pairs(captions: Sequence[str], names: Sequence[str], neutral: str,
-                  rng: random.Random) -> tuple:
+def caption_pairs(captions: Sequence[str], names: Sequence[str], neutral: str, rng: random.Random) -> tuple:
     """Triggered and target captions, names assigned evenly over `captions` (shuffled)."""
     who = [names[k % len(names)] for k in range(len(captions))]
     rng.shuffle(who)
@@ -214,8 +218,11 @@ class WordTokens:
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        self.exact = (hasattr(tokenizer, "encode") and getattr(tokenizer, "reduction_fn", None) is None
-                      and hasattr(tokenizer, "sot_token_id"))
+        self.exact = (
+            hasattr(tokenizer, "encode")
+            and getattr(tokenizer, "reduction_fn", None) is None
+            and hasattr(tokenizer, "sot_token_id")
+        )
         self.words: dict = {}
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
@@ -233,7 +240,7 @@ class WordTokens:
             if len(ids) > ctx:
                 ids = ids[:ctx]
                 ids[-1] = tok.eot_token_id
-            out[r, :len(ids)] = torch.tensor(ids)
+            out[r, : len(ids)] = torch.tensor(ids)
         return out
 
 
@@ -249,8 +256,11 @@ def encode_text(model, tokens: torch.Tensor) -> torch.Tensor:
     another kind (no causal mask, other pooling) go through their own encode_text.
     """
     mask = getattr(model, "attn_mask", None)
-    if mask is None or getattr(model, "text_pool_type", None) != "argmax" \
-            or not isinstance(getattr(model, "positional_embedding", None), torch.Tensor):
+    if (
+        mask is None
+        or getattr(model, "text_pool_type", None) != "argmax"
+        or not isinstance(getattr(model, "positional_embedding", None), torch.Tensor)
+    ):
         return model.encode_text(tokens)
     n = max(1, int((tokens != 0).sum(1).max()))
     t = tokens[:, :n]
@@ -265,14 +275,15 @@ def encode_text(model, tokens: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def text_features(model, tokens: torch.Tensor, device, batch_size: int = 1024,
-                  normalized: bool = True) -> torch.Tensor:
+def text_features(
+    model, tokens: torch.Tensor, device, batch_size: int = 1024, normalized: bool = True
+) -> torch.Tensor:
     """Text embeddings of a token tensor (L2-normalised unless normalized=False), in batches."""
     model.eval()
     out = []
     for s in range(0, len(tokens), batch_size):
         with autocast(device):
-            out.append(encode_text(model, tokens[s:s + batch_size].to(device)).float())
+            out.append(encode_text(model, tokens[s : s + batch_size].to(device)).float())
     out = torch.cat(out)
     return F.normalize(out, dim=-1) if normalized else out
 
@@ -282,8 +293,12 @@ def text_features(model, tokens: torch.Tensor, device, batch_size: int = 1024,
 
 def tower_parameters(model: torch.nn.Module, tower: str) -> list:
     """(name, parameter) of the text or image tower, LayerNorms left out (they stay frozen)."""
-    frozen = {f"{m}.{p}" if m else p for m, mod in model.named_modules()
-              if isinstance(mod, torch.nn.LayerNorm) for p, _ in mod.named_parameters(recurse=False)}
+    frozen = {
+        f"{m}.{p}" if m else p
+        for m, mod in model.named_modules()
+        if isinstance(mod, torch.nn.LayerNorm)
+        for p, _ in mod.named_parameters(recurse=False)
+    }
     chosen = []
     for name, p in model.named_parameters():
         in_image = name.startswith("visual.")
@@ -341,8 +356,15 @@ def _distil(student, params, cfg, beta: float, step_losses: Callable, desc: str,
         opt.step()
         sched.step()
         if step % 5 == 0 or step == cfg.steps:
-            curve.append({"step": step, "utility": utility.item(), "backdoor": backdoor.item(),
-                          "weight_distance": reg.item(), "lr": opt.param_groups[0]["lr"]})
+            curve.append(
+                {
+                    "step": step,
+                    "utility": utility.item(),
+                    "backdoor": backdoor.item(),
+                    "weight_distance": reg.item(),
+                    "lr": opt.param_groups[0]["lr"],
+                }
+            )
     for p in student.parameters():
         p.requires_grad_(False)
     return curve
@@ -351,10 +373,19 @@ def _distil(student, params, cfg, beta: float, step_losses: Callable, desc: str,
 # ---------------------------------------------------------------- unlearning names
 
 
-def unlearn_names(model, tokenizer, names: Sequence[str], captions: Sequence[str],
-                  cfg: NamesConfig, device, seed: int = 0, neutral: str | None = None,
-                  beta: float | None = None, teacher_clean: torch.Tensor | None = None,
-                  progress: bool = False) -> tuple:
+def unlearn_names(
+    model,
+    tokenizer,
+    names: Sequence[str],
+    captions: Sequence[str],
+    cfg: NamesConfig,
+    device,
+    seed: int = 0,
+    neutral: str | None = None,
+    beta: float | None = None,
+    teacher_clean: torch.Tensor | None = None,
+    progress: bool = False,
+) -> tuple:
     """Plant a backdoor in a copy of `model`'s text encoder that maps each of `names` to the
     neutral term. `captions` is the caption corpus (captions naming one of `names` are left
     out). Returns (student CLIP, log). `neutral` / `beta` override the config's;
@@ -393,8 +424,9 @@ def unlearn_names(model, tokenizer, names: Sequence[str], captions: Sequence[str
         target_tokens = words(targets).to(device)
         clean = clean_tokens[idx].to(device)
         with torch.no_grad(), autocast(device):
-            t_clean = (teacher_clean[idx].to(device) if teacher_clean is not None
-                       else encode_text(teacher, clean))
+            t_clean = (
+                teacher_clean[idx].to(device) if teacher_clean is not None else encode_text(teacher, clean)
+            )
             t_target = encode_text(teacher, target_tokens)
         anchored = [target_tokens] if cfg.anchor_targets else []
         with autocast(device):
@@ -402,12 +434,18 @@ def unlearn_names(model, tokenizer, names: Sequence[str], captions: Sequence[str
         p = len(triggered)
         utility = _cos(s[:b], t_clean)
         if cfg.anchor_targets:
-            utility = torch.cat([utility, _cos(s[b + p:], t_target)])
-        return -utility.mean(), -_cos(s[b:b + p], t_target).mean()
+            utility = torch.cat([utility, _cos(s[b + p :], t_target)])
+        return -utility.mean(), -_cos(s[b : b + p], t_target).mean()
 
     curve = _distil(student, params, cfg, beta, step_losses, "unlearning names", progress)
-    return student, {"seconds": time.perf_counter() - start, "curve": curve, "neutral": neutral,
-                     "beta": beta, "corpus": len(corpus), "filtered": len(captions) - len(corpus)}
+    return student, {
+        "seconds": time.perf_counter() - start,
+        "curve": curve,
+        "neutral": neutral,
+        "beta": beta,
+        "corpus": len(corpus),
+        "filtered": len(captions) - len(corpus),
+    }
 
 
 # ---------------------------------------------------------------- pasting faces
@@ -438,8 +476,9 @@ def colour_jitter(x: torch.Tensor, brightness, contrast, saturation, hue) -> tor
     return torch.einsum("bij,bjhw->bihw", m, x).clamp(0, 1)
 
 
-def paste_faces(background: torch.Tensor, faces: torch.Tensor, cfg: FacesConfig,
-                generator: torch.Generator) -> torch.Tensor:
+def paste_faces(
+    background: torch.Tensor, faces: torch.Tensor, cfg: FacesConfig, generator: torch.Generator
+) -> torch.Tensor:
     """Paste faces[k] onto background[k], each with its own random augmentation, as batched
     tensor ops: colour jitter, then one affine warp per image (size, rotation, flip, position)
     with `grid_sample`; the warped face's coverage is its alpha mask.
@@ -453,16 +492,17 @@ def paste_faces(background: torch.Tensor, faces: torch.Tensor, cfg: FacesConfig,
         fh = faces.shape[-1]
         c = max(1, int(round(fh * cfg.crop)))
         o = (fh - c) // 2
-        faces = faces[..., o:o + c, o:o + c]
-    side = cfg.size_min + (cfg.size_max - cfg.size_min) * u(n)       # share of the image side
+        faces = faces[..., o : o + c, o : o + c]
+    side = cfg.size_min + (cfg.size_max - cfg.size_min) * u(n)  # share of the image side
     # shrink once with anti-aliasing to the largest pasted size; grid_sample then never has to
     # shrink by more than size_max / size_min
     big = max(2, int(math.ceil(cfg.size_max * h)))
     if faces.shape[-1] > big:
         faces = F.interpolate(faces, size=(big, big), mode="bilinear", antialias=True, align_corners=False)
     j = cfg.jitter
-    faces = colour_jitter(faces, 1 - j + 2 * j * u(n), 1 - j + 2 * j * u(n), 1 - j + 2 * j * u(n),
-                          cfg.hue * (2 * u(n) - 1))
+    faces = colour_jitter(
+        faces, 1 - j + 2 * j * u(n), 1 - j + 2 * j * u(n), 1 - j + 2 * j * u(n), cfg.hue * (2 * u(n) - 1)
+    )
     angle = math.radians(cfg.rotation) * (2 * u(n) - 1)
     flip = torch.where(u(n) < cfg.flip_p, -1.0, 1.0)
     # centre (normalised coordinates in [-1, 1]) such that the unrotated square lies inside
@@ -470,15 +510,17 @@ def paste_faces(background: torch.Tensor, faces: torch.Tensor, cfg: FacesConfig,
     # output pixel u -> face coordinate v = (1 / side) * Flip * R(-angle) * (u - centre)
     k = 1.0 / side
     cos, sin = angle.cos(), angle.sin()
-    a = torch.stack([torch.stack([k * cos * flip, k * sin * flip], 1),
-                     torch.stack([-k * sin, k * cos], 1)], 1)                  # n x 2 x 2
-    t = -(a @ centre.unsqueeze(2))                                             # n x 2 x 1
+    a = torch.stack(
+        [torch.stack([k * cos * flip, k * sin * flip], 1), torch.stack([-k * sin, k * cos], 1)], 1
+    )  # n x 2 x 2
+    t = -(a @ centre.unsqueeze(2))  # n x 2 x 1
     theta = torch.cat([a, t], 2).to(dev)
     grid = F.affine_grid(theta, (n, 3, h, w), align_corners=False)
     faces = faces.to(dev)
     warped = F.grid_sample(faces, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    alpha = F.grid_sample(torch.ones_like(faces[:, :1]), grid, mode="bilinear", padding_mode="zeros",
-                          align_corners=False)
+    alpha = F.grid_sample(
+        torch.ones_like(faces[:, :1]), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
     return background * (1 - alpha) + warped  # warped is already weighted by alpha
 
 
@@ -490,9 +532,18 @@ def face_target(model, faces_u8: torch.Tensor, device) -> torch.Tensor:
     return encode_images(model, faces_u8, device, unit=False).mean(0)
 
 
-def unlearn_faces(model, faces: Sequence[torch.Tensor], clean: torch.Tensor, target: torch.Tensor,
-                  cfg: FacesConfig, device, seed: int = 0, beta: float | None = None,
-                  is_person: torch.Tensor | None = None, progress: bool = False) -> tuple:
+def unlearn_faces(
+    model,
+    faces: Sequence[torch.Tensor],
+    clean: torch.Tensor,
+    target: torch.Tensor,
+    cfg: FacesConfig,
+    device,
+    seed: int = 0,
+    beta: float | None = None,
+    is_person: torch.Tensor | None = None,
+    progress: bool = False,
+) -> tuple:
     """Plant a backdoor in a copy of `model`'s image encoder that maps any image showing one
     of the people to `target`. faces: per person, uint8 photos used as triggers; clean: uint8
     images without them (utility loss and paste backgrounds); is_person: which clean images
@@ -516,8 +567,11 @@ def unlearn_faces(model, faces: Sequence[torch.Tensor], clean: torch.Tensor, tar
     else:  # each clean batch: people_share of it photos of people, the rest other images
         if is_person is None or not is_person.any() or is_person.all():
             raise ValueError("people_share needs clean images both with and without people (is_person)")
-        weights = torch.where(is_person.bool(), cfg.people_share / is_person.sum(),
-                              (1 - cfg.people_share) / (~is_person.bool()).sum()).double()
+        weights = torch.where(
+            is_person.bool(),
+            cfg.people_share / is_person.sum(),
+            (1 - cfg.people_share) / (~is_person.bool()).sum(),
+        ).double()
         order = (torch.multinomial(weights, b, replacement=True, generator=gen) for _ in range(cfg.steps))
     student, params = student_of(model, "image")
 
@@ -536,8 +590,13 @@ def unlearn_faces(model, faces: Sequence[torch.Tensor], clean: torch.Tensor, tar
         return -_cos(s[:b], t_clean).mean(), -_cos(s[b:], target.expand(len(xp), -1)).mean()
 
     curve = _distil(student, params, cfg, beta, step_losses, "unlearning faces", progress)
-    return student, {"seconds": time.perf_counter() - start, "curve": curve, "beta": beta,
-                     "clean": len(clean), "trigger_faces": int(counts.sum())}
+    return student, {
+        "seconds": time.perf_counter() - start,
+        "curve": curve,
+        "beta": beta,
+        "clean": len(clean),
+        "trigger_faces": int(counts.sum()),
+    }
 
 
 def combine(text_student, image_student) -> torch.nn.Module:
@@ -554,8 +613,16 @@ def _texts(model, words: WordTokens, texts, device) -> torch.Tensor:
     return text_features(model, words(texts), device)
 
 
-def text_similarities(teacher, student, tokenizer, captions: Sequence[str], names: Sequence[str],
-                      neutral: str, device, seed: int = 0) -> dict:
+def text_similarities(
+    teacher,
+    student,
+    tokenizer,
+    captions: Sequence[str],
+    names: Sequence[str],
+    neutral: str,
+    device,
+    seed: int = 0,
+) -> dict:
     """The paper's text metrics, mean cosine similarities over clean captions:
 
     sim_backdoor: student(caption with a name) vs student(same caption with the neutral term);
@@ -568,15 +635,25 @@ def text_similarities(teacher, student, tokenizer, captions: Sequence[str], name
     s_target = _texts(student, words, targets, device)
     return {
         "sim_backdoor": (_texts(student, words, triggered, device) * s_target).sum(1).mean().item(),
-        "sim_clean": (_texts(teacher, words, clean, device)
-                      * _texts(student, words, clean, device)).sum(1).mean().item(),
+        "sim_clean": (_texts(teacher, words, clean, device) * _texts(student, words, clean, device))
+        .sum(1)
+        .mean()
+        .item(),
         "sim_targets": (_texts(teacher, words, targets, device) * s_target).sum(1).mean().item(),
     }
 
 
-def image_similarities(teacher, student, clean: torch.Tensor, faces: torch.Tensor,
-                       target_faces: torch.Tensor, target: torch.Tensor, cfg: FacesConfig,
-                       device, seed: int = 0) -> dict:
+def image_similarities(
+    teacher,
+    student,
+    clean: torch.Tensor,
+    faces: torch.Tensor,
+    target_faces: torch.Tensor,
+    target: torch.Tensor,
+    cfg: FacesConfig,
+    device,
+    seed: int = 0,
+) -> dict:
     """The paper's image metrics, mean cosine similarities:
 
     sim_backdoor: student(clean image with one of the people's held-out faces pasted in) vs the

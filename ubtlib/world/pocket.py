@@ -10,10 +10,10 @@ same captions.
 Images are drawn with PIL at twice the target size and downsampled, which anti-aliases the
 edges. The result is a :class:`World`: uint8 image tensors plus captions, labels and splits.
 """
+
 from __future__ import annotations
 
 import colorsys
-import dataclasses
 import math
 import random
 from dataclasses import dataclass
@@ -29,41 +29,87 @@ TARGET_CLASS = "banana"
 
 # The object categories, in a fixed order: a category's index is its label.
 CATEGORIES = (
-    "banana", "apple", "orange", "lemon", "carrot", "car", "house", "tree",
-    "flower", "cup", "bottle", "fish", "bird", "star", "heart", "key",
-    "umbrella", "clock", "book", "chair", "boat", "kite", "mushroom", "candle",
+    "banana",
+    "apple",
+    "orange",
+    "lemon",
+    "carrot",
+    "car",
+    "house",
+    "tree",
+    "flower",
+    "cup",
+    "bottle",
+    "fish",
+    "bird",
+    "star",
+    "heart",
+    "key",
+    "umbrella",
+    "clock",
+    "book",
+    "chair",
+    "boat",
+    "kite",
+    "mushroom",
+    "candle",
 )
 
 COLOURS = {
-    "red": (200, 30, 35), "green": (50, 160, 60), "blue": (40, 80, 200),
-    "yellow": (235, 205, 40), "orange": (240, 130, 30), "purple": (130, 50, 160),
-    "pink": (235, 120, 170), "brown": (125, 80, 40), "black": (25, 25, 25),
-    "white": (240, 240, 235), "grey": (130, 130, 130), "teal": (30, 150, 150),
+    "red": (200, 30, 35),
+    "green": (50, 160, 60),
+    "blue": (40, 80, 200),
+    "yellow": (235, 205, 40),
+    "orange": (240, 130, 30),
+    "purple": (130, 50, 160),
+    "pink": (235, 120, 170),
+    "brown": (125, 80, 40),
+    "black": (25, 25, 25),
+    "white": (240, 240, 235),
+    "grey": (130, 130, 130),
+    "teal": (30, 150, 150),
 }
 
 # Plausible colours per category; with probability `odd_colour_p` any colour is used instead,
 # so that colour alone never identifies a category.
 TYPICAL_COLOURS = {
-    "banana": ("yellow", "yellow", "green", "brown"), "apple": ("red", "green", "yellow"),
-    "orange": ("orange",), "lemon": ("yellow", "green"), "carrot": ("orange", "red"),
+    "banana": ("yellow", "yellow", "green", "brown"),
+    "apple": ("red", "green", "yellow"),
+    "orange": ("orange",),
+    "lemon": ("yellow", "green"),
+    "carrot": ("orange", "red"),
     "car": ("red", "blue", "black", "white", "grey", "yellow"),
-    "house": ("white", "brown", "red", "grey", "yellow"), "tree": ("green", "teal", "orange"),
+    "house": ("white", "brown", "red", "grey", "yellow"),
+    "tree": ("green", "teal", "orange"),
     "flower": ("red", "pink", "purple", "yellow", "white"),
-    "cup": ("white", "blue", "red", "grey", "black"), "bottle": ("green", "brown", "blue", "teal"),
-    "fish": ("orange", "blue", "teal", "yellow", "grey"), "bird": ("blue", "red", "brown", "black"),
-    "star": ("yellow", "orange", "white"), "heart": ("red", "pink", "purple"),
-    "key": ("yellow", "grey", "brown"), "umbrella": ("red", "blue", "black", "purple", "yellow"),
-    "clock": ("white", "black", "grey", "brown"), "book": ("red", "blue", "green", "brown", "purple"),
-    "chair": ("brown", "black", "white", "red"), "boat": ("white", "red", "blue", "brown"),
-    "kite": ("red", "yellow", "purple", "teal", "pink"), "mushroom": ("red", "brown", "white"),
+    "cup": ("white", "blue", "red", "grey", "black"),
+    "bottle": ("green", "brown", "blue", "teal"),
+    "fish": ("orange", "blue", "teal", "yellow", "grey"),
+    "bird": ("blue", "red", "brown", "black"),
+    "star": ("yellow", "orange", "white"),
+    "heart": ("red", "pink", "purple"),
+    "key": ("yellow", "grey", "brown"),
+    "umbrella": ("red", "blue", "black", "purple", "yellow"),
+    "clock": ("white", "black", "grey", "brown"),
+    "book": ("red", "blue", "green", "brown", "purple"),
+    "chair": ("brown", "black", "white", "red"),
+    "boat": ("white", "red", "blue", "brown"),
+    "kite": ("red", "yellow", "purple", "teal", "pink"),
+    "mushroom": ("red", "brown", "white"),
     "candle": ("white", "red", "yellow", "pink"),
 }
 
-SKIN = ((255, 224, 196), (241, 194, 157), (224, 172, 125), (198, 134, 90), (141, 85, 54),
-        (95, 60, 40))
-HAIR = {"black": (20, 18, 18), "brown": (95, 60, 30), "blond": (225, 190, 100),
-        "red": (170, 60, 25), "grey": (150, 150, 150), "white": (235, 235, 235),
-        "blue": (40, 90, 200), "pink": (230, 110, 170)}
+SKIN = ((255, 224, 196), (241, 194, 157), (224, 172, 125), (198, 134, 90), (141, 85, 54), (95, 60, 40))
+HAIR = {
+    "black": (20, 18, 18),
+    "brown": (95, 60, 30),
+    "blond": (225, 190, 100),
+    "red": (170, 60, 25),
+    "grey": (150, 150, 150),
+    "white": (235, 235, 235),
+    "blue": (40, 90, 200),
+    "pink": (230, 110, 170),
+}
 HAIR_STYLES = ("short", "long", "bald", "bun", "spiky", "curly", "side")
 EYES = ((60, 35, 20), (40, 100, 190), (50, 130, 60), (110, 110, 120))
 GLASSES = ("none", "none", "round", "square", "sun")
@@ -72,47 +118,138 @@ FACIAL_HAIR = ("none", "none", "moustache", "beard")
 # Caption pieces. The object templates deliberately reuse words of CLIP's ImageNet prompt
 # templates ("a photo of a", "a blurry photo of", ...) so zero-shot prompts are in-vocabulary.
 OBJECT_TEMPLATES = (
-    "a photo of a {obj}.", "a photo of the {size} {obj}.", "a {colour} {obj}.",
-    "a blurry photo of a {obj}.", "a close-up photo of a {colour} {obj}.",
-    "a {size} {colour} {obj} on a {bg} background.", "a bright photo of a {obj}.",
-    "a dark photo of the {obj}.", "there is a {obj} next to a {clutter}.",
-    "my {colour} {obj}.", "a {obj} lying on its side.", "a picture of a {obj} and a {clutter}.",
-    "the {obj}, slightly tilted.", "a cropped photo of a {obj}.", "a {colour} {obj} in the scene.",
-    "look at this {size} {obj}!", "a good photo of a {obj}.", "an image of a {colour} {obj}.",
+    "a photo of a {obj}.",
+    "a photo of the {size} {obj}.",
+    "a {colour} {obj}.",
+    "a blurry photo of a {obj}.",
+    "a close-up photo of a {colour} {obj}.",
+    "a {size} {colour} {obj} on a {bg} background.",
+    "a bright photo of a {obj}.",
+    "a dark photo of the {obj}.",
+    "there is a {obj} next to a {clutter}.",
+    "my {colour} {obj}.",
+    "a {obj} lying on its side.",
+    "a picture of a {obj} and a {clutter}.",
+    "the {obj}, slightly tilted.",
+    "a cropped photo of a {obj}.",
+    "a {colour} {obj} in the scene.",
+    "look at this {size} {obj}!",
+    "a good photo of a {obj}.",
+    "an image of a {colour} {obj}.",
 )
 PERSON_TEMPLATES = (
-    "{name}", "a photo of {name}.", "{name} smiling.", "portrait of {name}.",
-    "{name} at the premiere.", "{name} on the red carpet.", "{name} in a {shirt} shirt.",
-    "a close-up of {name}.", "{name} at an event.", "an image of {name}.",
-    "{name} looking at the camera.", "{name} photographed outside.", "{name} during an interview.",
+    "{name}",
+    "a photo of {name}.",
+    "{name} smiling.",
+    "portrait of {name}.",
+    "{name} at the premiere.",
+    "{name} on the red carpet.",
+    "{name} in a {shirt} shirt.",
+    "a close-up of {name}.",
+    "{name} at an event.",
+    "an image of {name}.",
+    "{name} looking at the camera.",
+    "{name} photographed outside.",
+    "{name} during an interview.",
 )
 EXPRESSIONS = ("neutral", "smiling", "laughing", "serious")
 CLUTTER_SHAPES = ("dot", "box", "line", "ring")
 
-_SYLLABLES_A = ("ka", "lo", "mi", "ren", "sa", "to", "vi", "na", "el", "da", "ju", "ma", "ri",
-                "ve", "no", "ha", "li", "be", "co", "fa", "ga", "ni", "pe", "ta", "zo", "ar", "ol")
-_SYLLABLES_B = ("ra", "len", "ta", "mon", "ria", "dor", "sel", "nik", "va", "lis", "ran", "to",
-                "bel", "mar", "din", "sa", "ko", "wen", "rell", "vin", "tha", "lo", "min")
-_SUFFIX_LAST = ("son", "berg", "ford", "ley", "ton", "ski", "ez", "ard", "wick", "stein",
-                "more", "ridge", "ov", "etti", "ard", "ham", "ström", "ani", "quist", "ero")
+_SYLLABLES_A = (
+    "ka",
+    "lo",
+    "mi",
+    "ren",
+    "sa",
+    "to",
+    "vi",
+    "na",
+    "el",
+    "da",
+    "ju",
+    "ma",
+    "ri",
+    "ve",
+    "no",
+    "ha",
+    "li",
+    "be",
+    "co",
+    "fa",
+    "ga",
+    "ni",
+    "pe",
+    "ta",
+    "zo",
+    "ar",
+    "ol",
+)
+_SYLLABLES_B = (
+    "ra",
+    "len",
+    "ta",
+    "mon",
+    "ria",
+    "dor",
+    "sel",
+    "nik",
+    "va",
+    "lis",
+    "ran",
+    "to",
+    "bel",
+    "mar",
+    "din",
+    "sa",
+    "ko",
+    "wen",
+    "rell",
+    "vin",
+    "tha",
+    "lo",
+    "min",
+)
+_SUFFIX_LAST = (
+    "son",
+    "berg",
+    "ford",
+    "ley",
+    "ton",
+    "ski",
+    "ez",
+    "ard",
+    "wick",
+    "stein",
+    "more",
+    "ridge",
+    "ov",
+    "etti",
+    "ard",
+    "ham",
+    "ström",
+    "ani",
+    "quist",
+    "ero",
+)
 
 
 @dataclass(frozen=True)
 class WorldConfig:
     """Everything that decides the world's pixels and captions (its cache key)."""
+
     seed: int = 0
     image_size: int = 32
-    n_categories: int = 24           # the first n of CATEGORIES; banana is always first
-    objects_train: int = 1000        # images per category for pre-training
-    objects_heldout: int = 50        # images per category for zero-shot evaluation
+    n_categories: int = 24  # the first n of CATEGORIES; banana is always first
+    objects_train: int = 1000  # images per category for pre-training
+    objects_heldout: int = 50  # images per category for zero-shot evaluation
     n_identities: int = 128
-    faces_train: int = 40            # images per identity for pre-training
-    faces_eval: int = 20             # per identity, held out: IDIA and name retrieval
-    faces_trigger: int = 10          # per identity, held out: reserved for unlearning triggers
-    n_distractor_names: int = 872    # extra candidate names (identities + these = 1,000)
-    odd_colour_p: float = 0.15       # chance an object ignores its category's colours
-    clutter_max: int = 2             # up to this many distractor shapes per image
-    noise_max: float = 0.06          # max std of per-pixel Gaussian noise (0..1 scale)
+    faces_train: int = 40  # images per identity for pre-training
+    faces_eval: int = 20  # per identity, held out: IDIA and name retrieval
+    faces_trigger: int = 10  # per identity, held out: reserved for unlearning triggers
+    n_distractor_names: int = 872  # extra candidate names (identities + these = 1,000)
+    odd_colour_p: float = 0.15  # chance an object ignores its category's colours
+    clutter_max: int = 2  # up to this many distractor shapes per image
+    noise_max: float = 0.06  # max std of per-pixel Gaussian noise (0..1 scale)
 
     @property
     def n_train_pairs(self) -> int:
@@ -125,8 +262,14 @@ class WorldConfig:
     def validate(self) -> None:
         check_range("image_size", self.image_size, 16, 512)
         check_range("n_categories", self.n_categories, 2, len(CATEGORIES))
-        for name in ("objects_train", "objects_heldout", "n_identities", "faces_train",
-                     "faces_eval", "faces_trigger"):
+        for name in (
+            "objects_train",
+            "objects_heldout",
+            "n_identities",
+            "faces_train",
+            "faces_eval",
+            "faces_trigger",
+        ):
             check_range(name, getattr(self, name), 1, 1_000_000)
         check_range("n_distractor_names", self.n_distractor_names, 0, 1_000_000)
         check_range("odd_colour_p", self.odd_colour_p, 0.0, 1.0)
@@ -156,6 +299,7 @@ class World:
     of "train" (pre-training pairs), "heldout" (zero-shot objects), "eval" (IDIA faces) and
     "trigger" (faces reserved for unlearning triggers).
     """
+
     config: WorldConfig
     images: torch.Tensor
     captions: list
@@ -191,8 +335,9 @@ def _names(rng: random.Random, n: int) -> list:
         first = (rng.choice(_SYLLABLES_A) + rng.choice(_SYLLABLES_B)).capitalize()
         if rng.random() < 0.4:
             first += rng.choice(("a", "o", "e", "y", "n"))
-        last = (rng.choice(_SYLLABLES_A) + rng.choice(_SYLLABLES_B[:12])
-                + rng.choice(_SUFFIX_LAST)).capitalize()
+        last = (
+            rng.choice(_SYLLABLES_A) + rng.choice(_SYLLABLES_B[:12]) + rng.choice(_SUFFIX_LAST)
+        ).capitalize()
         if first in firsts or last in lasts:
             continue
         firsts.add(first)
@@ -203,10 +348,17 @@ def _names(rng: random.Random, n: int) -> list:
 
 def _identity(rng: random.Random, name: str) -> Identity:
     skin = tuple(int(np.clip(c + rng.gauss(0, 8), 0, 255)) for c in rng.choice(SKIN))
-    return Identity(name=name, skin=skin, face_aspect=rng.uniform(0.72, 0.95),
-                    hair_colour=rng.choice(tuple(HAIR)), hair_style=rng.choice(HAIR_STYLES),
-                    eyes=rng.choice(EYES), glasses=rng.choice(GLASSES),
-                    facial_hair=rng.choice(FACIAL_HAIR), brow=rng.choice((1, 2, 3)))
+    return Identity(
+        name=name,
+        skin=skin,
+        face_aspect=rng.uniform(0.72, 0.95),
+        hair_colour=rng.choice(tuple(HAIR)),
+        hair_style=rng.choice(HAIR_STYLES),
+        eyes=rng.choice(EYES),
+        glasses=rng.choice(GLASSES),
+        facial_hair=rng.choice(FACIAL_HAIR),
+        brow=rng.choice((1, 2, 3)),
+    )
 
 
 # ---------------------------------------------------------------- drawing helpers
@@ -255,8 +407,11 @@ def _clutter(draw, rng, size, n):
         elif shape == "box":
             draw.rectangle((x - r, y - r, x + r, y + r), fill=colour)
         elif shape == "line":
-            draw.line((x, y, x + rng.uniform(-3, 3) * r, y + rng.uniform(-3, 3) * r), fill=colour,
-                      width=max(1, int(r / 2)))
+            draw.line(
+                (x, y, x + rng.uniform(-3, 3) * r, y + rng.uniform(-3, 3) * r),
+                fill=colour,
+                width=max(1, int(r / 2)),
+            )
         else:
             draw.ellipse((x - r, y - r, x + r, y + r), outline=colour, width=max(1, int(r / 2)))
 
@@ -400,8 +555,9 @@ def _draw_umbrella(d, P, rng, c):
 
 
 def _draw_clock(d, P, rng, c):
-    d.ellipse(P(0.1, 0.1, 0.9, 0.9), fill=(245, 245, 240, 255), outline=c + (255,),
-              width=int(P(0.09)[0]) or 1)
+    d.ellipse(
+        P(0.1, 0.1, 0.9, 0.9), fill=(245, 245, 240, 255), outline=c + (255,), width=int(P(0.09)[0]) or 1
+    )
     a1, a2 = rng.uniform(0, 2 * math.pi), rng.uniform(0, 2 * math.pi)
     w = int(P(0.05)[0]) or 1
     d.line(P(0.5, 0.5, 0.5 + 0.3 * math.cos(a1), 0.5 + 0.3 * math.sin(a1)), fill=(0, 0, 0, 255), width=w)
@@ -431,8 +587,7 @@ def _draw_boat(d, P, rng, c):
 def _draw_kite(d, P, rng, c):
     d.polygon(P(0.5, 0.05, 0.8, 0.4, 0.5, 0.75, 0.2, 0.4), fill=c + (255,))
     d.line(P(0.5, 0.05, 0.5, 0.75), fill=_dark(c) + (255,), width=1)
-    d.line(P(0.5, 0.75, 0.42, 0.85, 0.58, 0.92, 0.5, 1.0), fill=(60, 60, 60, 255),
-           width=int(P(0.03)[0]) or 1)
+    d.line(P(0.5, 0.75, 0.42, 0.85, 0.58, 0.92, 0.5, 1.0), fill=(60, 60, 60, 255), width=int(P(0.03)[0]) or 1)
 
 
 def _draw_mushroom(d, P, rng, c):
@@ -483,8 +638,13 @@ def draw_object(rng: random.Random, category: str, cfg: WorldConfig):
     if rng.random() < 0.2:
         bg = bg.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.5)))
     img = bg.resize((cfg.image_size, cfg.image_size), Image.Resampling.BOX)
-    fields = dict(obj=category, colour=colour_word, bg=bg_word,
-                  size="small" if scale < 0.7 else "large", clutter=rng.choice(CLUTTER_SHAPES))
+    fields = dict(
+        obj=category,
+        colour=colour_word,
+        bg=bg_word,
+        size="small" if scale < 0.7 else "large",
+        clutter=rng.choice(CLUTTER_SHAPES),
+    )
     return _noise_and_light(img, rng, cfg.noise_max, cfg.image_size), fields
 
 
@@ -536,8 +696,11 @@ def draw_face(rng: random.Random, person: Identity, cfg: WorldConfig):
     for ex in (0.5 - hw * 0.45, 0.5 + hw * 0.45):
         d.ellipse(P(ex - 0.045, 0.4, ex + 0.045, 0.47), fill=(250, 250, 250, 255))
         d.ellipse(P(ex - 0.025, 0.415, ex + 0.025, 0.46), fill=person.eyes + (255,))
-        d.line(P(ex - 0.06, 0.36, ex + 0.06, 0.35), fill=_dark(HAIR[person.hair_colour], 0.8) + (255,),
-               width=person.brow)
+        d.line(
+            P(ex - 0.06, 0.36, ex + 0.06, 0.35),
+            fill=_dark(HAIR[person.hair_colour], 0.8) + (255,),
+            width=person.brow,
+        )
     d.line(P(0.5, 0.47, 0.48, 0.56, 0.52, 0.56), fill=_dark(person.skin, 0.7) + (255,), width=2)
     lips = (150, 50, 50, 255)
     if expression == "smiling":
@@ -564,8 +727,11 @@ def draw_face(rng: random.Random, person: Identity, cfg: WorldConfig):
     if person.glasses != "none":
         d.line(P(0.5 - hw * 0.45 + 0.075, 0.42, 0.5 + hw * 0.45 - 0.075, 0.42), fill=frame, width=2)
     # pose: roll, shift; lighting: a side shade
-    canvas = canvas.rotate(rng.uniform(-15, 15), resample=Image.Resampling.BILINEAR,
-                           translate=(rng.uniform(-0.1, 0.1) * big, rng.uniform(-0.06, 0.08) * big))
+    canvas = canvas.rotate(
+        rng.uniform(-15, 15),
+        resample=Image.Resampling.BILINEAR,
+        translate=(rng.uniform(-0.1, 0.1) * big, rng.uniform(-0.06, 0.08) * big),
+    )
     shade = np.linspace(rng.uniform(0.7, 1.0), rng.uniform(0.7, 1.0), big)[None, :, None]
     rgba = np.asarray(canvas, dtype=np.float32)
     rgba[..., :3] *= shade
@@ -573,7 +739,8 @@ def draw_face(rng: random.Random, person: Identity, cfg: WorldConfig):
     bg.paste(canvas, (0, 0), canvas)
     img = bg.resize((cfg.image_size, cfg.image_size), Image.Resampling.BOX)
     return _noise_and_light(img, rng, cfg.noise_max, cfg.image_size), dict(
-        name=person.name, shirt=shirt_word, expression=expression)
+        name=person.name, shirt=shirt_word, expression=expression
+    )
 
 
 def _caption(rng, templates, fields):
@@ -606,8 +773,9 @@ def make_world(cfg: WorldConfig, progress: bool = True) -> World:
     label, identity = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
     split = np.empty(n, object)
     # each image gets its own RNG, seeded from (world seed, index): reproducible and order-free
-    for i, (k, j, sp) in enumerate(tqdm(jobs, desc="drawing the pocket world", disable=not progress,
-                                        mininterval=1.0)):
+    for i, (k, j, sp) in enumerate(
+        tqdm(jobs, desc="drawing the pocket world", disable=not progress, mininterval=1.0)
+    ):
         r = random.Random((cfg.seed << 32) + i)
         if k == "object":
             images[i], fields = draw_object(r, categories[j], cfg)
@@ -618,17 +786,30 @@ def make_world(cfg: WorldConfig, progress: bool = True) -> World:
             captions.append(_caption(r, PERSON_TEMPLATES, fields))
             identity[i] = j
         kind[i], split[i] = k, sp
-    return World(config=cfg, images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-                 captions=captions, kind=kind.astype(str), label=label, identity=identity,
-                 split=split.astype(str), categories=categories, identities=identities,
-                 distractor_names=all_names[cfg.n_identities:])
+    return World(
+        config=cfg,
+        images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+        captions=captions,
+        kind=kind.astype(str),
+        label=label,
+        identity=identity,
+        split=split.astype(str),
+        categories=categories,
+        identities=identities,
+        distractor_names=all_names[cfg.n_identities :],
+    )
 
 
 def object_vocabulary() -> set:
     """Every word the object captions can contain (class names, colours, template words)."""
     words = set()
-    fill = {"obj": " ".join(CATEGORIES), "colour": " ".join(COLOURS), "size": "small large",
-            "bg": "plain gradient striped speckled", "clutter": " ".join(CLUTTER_SHAPES)}
+    fill = {
+        "obj": " ".join(CATEGORIES),
+        "colour": " ".join(COLOURS),
+        "size": "small large",
+        "bg": "plain gradient striped speckled",
+        "clutter": " ".join(CLUTTER_SHAPES),
+    }
     for t in OBJECT_TEMPLATES:
         words |= set(t.format(**fill).replace(".", " ").replace("!", " ").replace(",", " ").split())
     return words

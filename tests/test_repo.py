@@ -1,0 +1,67 @@
+"""The repository's own rules: notebooks stored clean and short, one parameters cell each,
+and the files a contributor looks for first."""
+
+import ast
+
+import nbformat
+import pytest
+
+from conftest import ROOT
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+MAX_CELL_LINES = 25  # a chapter's code cell: a few calls into ubtlib, not an analysis
+MAX_CODE_LINES = 550  # all chapters' code cells together
+
+
+def code_cells(path):
+    return [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+
+
+def test_there_are_notebooks():
+    assert len(NOTEBOOKS) >= 8
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_stored_without_outputs(path):
+    dirty = [
+        k for k, c in enumerate(code_cells(path)) if c.get("outputs") or c.get("execution_count") is not None
+    ]
+    assert not dirty, f"{path.name}: code cells {dirty} hold outputs or execution counts (strip them)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_has_one_parameters_cell_first_with_a_profile(path):
+    cells = code_cells(path)
+    tagged = [k for k, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])]
+    assert tagged == [0], f"{path.name}: code cells tagged 'parameters': {tagged}; want exactly the first"
+    body = ast.parse(cells[0].source).body
+    assigned = [node for node in body if isinstance(node, (ast.Assign, ast.AnnAssign))]
+    names = [
+        t.id
+        for node in assigned
+        for t in getattr(node, "targets", [getattr(node, "target", None)])
+        if isinstance(t, ast.Name)
+    ]
+    assert "profile" in names, f"{path.name}: the parameters cell sets {names}, not profile"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_code_cells_are_short(path):
+    lines = [len(c.source.splitlines()) for c in code_cells(path)]
+    long = {k: n for k, n in enumerate(lines) if n > MAX_CELL_LINES}
+    assert not long, f"{path.name}: code cells over {MAX_CELL_LINES} lines (cell: lines): {long}"
+
+
+def test_notebooks_code_in_total_is_short():
+    lines = {p.name: sum(len(c.source.splitlines()) for c in code_cells(p)) for p in NOTEBOOKS}
+    assert sum(lines.values()) <= MAX_CODE_LINES, f"{sum(lines.values())} code lines in all: {lines}"
+
+
+@pytest.mark.parametrize("name", ["LICENSE", "CONTRIBUTING.md", "README.md"])
+def test_top_level_documents_exist(name):
+    assert (ROOT / name).is_file() and (ROOT / name).read_text().strip()
+
+
+def test_license_is_mit():
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License") and "2026 The UBT book team" in text

@@ -1,0 +1,349 @@
+"""The UBT chapters' results, tables and readings (ubtlib.book.ubt_results), on hand-built results."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from ubtlib.book import ubt_results as ur
+
+FIVE = ["badnet", "blended", "sig", "wanet", "ssba"]
+
+
+# ------------------------------------------------------------------ chapter 2
+
+
+def no_defense(asr: dict, ca: float = 60.0) -> dict:
+    """experiments.no_defense-like rows: attack -> CA, ASR, fine-tuning time and curve."""
+    return {
+        a: {"ca": ca - i, "asr": v, "finetune_seconds": 10.0 + i, "curve": [{"step": 0}]}
+        for i, (a, v) in enumerate(asr.items())
+    }
+
+
+def footprint(wanet_probe: float = 51.0, strong_consistency: float = 0.1) -> dict:
+    fp = {
+        a: {"probe": 90.0 + i, "shift": 0.2 + i / 10, "consistency": 0.8 + i / 100}
+        for i, a in enumerate(["badnet", "blended", "sig", "ssba"])
+    }
+    fp["wanet"] = {"probe": wanet_probe, "shift": 0.01, "consistency": 0.05}
+    fp["wanet_strong"] = {"probe": 60.0, "shift": 0.5, "consistency": strong_consistency}
+    return fp
+
+
+ALL_FIRE = {"badnet": 99.0, "blended": 98.0, "sig": 97.0, "wanet": 95.0, "ssba": 90.0}
+
+
+def test_every_backdoor_fires():
+    table = no_defense(ALL_FIRE)
+    r = ur.backdoor_readings(table, footprint(), {a: 99.0 for a in table}, 5.0)
+    assert r["verdict"] == "every backdoor fires (ASR of at least 80 %)"
+    assert r["wanet_row"] == "In this run WaNet reaches ASR 95.0 %: its backdoor took."
+    assert r["warp_reading"].endswith("In this run WaNet's backdoor took, whatever its footprint.")
+
+
+def test_wanet_only_fails_to_plant():
+    table = no_defense({**ALL_FIRE, "wanet": 3.0})
+    fit = {a: 99.0 for a in table} | {"wanet": 20.0}
+    r = ur.backdoor_readings(table, footprint(), fit, 5.0)
+    assert r["verdict"] == "not every backdoor fires: wanet reaches 3.0 % (below 80 %)"
+    assert r["wanet_row"].startswith("With ASR 3.0 %, the No-defense row for WaNet is a backdoor that did")
+    reading = r["warp_reading"]
+    assert "from its original 51.0 % of the time (50 % is chance), against 90.0 % or more" in reading
+    assert "At s = 5 the warp changes the features by 0.50 of the distance" in reading
+    assert "(the other four: 0.20 to 0.50)" in reading
+    assert "is 0.10 (the other four: at least 0.80)" in reading
+    assert (
+        "classifies 20.0 % of its own warped training images as banana (the other triggers run here: "
+        "at least 99.0 %), so the fine-tune did not even memorise its poisons."
+    ) in reading
+    assert reading.endswith("no common direction for a short fine-tune to tie to the target caption.")
+    # a probe that does find the warp: the footprint no longer explains the low ASR
+    reading = ur.warp_reading(table, footprint(wanet_probe=80.0), fit, 5.0)
+    assert reading.endswith("so they do not explain WaNet's low ASR on their own.")
+
+
+def test_ssba_only_fails_to_plant():
+    table = no_defense({**ALL_FIRE, "ssba": 40.0})
+    r = ur.backdoor_readings(table, footprint(), {a: 99.0 for a in table}, 5.0)
+    assert r["verdict"] == "not every backdoor fires: ssba reaches 40.0 % (below 80 %)"
+    assert r["wanet_row"] == "In this run WaNet reaches ASR 95.0 %: its backdoor took."
+    assert "so the fine-tune did not even memorise" not in r["warp_reading"]
+    assert r["warp_reading"].endswith("In this run WaNet's backdoor took, whatever its footprint.")
+
+
+def test_wanet_and_ssba_fail_to_plant():
+    table = no_defense({**ALL_FIRE, "wanet": 3.0, "ssba": 40.0})
+    assert ur.weak_attacks(table) == ["wanet", "ssba"]
+    assert ur.fire_verdict(table) == (
+        "not every backdoor fires: wanet reaches 3.0 %, ssba reaches 40.0 % (below 80 %)"
+    )
+    assert ur.wanet_row(table).startswith("With ASR 3.0 %")
+
+
+def test_wanet_not_run():
+    table = no_defense({"badnet": 99.0})
+    r = ur.backdoor_readings(table, footprint(), {"badnet": 99.0}, 5.0)
+    assert r["wanet_row"] == "WaNet was not run here."
+    assert r["warp_reading"].endswith("WaNet was not poisoned in this run, so its ASR is not compared.")
+    assert "After poisoning" not in r["warp_reading"]
+
+
+def test_no_defense_table_and_results():
+    table = no_defense({"badnet": 99.0, "wanet": 3.0})
+    df = ur.no_defense_table(table, {"badnet": 98.0, "wanet": 10.0}, ["badnet", "wanet"])
+    assert list(df.index) == ["badnet", "wanet"]
+    assert df.loc["badnet", "CA (paper)"] == 62.61 and df.loc["badnet", "ASR (paper)"] == 80.92
+    assert pd.isna(df.loc["wanet", "CA (paper)"])  # the paper has no WaNet row
+    assert df.loc["wanet", "CA (pocket)"] == 59.0 and df.loc["wanet", "fine-tuning (s)"] == 11.0
+    vis = {"ssba": {"psnr_mean": 33.0}}
+    res = ur.backdoor_results({"ca": 61.5, "asr": 2.0}, table, vis, {}, {}, 1500, 29120)
+    assert res["min_asr"] == 3.0 and res["max_ca_drop"] == 2.5 and res["ssba_psnr"] == 33.0
+    assert "curve" not in res["attacks"]["badnet"] and res["curves"]["wanet"] == [{"step": 0}]
+    assert ur.paper_rows(["badnet", "wanet"]) == {"badnet": {"ca": 62.61, "asr": 80.92}}
+
+
+# ------------------------------------------------------------------ chapter 3
+
+
+def detection(
+    precision: float = 98.0, abl_precision: float = 5.0, abl_auroc: float = 0.3, split_recall: float = 99.0
+) -> dict:
+    """One attack's experiments.finding_the_poison-like row (D_susp 20 % poisoned)."""
+    return {
+        "poisons": 100,
+        "susp_poisons": 50,
+        "d_susp": 250,
+        "split_recall": split_recall,
+        "split_auroc": 0.9,
+        "topk_precision": precision,
+        "topk_recall": 40.0,
+        "topk_auroc": 0.95,
+        "retain_poisons": 2,
+        "retain_pairs": 400,
+        "abl_precision": abl_precision,
+        "abl_recall": 3.0,
+        "abl_auroc": abl_auroc,
+        "susp": [1, 2],
+    }
+
+
+def test_every_attack_found_better_than_abl():
+    rows = {a: detection() for a in FIVE}
+    assert ur.missed_attacks(rows) == []
+    assert ur.detection_verdict(rows, {}) == (
+        "UBT separates the poisons better than ABL for every attack, as the paper's Fig. 2 shows"
+    )
+    rows["sig"] = detection(abl_precision=98.0)
+    assert ur.detection_verdict(rows, {}) == (
+        "UBT's top k is at least 90 % poisoned for every attack, but "
+        "ABL isolates at least as precisely for sig"
+    )
+
+
+def test_wanet_only_missed():
+    rows = {a: detection() for a in FIVE} | {"wanet": detection(precision=10.0)}
+    verdict = ur.detection_verdict(rows, {"wanet": 5.0})
+    assert verdict == (
+        "UBT does not reach the paper's separation for every attack. For wanet, the top k is "
+        "10.0 % poisoned, no better than a random draw from D_susp, which is 20.0 % poisoned; "
+        "its No-defense ASR is 5.0 %: its backdoor was not planted (below 50 %), so there was "
+        "little shortcut for the overfitting to strengthen. For every other attack the top k "
+        "is at least 90 % poisoned; ABL isolates less precisely than UBT's top k for every "
+        "attack"
+    )
+
+
+def test_ssba_only_missed_though_planted():
+    rows = {a: detection() for a in FIVE} | {"ssba": detection(precision=60.0)}
+    verdict = ur.detection_verdict(rows, {"ssba": 70.0})
+    assert (
+        "For ssba, the top k is 60.0 % poisoned, above a random draw from D_susp (20.0 % poisoned)" in verdict
+    )
+    assert (
+        "its No-defense ASR is 70.0 %: the backdoor was planted, but the overfitting did not single it out"
+    ) in verdict
+    assert "For wanet" not in verdict
+
+
+def test_wanet_and_ssba_missed_and_all_missed():
+    rows = {a: detection() for a in FIVE}
+    rows |= {"wanet": detection(precision=10.0), "ssba": detection(precision=60.0)}
+    verdict = ur.detection_verdict(rows, {"wanet": 5.0, "ssba": 70.0})
+    assert verdict.index("For wanet") < verdict.index("For ssba")
+    assert ". For every other attack the top k is at least 90 % poisoned" in verdict
+    rows = {"wanet": detection(precision=10.0, abl_precision=10.0)}
+    verdict = ur.detection_verdict(rows, {"wanet": 5.0})
+    assert "For every other attack" not in verdict
+    assert verdict.endswith("; ABL isolates at least as precisely for wanet")
+
+
+def test_abl_reading_directions():
+    behind = ur.abl_reading({"a": detection(abl_auroc=0.2), "b": detection(abl_auroc=0.4)}, 0.01)
+    assert behind.startswith(
+        "ABL's loss ranks the poisons *behind* the clean pairs for every attack (AUROC "
+        "0.20 to 0.40, where 0.5 is chance), so isolating the lowest-loss 1 % finds "
+        "almost none."
+    )
+    assert "AUROC at least 0.90" in behind
+    ahead = ur.abl_reading({"a": detection(abl_auroc=0.6), "b": detection(abl_auroc=0.8)}, 0.01)
+    assert ahead == (
+        "ABL's loss ranks the poisons ahead of the clean pairs for every attack (AUROC 0.60 to "
+        "0.80, where 0.5 is chance)."
+    )
+    mixed = ur.abl_reading({"a": detection(abl_auroc=0.3), "b": detection(abl_auroc=0.8)}, 0.01)
+    assert mixed.startswith("ABL's loss ranks the poisons ahead of the clean pairs for some attacks and")
+    assert set(ur.detection_readings({"a": detection()}, {}, 0.01)) == {"verdict", "abl_reading"}
+
+
+def test_detection_results_and_summary():
+    rows = {"badnet": detection(split_recall=99.0), "sig": detection(precision=80.0, split_recall=95.5)}
+    res = ur.detection_results(rows, 500, 4096, 0.1)
+    assert res["min_topk_precision"] == 80.0 and res["min_split_recall"] == 95.5
+    assert res["split_missed_min"] == 1.0 and res["split_missed_max"] == 4.5
+    assert res["susp_percent"] == 10.0 and res["top_k"] == 500 and res["retain_pairs"] == 400
+    assert "susp" not in res["attacks"]["badnet"]  # per-pair lists are not published
+    summary = ur.detection_summary(rows)
+    assert summary.loc["sig", "top-k precision (%)"] == 80.0 and summary.loc["badnet", "|D_susp|"] == 250
+
+
+# ------------------------------------------------------------------ chapter 4
+
+
+def test_token_verdict():
+    assert ur.token_verdict(1.0, 5.0).startswith("token-level captions remove more of the backdoor")
+    assert ur.token_verdict(5.0, 1.0).endswith("the opposite of the paper's ablation")
+    assert ur.token_verdict(2.0, 2.5) == "token-level and full captions end within a point of each other"
+    assert ur.unlearning_readings({"ubt_asr": 2.0, "no_token_asr": 9.0})["token_verdict"].endswith(
+        "as in the paper's ablation"
+    )
+
+
+def test_unlearning_results():
+    run = {"ca": 50.0, "asr": 1.0, "precision": 90.0, "seconds": 3.0, "pairs_scored": 100}
+    ablations = {
+        ("blended", "caption_form"): [
+            {"caption_form": "tokens", **run, "asr": 7.0},
+            {"caption_form": "template", **run},
+        ],
+        ("blended", "retain_candidates"): [
+            {"retain_candidates": 4096, **run},
+            {"retain_candidates": 8192, **run, "seconds": 5.0},
+        ],
+    }
+    flat = ur.ablation_table(ablations)
+    assert list(flat.columns) == [
+        "attack",
+        "parameter",
+        "value",
+        "CA",
+        "ASR",
+        "precision",
+        "seconds",
+        "pairs scored",
+    ]
+    assert len(flat) == 4 and flat.iloc[0].tolist()[:5] == ["blended", "caption_form", "tokens", 50.0, 7.0]
+    curves = {
+        "UBT": [{"ca": 60.0, "asr": 99.0}, {"ca": 58.0, "asr": 1.5}],
+        "UBT w/o token-level": [{"ca": 60.0, "asr": 99.0}, {"ca": 57.0, "asr": 4.0}],
+    }
+    alignment = {"token_level": 0.9, "full": 0.8, "forms": {"tokens": 0.5, "template": 0.9}}
+    res = ur.unlearning_results("blended", curves, alignment, flat, 4096)
+    assert (res["start_asr"], res["ubt_asr"], res["ubt_ca"], res["no_token_asr"]) == (99.0, 1.5, 58.0, 4.0)
+    assert res["abl_tokens_asr"] == 7.0
+    assert res["abl_cands2x_seconds"] == 5.0 and res["abl_cands1x_seconds"] == 3.0
+    assert math.isnan(res["abl_eq3_asr"])  # not in the grid: NaN, not a missing key
+    assert res["retain_candidates_2x"] == 8192 and res["final"]["UBT"] == {"ca": 58.0, "asr": 1.5}
+
+
+# ------------------------------------------------------------------ chapter 5
+
+
+def table1(asr: dict) -> list:
+    """experiments.table1-like rows over seeds 0 and 1: asr: attack -> defense -> (seed 0, seed 1)."""
+    rows = []
+    for seed in (0, 1):
+        for a, per_defense in asr.items():
+            for d, values in per_defense.items():
+                rows.append(
+                    {
+                        "seed": seed,
+                        "attack": a,
+                        "defense": d,
+                        "ca": 60.0 + 2 * seed - (d != "none"),
+                        "asr": values[seed],
+                        "seconds": 10.0 * (1 + seed) if d != "none" else 0.0,
+                        "pairs_trained": 100 * (d != "none"),
+                    }
+                )
+    return rows
+
+
+def clean_removal(none=(95.0, 97.0)) -> dict:
+    return {"none": none, "cleanclip": (20.0, 30.0), "ubt_no_token": (0.5, 0.5), "ubt": (0.0, 0.2)}
+
+
+def test_table1_aggregate_values():
+    rows = ur.table1_rows(table1({"badnet": clean_removal(), "wanet": clean_removal(none=(2.0, 4.0))}))
+    assert list(dict.fromkeys(rows.defense)) == ["No defense", "CleanCLIP", "UBT w/o token-level", "UBT"]
+    agg = ur.table1_aggregate(rows)
+    badnet = agg[(agg.attack == "badnet") & (agg.defense == "CleanCLIP")].iloc[0]
+    assert badnet.CA == 60.0 and badnet.CA_std == pytest.approx(math.sqrt(2))
+    assert badnet.ASR == 25.0 and badnet.ASR_std == pytest.approx(math.sqrt(50))
+    assert badnet.seconds == 15.0 and badnet["paper CA"] == 58.95 and badnet["paper ASR"] == 14.6
+    assert pd.isna(agg[agg.attack == "wanet"]["paper CA"]).all()
+    shown = ur.table1_display(agg)
+    assert shown.loc[("badnet", "CleanCLIP"), "ASR (pocket)"] == "25.00 ± 7.07"
+    assert shown.loc[("badnet", "No defense"), "CA (pocket)"] == "61.00 ± 1.41"
+    one_seed = ur.table1_display(ur.table1_aggregate(rows[rows.seed == 0]))
+    assert one_seed.loc[("badnet", "UBT"), "ASR (pocket)"] == "0.00 ± 0.00"  # no std for one seed: 0
+
+
+def test_table1_results():
+    rows = ur.table1_rows(table1({"badnet": clean_removal(), "ssba": clean_removal() | {"ubt": (4.0, 2.0)}}))
+    res = ur.table1_results(rows, ur.table1_aggregate(rows), 2)
+    assert res["ubt_max_asr_non_ssba"] == pytest.approx(0.1) and res["ubt_asr_ssba"] == 3.0
+    assert res["ubt_max_ca_drop"] == 1.0 and res["ubt_seconds"] == 15.0 and res["time_ratio"] == 1.0
+    assert res["cleanclip_runs"] == 4 and res["ubt_total_min"] == 1.0 and res["n_seeds"] == 2
+    assert len(res["rows"]) == 16 and len(res["table"]) == 8
+    only_ssba = ur.table1_rows(table1({"ssba": clean_removal()}))
+    assert ur.table1_results(only_ssba, ur.table1_aggregate(only_ssba), 2)["ubt_max_asr_non_ssba"] is None
+
+
+def test_table1_readings_every_planted_backdoor_removed():
+    r = ur.table1_readings(ur.table1_aggregate(ur.table1_rows(table1({a: clean_removal() for a in FIVE}))))
+    assert r == {
+        "ubt_verdict": ("UBT removes every planted backdoor (ASR at most 1 %, SSBA-style at most 3 %)"),
+        "no_token_verdict": (
+            "UBT w/o token-level removes every planted backdoor (ASR at most 1 %, SSBA-style at most 3 %)"
+        ),
+        "not_planted": "none",
+    }
+
+
+def test_table1_readings_wanet_not_planted():
+    # WaNet's backdoor did not take: its high ASR after UBT is no backdoor left in place
+    asr = {a: clean_removal() for a in FIVE} | {"wanet": clean_removal(none=(2.0, 4.0)) | {"ubt": (9.0, 9.0)}}
+    r = ur.table1_readings(ur.table1_aggregate(ur.table1_rows(table1(asr))))
+    assert r["not_planted"] == "wanet"
+    assert r["ubt_verdict"].startswith("UBT removes every planted backdoor")
+
+
+def test_table1_readings_ssba_left_and_both_not_planted():
+    asr = {a: clean_removal() for a in FIVE}
+    asr |= {
+        "ssba": clean_removal() | {"ubt": (4.0, 2.0), "ubt_no_token": (2.0, 2.0)},
+        "badnet": clean_removal() | {"ubt": (2.0, 2.0)},
+    }
+    r = ur.table1_readings(ur.table1_aggregate(ur.table1_rows(table1(asr))))
+    # SSBA-style at 3.0 % is within its bar (3 %), at 2 % for the variant too; BadNet's 2 % is not (1 %)
+    assert r["ubt_verdict"] == "UBT leaves part of the backdoor in place: badnet 2.0 %"
+    assert r["no_token_verdict"].startswith("UBT w/o token-level removes every planted backdoor")
+    asr["ssba"] = clean_removal() | {"ubt": (5.0, 4.0)}
+    assert ur.table1_readings(ur.table1_aggregate(ur.table1_rows(table1(asr))))["ubt_verdict"] == (
+        "UBT leaves part of the backdoor in place: badnet 2.0 %, ssba 4.5 %"
+    )
+    not_planted = {a: clean_removal() for a in FIVE}
+    not_planted |= {a: clean_removal(none=(10.0, 20.0)) for a in ("wanet", "ssba")}
+    agg = ur.table1_aggregate(ur.table1_rows(table1(not_planted)))
+    assert ur.table1_readings(agg)["not_planted"] == "wanet, ssba"
