@@ -120,7 +120,7 @@ def test_type_checking_imports_and_unknown_modules():
 def test_key_records_code_libraries_and_parts():
     digest, desc = cache.cache_key("demo", "ubtlib.pipeline.worlds", a=1)
     assert desc["code"] == cache.code_hash("ubtlib.pipeline.worlds")
-    assert set(desc["libraries"]) == set(cache.NUMERIC_LIBRARIES) and desc["a"] == 1
+    assert set(desc["libraries"]) == {"python", *cache.NUMERIC_LIBRARIES} and desc["a"] == 1
     assert cache.cache_key("demo", "ubtlib.pipeline.pretraining", a=1)[0] != digest
     assert cache.cache_key("demo", "ubtlib.pipeline.worlds", a=2)[0] != digest
 
@@ -258,3 +258,20 @@ def test_stages_import_concrete_modules_not_package_re_exports():
     for stage, module in STAGE_MODULES.items():
         packages = [m for m in cache.module_closure(module) if cache.is_package(m, cache.SOURCES)]
         assert not packages, (stage, packages)
+
+
+def test_key_covers_parent_packages_and_the_compat_patch_but_not_their_re_exports():
+    keyed = cache.key_modules("ubtlib.pipeline.worlds")
+    assert {"ubtlib", "ubtlib.pipeline", "ubtlib.world", "ubtlib._compat"} <= set(keyed)
+    assert "ubtlib.book.chapter" not in keyed  # re-exported by ubtlib/__init__, never followed
+    before = cache.code_hash("ubtlib.pipeline.worlds")
+    edited = _edited("ubtlib._compat", "def ", "X_NEW = 1\n\n\ndef ")
+    assert cache.code_hash("ubtlib.pipeline.worlds", edited) != before
+
+
+def test_a_folder_left_without_its_key_is_replaced(tmp_cache):
+    calls = []
+    _stage(calls, 1, a=5)
+    (entry,) = [p for p in (tmp_cache / "demo").iterdir() if not p.name.startswith(".")]
+    (entry / "key.json").unlink()  # damaged by hand: not an entry any more
+    assert _stage(calls, 2, a=5) == 2 and calls == [1, 2]

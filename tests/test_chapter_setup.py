@@ -80,3 +80,13 @@ def test_unset_parameter_and_unknown_chapter(notebooks):
         ubtlib.setup("09_demo", ns, notebooks)
     with pytest.raises(ValueError, match="chapter='10_none' has no notebook .*choose one of 09_demo"):
         ubtlib.setup("10_none", _namespace(), notebooks)
+
+
+def test_a_parameter_line_that_is_no_single_assignment_is_refused(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell('profile: str = "smoke"  # a profile\nseed = other = 0  # two names\n')
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell]
+    nbformat.write(nb, tmp_path / "09_bad.ipynb")
+    with pytest.raises(ValueError, match="line 2 of the parameters cell is not one"):
+        parameter_names("09_bad", tmp_path)

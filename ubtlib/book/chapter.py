@@ -61,8 +61,12 @@ def parameter_names(chapter: str, notebooks: pathlib.Path = NOTEBOOKS) -> list:
             if isinstance(node, ast.AnnAssign)
             else (node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
         )
-        if isinstance(target, ast.Name):
-            names.append(target.id)
+        if not isinstance(target, ast.Name):  # it would be neither validated nor recorded
+            raise ValueError(
+                f"{path}: line {node.lineno} of the parameters cell is not one "
+                "`name: type = default  # help` assignment"
+            )
+        names.append(target.id)
     return names
 
 

@@ -26,6 +26,7 @@ import importlib.metadata
 import json
 import os
 import pathlib
+import platform
 import shutil
 import socket
 import tempfile
@@ -77,7 +78,10 @@ def _type_checking_only(tree: ast.AST) -> set:
     """ids of the import nodes under `if TYPE_CHECKING:` (annotations only, never run)."""
     skip = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+        test = node.test if isinstance(node, ast.If) else None
+        if (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+            isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+        ):
             skip.update(id(n) for stmt in node.body for n in ast.walk(stmt))
     return skip
 
@@ -156,11 +160,21 @@ def _source_digest(source: str) -> str:
     return hashlib.sha256(normalized_source(source).encode()).hexdigest()
 
 
+def key_modules(module: str, sources: Mapping[str, str] = SOURCES) -> list:
+    """The modules whose code a stage defined in `module` depends on: its import closure, the
+    packages above each of them (their own code runs on import; what they re-export is not
+    followed) and `ubtlib._compat`, which the top package runs before anything else."""
+    closure = module_closure(module, sources)
+    parents = {m.rsplit(".", k)[0] for m in closure for k in range(1, m.count(".") + 1)}
+    compat = {"ubtlib._compat"} & set(sources)
+    return sorted(set(closure) | (parents & set(sources)) | compat)
+
+
 def code_hash(module: str, sources: Mapping[str, str] | None = None) -> str:
-    """Hash of the normalised code of `module` and everything it imports from the package."""
+    """Hash of the normalised code of the modules a stage defined in `module` depends on."""
     sources = SOURCES if sources is None else sources
     h = hashlib.sha256()
-    for m in module_closure(module, sources):
+    for m in key_modules(module, sources):
         h.update(f"{m}:{_source_digest(sources[m])}\n".encode())
     return h.hexdigest()[:16]
 
@@ -168,7 +182,7 @@ def code_hash(module: str, sources: Mapping[str, str] | None = None) -> str:
 @functools.cache
 def library_versions() -> dict:
     """{distribution: version} of `NUMERIC_LIBRARIES` ("absent" where not installed)."""
-    out = {}
+    out = {"python": platform.python_version()}  # the stdlib's random drives CleanCLIP's EDA
     for name in NUMERIC_LIBRARIES:
         try:
             out[name] = importlib.metadata.version(name)
@@ -232,6 +246,8 @@ def cached(
     try:
         return load(folder)
     except (OSError, json.JSONDecodeError, UnreadableFile) as e:
+        if isinstance(e, OSError) and not str(getattr(e, "filename", "")).startswith(str(folder)):
+            raise  # not the entry's own file (a model config, a tokenizer): the entry is fine
         raise CacheEntryError(
             f"cache entry {folder} cannot be read ({e}): delete that folder and run again to recompute it"
         ) from None
@@ -255,6 +271,8 @@ def _compute_into(folder: pathlib.Path, digest: str, desc: dict, compute) -> Non
     try:
         compute(tmp)
         (tmp / "key.json").write_text(json.dumps(desc, indent=1, sort_keys=True))
+        if folder.exists() and not (folder / "key.json").exists():
+            shutil.rmtree(folder)  # a damaged entry (its key.json removed): never read, replaced
         try:
             os.rename(tmp, folder)
         except OSError:  # a writer on another host (no shared lock) finished first: keep theirs

@@ -372,8 +372,8 @@ def forget_names(
     names = [s.data.names[i] for i in ids]
     out = {}
 
-    def compute():
-        student, log = privacy.unlearn_names(
+    def train() -> tuple:
+        return privacy.unlearn_names(
             s.model,
             s.tokenizer,
             names,
@@ -385,6 +385,9 @@ def forget_names(
             beta=beta,
             teacher_clean=s.teacher_corpus(),
         )
+
+    def compute():
+        student, log = train()
         out["model"] = student
         prompts = idia.prompt_features(student, s.tokenizer, s.names, s.device, s.profile.idia.prompts)
         after = idia.attack(s.faces, prompts, s.profile.idia.min_hits)
@@ -446,18 +449,7 @@ def forget_names(
         repeat=repeat,
     )
     if return_model and "model" not in out:
-        out["model"] = privacy.unlearn_names(
-            s.model,
-            s.tokenizer,
-            names,
-            s.corpus,
-            cfg,
-            s.device,
-            seed=_seed(s, repeat),
-            neutral=neutral,
-            beta=beta,
-            teacher_clean=s.teacher_corpus(),
-        )[0]
+        out["model"] = train()[0]
     row = {
         **row,
         "size": len(ids),
