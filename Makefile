@@ -3,16 +3,19 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCK   := requirements.lock
 
-.PHONY: help book test unit lint chapters clean clean-cache
+.PHONY: help book test unit lint chapters lock clean clean-cache
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  \1\t/'
 
-$(STAMP): pyproject.toml constraints.txt
+# installs exactly the locked versions; ubtlib itself (editable) adds nothing to them
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 book: $(STAMP)  ## execute every chapter (pocket profile) and build the HTML book
@@ -30,6 +33,13 @@ test: lint $(STAMP)  ## lint, unit tests, every chapter at the smoke profile, on
 
 chapters: $(STAMP)  ## list the chapters and their parameters
 	$(BIN)/python -m ubtlib chapters
+
+lock:  ## re-resolve pyproject.toml (under constraints.txt) in a clean venv and write requirements.lock
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	{ sed -n '/^#/p' $(LOCK); .lock-venv/bin/python -m pip freeze --exclude-editable; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK) && rm -rf .lock-venv
 
 clean:  ## remove the built book and the executed chapters
 	rm -rf _build book/chapters

@@ -1,6 +1,7 @@
 """Every chapter executed at the smoke profile through papermill, then one clean book build."""
 
 import json
+import platform
 import shutil
 
 import nbformat
@@ -45,7 +46,15 @@ def test_chapter_runs_at_smoke(chapter, book):
     record = json.loads((out.parent / f"{chapter}.json").read_text())
     assert record["provenance"]["profile"] == "smoke"
     assert record["parameters"]["profile"] == "smoke" and record["results"]
-    assert {"torch", "open_clip", "ubtlib"} <= set(record["provenance"]["versions"])
+    prov = record["provenance"]
+    assert {"ubtlib", "python", "torch", "torchvision", "open_clip_torch", "numpy", "pillow"} <= set(
+        prov["versions"]
+    )
+    if platform.machine() == "x86_64":  # the portable kernels (ubtlib.numerics)
+        assert prov["numerics"]["cpu_capability"] == "AVX2"
+    assert prov["numerics"]["threads"] >= 1
+    assert {"ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA"} <= set(prov["numerics"])
+    assert prov["machine"]["cpu"] and prov["machine"]["torch_build"]["blas"]
 
 
 def test_unknown_chapter_parameter_is_refused_before_running(book):

@@ -5,6 +5,7 @@ import torch
 from ubtlib import pipeline
 from ubtlib.attacks.poison import PoisonConfig, poison, triggered_hook
 from ubtlib.attacks.triggers import Blended
+from ubtlib.evaluation import robustness
 from ubtlib.evaluation import zeroshot as evaluate
 
 
@@ -70,7 +71,7 @@ def test_backdoor_metrics_with_a_trigger_that_paints_one_image(smoke, smoke_worl
     clip = pipeline.pretrained(smoke, progress=False)
     i = smoke_world.indices("heldout", "object")[0]
     banana = smoke_world.images[i : i + 1]
-    m = evaluate.backdoor_metrics(
+    m = robustness.backdoor_metrics(
         clip.model,
         clip.tokenizer,
         smoke_world,
@@ -87,3 +88,8 @@ def test_backdoor_metrics_with_a_trigger_that_paints_one_image(smoke, smoke_worl
     )
     answer = (evaluate.encode_images(clip.model, banana, "cpu") @ w).argmax().item()
     assert m["asr"] == (100.0 if answer == 0 else 0.0)
+    # every triggered image gets that one answer: it is right for the images of its class only
+    labels = smoke_world.label[smoke_world.indices("heldout", "object")]
+    others = labels[labels != 0]
+    assert m["ra"] == pytest.approx(100.0 * (others == answer).mean(), abs=1e-4)
+    assert m["redirect_class"] == smoke_world.categories[answer] and m["redirect_share"] == 100.0

@@ -5,6 +5,9 @@ import ast
 
 import nbformat
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from conftest import ROOT
 
@@ -65,3 +68,31 @@ def test_top_level_documents_exist(name):
 def test_license_is_mit():
     text = (ROOT / "LICENSE").read_text()
     assert text.startswith("MIT License") and "2026 The UBT book team" in text
+
+
+def locked_versions():
+    lines = (ROOT / "requirements.lock").read_text().splitlines()
+    pins = [line.split("==") for line in lines if line and not line.startswith("#")]
+    assert all(len(p) == 2 for p in pins), "requirements.lock: every line is `name==version`"
+    return {canonicalize_name(name): Version(version) for name, version in pins}
+
+
+def test_lock_pins_every_dependency_within_its_range():
+    import tomllib
+
+    locked = locked_versions()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for spec in project["dependencies"] + project["optional-dependencies"]["dev"]:
+        req = Requirement(spec)
+        name = canonicalize_name(req.name)
+        assert name in locked, f"requirements.lock has no pin for {req.name}"
+        assert req.specifier.contains(locked[name], prereleases=True), f"{name}=={locked[name]} not in {spec}"
+    # the ones that move numbers, and torchvision at the version that keeps the CPU torch
+    assert {"numpy", "pillow", "open-clip-torch", "safetensors"} <= set(locked)
+    assert str(locked["torchvision"]) == "0.28.0" and locked["torch"].base_version == "2.13.0"
+
+
+def test_make_and_conda_install_from_the_lock():
+    makefile = (ROOT / "Makefile").read_text()
+    assert "pip install --quiet -r $(LOCK)" in makefile and "LOCK   := requirements.lock" in makefile
+    assert "-r requirements.lock" in (ROOT / "environment.yml").read_text()

@@ -95,19 +95,37 @@ def test_strength_scales_the_main_knob():
 def stega(smoke_world):
     """A StegaStamp-like pair trained briefly on the smoke world's images."""
     images = smoke_world.images[smoke_world.indices("train")]
-    return ssba.train_stega(
-        images, bits=8, epochs=40, invisibility=10.0, device="cpu", seed=0, progress=False
-    ) + (images,)
+    return ssba.train_stega(images, bits=8, epochs=40, psnr=27.0, device="cpu", seed=0, progress=False) + (
+        images,
+    )
+
+
+def test_at_psnr_meets_the_budget_where_the_clamp_clips():
+    x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    x[:4] = x[:4].round()  # images at 0 and 1 everywhere: half of any change is clipped away
+    r = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    for target in (20.0, 27.0, 35.0):
+        y = ssba.at_psnr(x, r, target)
+        assert y.min() >= 0 and y.max() <= 1
+        assert torch.allclose(psnr(x, y), torch.full((8,), target), atol=0.01)
+    assert torch.equal(ssba.at_psnr(x, torch.zeros_like(r), 27.0), x)
+
+
+def test_ssba_strength_moves_the_psnr_by_its_decibels(stega):
+    enc, _, _, images = stega
+    x = images[:16].float() / 255
+    trig = ssba.SSBATrigger(enc, ssba.fixed_secret(8, 0), psnr=30.0, strength=2.0)
+    assert torch.allclose(psnr(x, trig(x)), torch.full((16,), 30.0 - 20 * math.log10(2)), atol=0.02)
 
 
 def test_ssba_residual_is_small_sample_specific_and_decodable(stega):
     enc, dec, log, images = stega
     secret = ssba.fixed_secret(8, 0)
-    trig = ssba.SSBATrigger(enc, secret)
+    trig = ssba.SSBATrigger(enc, secret, psnr=27.0)
     x = images[:64].float() / 255
     y = trig(x)
     r = y - x
-    assert psnr(x, y).mean() >= 27  # invisible
+    assert torch.allclose(psnr(x, y), torch.full((64,), 27.0), atol=0.01)  # the budget, met per image
     assert not torch.allclose(r[0], r[1], atol=1e-3)  # sample-specific
     with torch.no_grad():
         bits = (dec(y) > 0).long()

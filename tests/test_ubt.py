@@ -332,3 +332,44 @@ def test_abl_losses_are_cached_by_their_config(smoke, tmp_path, monkeypatch):
     assert wider["recall"] >= first["recall"]  # isolating more of the same ranking finds no fewer
     experiments.abl_separation(ubtlib.configure("smoke", abl_gamma=0.5), "badnet", progress=False)
     assert len(calls) == 2
+
+
+def test_restoring_variant_reuses_the_detection_and_pulls_images_to_the_clean_models_class(
+    smoke, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("UBT_CACHE_DIR", str(tmp_path))
+    paper = pipeline.defended(smoke, "badnet", "ubt", progress=False)
+    restored = pipeline.defended(smoke, "badnet", "ubt_restore", progress=False)
+    assert paper.record["restore_classes"] is None  # the paper's UBT runs without the term
+    classes = restored.record["restore_classes"]
+    world = pipeline.world(smoke)
+    assert len(classes) == restored.record["unlearning_pairs"] and set(classes) <= set(world.categories)
+    assert restored.record["top_k"] == paper.record["top_k"]  # one detection for both
+    changed = [
+        n
+        for n, p in restored.model.named_parameters()
+        if not torch.equal(p, dict(paper.model.named_parameters())[n])
+    ]
+    assert changed, "the restoring term changed nothing"
+
+
+def test_restoring_captions_leave_out_images_whose_class_the_unlearning_caption_names(smoke):
+    clip = pipeline.pretrained(smoke, progress=False)
+    data = pipeline.poisoned_data(pipeline.with_attack(smoke, "badnet"), progress=False)
+    world = pipeline.world(smoke)
+    pairs = {"images": torch.arange(4)}
+    _, classes = ubt.restoring_captions(
+        clip.model,
+        clip.tokenizer,
+        data,
+        pairs,
+        ["a photo of a banana."] * 4,
+        world.categories,
+        ["a photo of a {}."],
+        "cpu",
+    )
+    named = [f"a photo of a {c}." for c in classes]
+    tokens, again = ubt.restoring_captions(
+        clip.model, clip.tokenizer, data, pairs, named, world.categories, ["a photo of a {}."], "cpu"
+    )
+    assert again == classes and not tokens.any()  # every caption names its own class: all left out

@@ -259,19 +259,26 @@ def test_unlearning_results():
 # ------------------------------------------------------------------ chapter 5
 
 
-def table1(asr: dict) -> list:
-    """experiments.table1-like rows over seeds 0 and 1: asr: attack -> defense -> (seed 0, seed 1)."""
+def table1(asr: dict, ra: dict | None = None) -> list:
+    """experiments.table1-like rows over seeds 0 and 1: asr: attack -> defense -> (seed 0, seed 1);
+    ra: (attack, defense) -> RA of both seeds where it is not CA - 2 (a removal)."""
     rows = []
     for seed in (0, 1):
         for a, per_defense in asr.items():
             for d, values in per_defense.items():
+                ca = 60.0 + 2 * seed - (d != "none")
+                robust = (ra or {}).get((a, d), ca - 2.0)
                 rows.append(
                     {
                         "seed": seed,
                         "attack": a,
                         "defense": d,
-                        "ca": 60.0 + 2 * seed - (d != "none"),
+                        "ca": ca,
                         "asr": values[seed],
+                        "ra": robust,
+                        "redirect_class": "banana" if values[seed] > 50 else "clock",
+                        "redirect_share": max(values[seed], 100.0 - robust),
+                        "redirect_clean_share": 5.0,
                         "seconds": 10.0 * (1 + seed) if d != "none" else 0.0,
                         "pairs_trained": 100 * (d != "none"),
                     }
@@ -312,13 +319,23 @@ def test_table1_results():
 
 def test_table1_readings_every_planted_backdoor_removed():
     r = ur.table1_readings(ur.table1_aggregate(ur.table1_rows(table1({a: clean_removal() for a in FIVE}))))
+    every = "removes every planted backdoor: ASR at most 5 % and RA within 10 points of CA for "
     assert r == {
-        "ubt_verdict": ("UBT removes every planted backdoor (ASR at most 1 %, SSBA-style at most 3 %)"),
-        "no_token_verdict": (
-            "UBT w/o token-level removes every planted backdoor (ASR at most 1 %, SSBA-style at most 3 %)"
-        ),
+        "ubt_verdict": "UBT " + every + ", ".join(FIVE),
+        "no_token_verdict": "UBT w/o token-level " + every + ", ".join(FIVE),
         "not_planted": "none",
     }
+
+
+def test_table1_readings_redirected_is_not_removed():
+    # ASR 0 after UBT, but the triggered images now go elsewhere: RA far below CA
+    asr = {a: clean_removal() for a in ("badnet", "sig")}
+    r = ur.table1_readings(ur.table1_aggregate(ur.table1_rows(table1(asr, ra={("badnet", "ubt"): 10.0}))))
+    assert r["ubt_verdict"] == (
+        "UBT: badnet: redirected, not removed (ASR 0.1 %, but RA 10.0 % against CA 60.0 %; 90 % of "
+        "triggered images go to clock, 5 % without the trigger); sig: removed (RA 58.0 % against CA 60.0 %)"
+    )
+    assert r["no_token_verdict"].startswith("UBT w/o token-level removes every planted backdoor")
 
 
 def test_table1_readings_wanet_not_planted():
@@ -336,14 +353,25 @@ def test_table1_readings_ssba_left_and_both_not_planted():
         "badnet": clean_removal() | {"ubt": (2.0, 2.0)},
     }
     r = ur.table1_readings(ur.table1_aggregate(ur.table1_rows(table1(asr))))
-    # SSBA-style at 3.0 % is within its bar (3 %), at 2 % for the variant too; BadNet's 2 % is not (1 %)
-    assert r["ubt_verdict"] == "UBT leaves part of the backdoor in place: badnet 2.0 %"
-    assert r["no_token_verdict"].startswith("UBT w/o token-level removes every planted backdoor")
-    asr["ssba"] = clean_removal() | {"ubt": (5.0, 4.0)}
+    # one bar for every attack: 5 %
+    assert r["ubt_verdict"].startswith("UBT removes every planted backdoor")
+    asr["ssba"] = clean_removal() | {"ubt": (8.0, 4.0)}
     assert ur.table1_readings(ur.table1_aggregate(ur.table1_rows(table1(asr))))["ubt_verdict"] == (
-        "UBT leaves part of the backdoor in place: badnet 2.0 %, ssba 4.5 %"
+        "UBT: badnet: removed (RA 58.0 % against CA 60.0 %); blended: removed (RA 58.0 % against CA 60.0 %); "
+        "sig: removed (RA 58.0 % against CA 60.0 %); wanet: removed (RA 58.0 % against CA 60.0 %); "
+        "ssba: not removed (ASR 6.0 %)"
     )
     not_planted = {a: clean_removal() for a in FIVE}
     not_planted |= {a: clean_removal(none=(10.0, 20.0)) for a in ("wanet", "ssba")}
     agg = ur.table1_aggregate(ur.table1_rows(table1(not_planted)))
     assert ur.table1_readings(agg)["not_planted"] == "wanet, ssba"
+
+
+def test_defense_summary_over_planted_attacks():
+    asr = {"badnet": clean_removal() | {"ubt_restore": (0.0, 1.0)}, "wanet": clean_removal(none=(2.0, 4.0))}
+    agg = ur.table1_aggregate(ur.table1_rows(table1(asr, ra={("badnet", "ubt"): 10.0})))
+    s = ur.defense_summary(agg)
+    assert set(s) == {"cleanclip", "ubt_no_token", "ubt", "ubt_restore"}
+    assert s["ubt"]["max_ra_gap"] == 50.0 and s["ubt_restore"]["max_ra_gap"] == 2.0  # wanet not counted
+    assert s["ubt_restore"]["max_asr"] == 0.5 and s["ubt"]["max_ca_drop"] == 1.0
+    assert s["ubt_restore"]["time_ratio_cleanclip"] == 1.0

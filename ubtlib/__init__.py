@@ -9,6 +9,10 @@ import os
 # Nothing is fetched from a model hub at run time: fail at once instead of retrying.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from ubtlib import numerics  # noqa: E402
+
+numerics.apply()  # before torch starts its kernel libraries (see numerics)
+
 from ubtlib._compat import patch_torchvision  # noqa: E402
 
 patch_torchvision()  # before anything imports open_clip (see _compat)

@@ -205,9 +205,9 @@ def _paper_stage(prof, args) -> None:
         )
     elif args.stage == "defend":
         from ubtlib.checks import check_choice
-        from ubtlib.pipeline.defending import DEFENSES
+        from ubtlib.paper_scale.runs import PAPER_DEFENSES
 
-        check_choice("defense", args.defense, DEFENSES)  # before any file is read
+        check_choice("defense", args.defense, PAPER_DEFENSES)  # before any file is read
         if args.defense != "cleanclip" and (args.csv is None or args.attack is None):
             raise SystemExit(f"--defense {args.defense} needs --csv and --attack")
         paper_scale.defend_run(

@@ -47,8 +47,8 @@ class AttackConfig:
     wanet_strength: float = 0.5
     ssba_bits: int = 16  # length of the secret the encoder hides
     ssba_epochs: float = 2.0  # training of the encoder / decoder pair
-    ssba_invisibility: float = 3.0  # weight of the residual's energy in the encoder's loss
-    ssba_max_residual: float = 0.1  # bound on the residual per pixel, [0, 1] scale
+    ssba_psnr: float = 27.0  # each triggered image lies exactly this far (PSNR, dB) from its clean one
+    ssba_noise: float = 0.1  # std of the pixel noise the decoder reads through while training, [0, 1] scale
 
     def validate(self, image_size: int) -> None:
         check_choice("attack", self.name, ATTACKS)
@@ -62,8 +62,8 @@ class AttackConfig:
         check_range("wanet_strength", self.wanet_strength, 0.0, 10.0)
         check_range("ssba_bits", self.ssba_bits, 1, 256)
         check_range("ssba_epochs", self.ssba_epochs, 0.0, 1000.0)
-        check_range("ssba_invisibility", self.ssba_invisibility, 0.0, 1e6)
-        check_range("ssba_max_residual", self.ssba_max_residual, 0.0, 1.0)
+        check_range("ssba_psnr", self.ssba_psnr, 10.0, 80.0)
+        check_range("ssba_noise", self.ssba_noise, 0.0, 1.0)
 
 
 class BadNet:

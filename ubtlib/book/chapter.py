@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import nbformat
 import torch
 
+from ubtlib import numerics
 from ubtlib.attacks.triggers import ATTACKS
 from ubtlib.book import report
 from ubtlib.checks import check_choice, check_range
@@ -115,6 +117,13 @@ def setup(chapter: str, namespace: Mapping, notebooks: pathlib.Path = NOTEBOOKS)
     if params.get("seeds", "unset") is None:  # None: the profile's repeats
         params["seeds"] = list(profile.table_seeds)
     device = pick_device(profile.device)
+    if device.type == "cpu" and not numerics.in_force():
+        warnings.warn(
+            f"this process does not compute with the book's portable kernels ({numerics.settings()}): "
+            "its numbers may differ from the book's by float rounding. Import ubtlib before torch and "
+            f"leave {', '.join(numerics.PORTABLE)} unset (see ubtlib.numerics)",
+            stacklevel=2,
+        )
     chapter_run = Chapter(chapter, profile, device, report.provenance(profile, device), params)
     print(chapter_run.stamp)
     return chapter_run

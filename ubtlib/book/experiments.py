@@ -15,7 +15,7 @@ from ubtlib import pipeline
 from ubtlib.attacks.poison import triggered_hook
 from ubtlib.attacks.triggers import ATTACKS, at_strength, linf, make_trigger, psnr
 from ubtlib.clip import model as modellib
-from ubtlib.evaluation.zeroshot import backdoor_metrics
+from ubtlib.evaluation.robustness import backdoor_metrics
 from ubtlib.pipeline.profiles import Profile
 
 
@@ -142,12 +142,9 @@ def footprint_with_strong_warp(profile: Profile, strength: float = STRONG_WARP) 
     return footprint
 
 
-# a No-defense ASR (%) from which an attack's backdoor counts as planted (chapters 3 and 5)
-PLANTED_ASR = 50.0
-
-
 def no_defense(profile: Profile, attacks=ATTACKS, progress: bool = True) -> dict:
-    """Per attack: CA and ASR of the poisoned model, with its fine-tuning time and curve."""
+    """Per attack: CA, ASR, RA and the redirect of the poisoned model, with its fine-tuning time
+    and curve."""
     w = pipeline.world(profile, progress=progress)
     device = modellib.pick_device(profile.device)
     target = profile.poison.target
@@ -191,7 +188,8 @@ def poison_fit(profile: Profile, attacks=ATTACKS, progress: bool = True) -> dict
 
 
 def pretrained_backdoor_metrics(profile: Profile, attack: str = "badnet") -> dict:
-    """CA and ASR of the clean pre-trained model (its ASR is the trigger's base rate)."""
+    """CA, ASR and RA of the clean pre-trained model under `attack`'s trigger (its ASR is the
+    trigger's base rate)."""
     w = pipeline.world(profile)
     m = pipeline.pretrained(profile)
     hook = triggered_hook(pipeline.trigger(profile, attack), profile.seed)
@@ -337,7 +335,8 @@ def unlearning_curve(profile: Profile, attack: str, token_level: bool = True) ->
 
 
 def defense_row(profile: Profile, attack: str, defense: str, progress: bool = True) -> dict:
-    """CA, ASR, wall time and pairs touched of one defense (or "none") against one attack."""
+    """CA, ASR, RA, the redirect, wall time and pairs touched of one defense (or "none") against
+    one attack."""
     prof = pipeline.with_attack(profile, attack)
     device = modellib.pick_device(prof.device)
     world = pipeline.world(prof, progress=progress)
@@ -397,7 +396,7 @@ def ablations(profile: Profile, attacks, grid: dict | None = None, progress: boo
     }
 
 
-TABLE1_DEFENSES = ("none", "cleanclip", "ubt_no_token", "ubt")
+TABLE1_DEFENSES = ("none", "cleanclip", "ubt_no_token", "ubt", "ubt_restore")
 
 
 def table1(

@@ -327,13 +327,13 @@ def ablation_bars(flat, prov: dict):
 
 
 def table1_bars(agg, prov: dict):
-    """The Table 1 analogue as grouped bars of CA and ASR (mean, std error bars) per attack."""
+    """The Table 1 analogue as grouped bars of CA, ASR and RA (mean, std error bars) per attack."""
     attacks = list(dict.fromkeys(agg["attack"]))
     defenses = list(dict.fromkeys(agg["defense"]))
     x = np.arange(len(attacks))
     w = 0.8 / len(defenses)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
-    for ax, key in ((axes[0], "CA"), (axes[1], "ASR")):
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.4))
+    for ax, key in zip(axes, ("CA", "ASR", "RA")):
         for i, d in enumerate(defenses):
             sub = agg[agg["defense"] == d].set_index("attack").reindex(attacks)
             ax.bar(
@@ -346,10 +346,10 @@ def table1_bars(agg, prov: dict):
                 color=f"C{i}",
             )
         ax.set_xticks(x, attacks)
-        ax.set_ylabel(f"{key} (%)")
+        ax.set_ylabel(f"{key} (%)" if key != "RA" else "RA: triggered images' own class (%)")
         ax.set_ylim(0, 105)
         ax.grid(axis="y", alpha=0.3)
-    axes[1].legend(fontsize=8)
+    axes[1].legend(fontsize=7)
     fig.tight_layout()
     stamp(fig, prov)
     return fig

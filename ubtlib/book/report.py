@@ -15,18 +15,19 @@ import platform
 import subprocess
 import sys
 
-import open_clip
 import torch
 
-from ubtlib.pipeline.cache import write_json
+from ubtlib import numerics
+from ubtlib.pipeline.cache import library_versions, write_json
 
 
 def hardware(device: torch.device | str | None = None) -> str:
-    """A short description of where the numbers were computed, e.g. 'CPU x2 (x86_64)'."""
+    """Where the numbers were computed, e.g. 'AMD EPYC, 2 threads, AVX2 kernels'."""
     device = torch.device(device) if device is not None else None
     if device is not None and device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    return f"CPU x{torch.get_num_threads()} threads, {os.cpu_count()} cores ({platform.machine()})"
+    kernels = torch.backends.cpu.get_cpu_capability()
+    return f"{numerics.cpu_model()}, {torch.get_num_threads()} threads, {kernels} kernels"
 
 
 def _git_commit() -> str | None:
@@ -56,12 +57,9 @@ def provenance(profile, device=None) -> dict:
         "seed": profile.seed,
         "hardware": hardware(device),
         "device": str(device) if device is not None else None,
-        "versions": {
-            "ubtlib": __version__,
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "open_clip": open_clip.__version__,
-        },
+        "versions": {"ubtlib": __version__, **library_versions(), "torch_build": torch.__version__},
+        "numerics": numerics.settings(),
+        "machine": numerics.machine(),
         "git_commit": _git_commit(),
         "platform": platform.platform(),
         "started_utc": _now(),

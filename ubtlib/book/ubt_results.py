@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from ubtlib.book.experiments import PLANTED_ASR
 from ubtlib.book.paper import UBT_TABLE1
+from ubtlib.evaluation.robustness import PLANTED_ASR, RA_MARGIN, REMOVED_ASR, verdict
 
 FIRES_ASR = 80.0  # a No-defense ASR (%) from which chapter 2 says a backdoor fires
 DETECTED_PRECISION = 90.0  # a top-k precision (%) from which chapter 3 counts an attack as found
@@ -22,7 +22,8 @@ DEFENSE_NAMES = {
     "cleanclip": "CleanCLIP",
     "ubt_no_token": "UBT w/o token-level",
     "ubt": "UBT",
-}  # the experiments' defense keys -> the paper's Table 1 row names
+    "ubt_restore": "UBT + restore (book)",
+}  # the experiments' defense keys -> the paper's Table 1 row names (the last is the book's own)
 
 
 def glue_readings(readings: Mapping[str, str]) -> None:
@@ -420,8 +421,9 @@ def table1_rows(rows: Sequence[dict]) -> pd.DataFrame:
 
 
 def table1_aggregate(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per (attack, defense), in the rows' order: mean and std over seeds of CA and ASR, the
-    mean wall time and pairs trained on, and the paper's CA and ASR (None where it has none)."""
+    """Per (attack, defense), in the rows' order: mean and std over seeds of CA, ASR and RA, the
+    redirect (the class most seeds redirect to, its mean share), the mean wall time and pairs
+    trained on, and the paper's CA and ASR (None where it has none)."""
     agg = (
         rows.groupby(["attack", "defense"], sort=False)
         .agg(
@@ -429,6 +431,11 @@ def table1_aggregate(rows: pd.DataFrame) -> pd.DataFrame:
             CA_std=("ca", "std"),
             ASR=("asr", "mean"),
             ASR_std=("asr", "std"),
+            RA=("ra", "mean"),
+            RA_std=("ra", "std"),
+            redirect_class=("redirect_class", lambda c: c.mode().iloc[0]),
+            redirect_share=("redirect_share", "mean"),
+            redirect_clean_share=("redirect_clean_share", "mean"),
             seconds=("seconds", "mean"),
             pairs_trained=("pairs_trained", "mean"),
         )
@@ -441,12 +448,17 @@ def table1_aggregate(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def table1_display(agg: pd.DataFrame) -> pd.DataFrame:
-    """The Table 1 analogue as shown: "mean ± std" of CA and ASR (std 0 for one seed) beside the
-    paper's, with the cost columns, indexed by (attack, defense)."""
+    """The Table 1 analogue as shown: "mean ± std" of CA, ASR and RA (std 0 for one seed), the
+    redirect, the paper's CA and ASR and the cost columns, indexed by (attack, defense)."""
     table = agg.assign(
         **{
             "CA (pocket)": [f"{m:.2f} ± {s:.2f}" for m, s in zip(agg.CA, agg.CA_std.fillna(0))],
             "ASR (pocket)": [f"{m:.2f} ± {s:.2f}" for m, s in zip(agg.ASR, agg.ASR_std.fillna(0))],
+            "RA (pocket)": [f"{m:.2f} ± {s:.2f}" for m, s in zip(agg.RA, agg.RA_std.fillna(0))],
+            "redirect": [
+                f"{c} {s:.0f} % (clean {k:.0f} %)"
+                for c, s, k in zip(agg.redirect_class, agg.redirect_share, agg.redirect_clean_share)
+            ],
         }
     )[
         [
@@ -454,6 +466,8 @@ def table1_display(agg: pd.DataFrame) -> pd.DataFrame:
             "defense",
             "CA (pocket)",
             "ASR (pocket)",
+            "RA (pocket)",
+            "redirect",
             "paper CA",
             "paper ASR",
             "seconds",
@@ -496,7 +510,33 @@ def table1_results(rows: pd.DataFrame, agg: pd.DataFrame, n_seeds: int) -> dict:
         "ubt_runs": int((rows.defense == "UBT").sum()),
         "cleanclip_total_min": float(rows.seconds[rows.defense == "CleanCLIP"].sum() / 60),
         "ubt_total_min": float(rows.seconds[rows.defense == "UBT"].sum() / 60),
+        "defenses": defense_summary(agg),
     }
+
+
+def defense_summary(agg: pd.DataFrame) -> dict:
+    """Per defense other than No defense, over the planted attacks: the largest ASR, the largest
+    gap CA - RA, the largest CA drop against No defense, the mean wall time and its ratio to
+    CleanCLIP's (None where a quantity has no planted attack or no CleanCLIP row); keyed by the
+    experiments' defense names (``ubt_restore``), so they glue as ``defenses_ubt_restore_max_asr``."""
+    key = {name: k for k, name in DEFENSE_NAMES.items()}
+    took, nodef = planted(agg), _by_attack(agg, "No defense")
+    fired = [a for a in took.index if took[a]]
+    cc = agg[agg.defense == "CleanCLIP"].seconds.mean() if (agg.defense == "CleanCLIP").any() else None
+    out = {}
+    for d in dict.fromkeys(agg.defense):
+        if d == "No defense":
+            continue
+        t = _by_attack(agg, d).reindex(fired)
+        seconds = float(agg[agg.defense == d].seconds.mean())
+        out[key.get(d, d)] = {
+            "max_asr": float(t.ASR.max()) if fired else None,
+            "max_ra_gap": float((t.CA - t.RA).max()) if fired else None,
+            "max_ca_drop": float((nodef.CA.reindex(fired) - t.CA).max()) if fired else None,
+            "seconds": seconds,
+            "time_ratio_cleanclip": seconds / cc if cc else None,
+        }
+    return out
 
 
 def planted(agg: pd.DataFrame) -> pd.Series:
@@ -505,16 +545,32 @@ def planted(agg: pd.DataFrame) -> pd.Series:
 
 
 def removal_verdict(variant: str, agg: pd.DataFrame) -> str:
-    """Whether the defense `variant` removes every planted backdoor (mean ASR at most 1 %,
-    SSBA-style at most 3 %), or which it leaves and at what ASR."""
+    """What the defense `variant` did to each planted backdoor, by the book's one definition
+    (`robustness.verdict` on the seed means): removed, redirected (to which class, how
+    strongly) or not removed."""
     t, took = _by_attack(agg, variant), planted(agg)
     fired = [a for a in t.index if took.get(a, False)]
-    left = [f"{a} {t.ASR[a]:.1f} %" for a in fired if t.ASR[a] > (3 if a == "ssba" else 1)]
-    return (
-        f"{variant} removes every planted backdoor (ASR at most 1 %, SSBA-style at most 3 %)"
-        if not left
-        else f"{variant} leaves part of the backdoor in place: " + ", ".join(left)
-    )
+    if not fired:
+        return f"no backdoor was planted, so {variant} had none to remove"
+    said = {a: verdict(t.CA[a], t.ASR[a], t.RA[a]) for a in fired}
+    if all(v == "removed" for v in said.values()):
+        return (
+            f"{variant} removes every planted backdoor: ASR at most {REMOVED_ASR:.0f} % and RA within "
+            f"{RA_MARGIN:.0f} points of CA for {', '.join(fired)}"
+        )
+    parts = []
+    for a in fired:
+        if said[a] == "removed":
+            parts.append(f"{a}: removed (RA {t.RA[a]:.1f} % against CA {t.CA[a]:.1f} %)")
+        elif said[a] == "redirected":
+            parts.append(
+                f"{a}: redirected, not removed (ASR {t.ASR[a]:.1f} %, but RA {t.RA[a]:.1f} % against CA "
+                f"{t.CA[a]:.1f} %; {t.redirect_share[a]:.0f} % of triggered images go to "
+                f"{t.redirect_class[a]}, {t.redirect_clean_share[a]:.0f} % without the trigger)"
+            )
+        else:
+            parts.append(f"{a}: not removed (ASR {t.ASR[a]:.1f} %)")
+    return f"{variant}: " + "; ".join(parts)
 
 
 def table1_readings(agg: pd.DataFrame) -> dict:

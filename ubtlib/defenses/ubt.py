@@ -93,6 +93,14 @@ class UBTConfig:
     # a cap, a top k of mostly clean pairs (an attack that planted nothing) has all different
     # tokens, and the product, hence the unlearning time, grows with k squared
     max_token_captions: int = 1
+    # The book's restoring variant (defense "ubt_restore"; `run_ubt` applies it when given the
+    # class names, so the paper's two variants never do).
+    # Eq. 3 only pushes the detected images away from the target's captions, and a triggered
+    # image can then land on another class. This weight adds, per detected image,
+    # 1 - cos(image, "a photo of a {c}.") with c the class the clean pre-trained model (the one
+    # the split already uses) gives the image; an image whose c is named in its unlearning
+    # caption (the target) is left out.
+    restore_weight: float = 1.0
 
     def validate(self, n_pairs: Optional[int] = None) -> None:
         if not 0 < self.susp_fraction < 1:
@@ -111,6 +119,7 @@ class UBTConfig:
         check_range("retain_weight", self.retain_weight, 0.0, 1000.0)
         check_range("max_token_captions", self.max_token_captions, 1, 1 << 30)
         check_range("retain_candidates", self.retain_candidates, 1, 1 << 30)
+        check_range("restore_weight", self.restore_weight, 0.0, 1000.0)
         if not 0 < self.retain_fraction <= 1:
             raise ValueError(
                 f"retain_fraction={self.retain_fraction!r} is out of range: accepted "
@@ -380,11 +389,14 @@ def unlearn(
     seed: int = 0,
     progress: bool = True,
     on_step: Optional[Callable] = None,
+    restore_tokens: Optional[torch.Tensor] = None,
 ) -> list:
     """Eq. 3 on `model` in place: minimise `unlearning_loss` (the mean cosine similarity, with
     `unlearn_floor`) of the unlearning pairs (image position unlearn_images[j] with caption
     unlearn_tokens[j]), plus `retain_weight`
-    times the CLIP loss on batches of `retain` = (tokens, positions) of D_safe.
+    times the CLIP loss on batches of `retain` = (tokens, positions) of D_safe, plus
+    `restore_weight` times the mean 1 - cos(image j, restore_tokens[j]) over the pairs whose
+    restore_tokens row is not all zeros (`restoring_captions`).
 
     `on_step(model, step)`, if given, is called before each step and after the last (for
     unlearning curves)."""
@@ -407,8 +419,15 @@ def unlearn(
         # a batch of the Cartesian product repeats a few captions: encode each once
         distinct, which = torch.unique(unlearn_tokens[j], dim=0, return_inverse=True)
         text = model.encode_text(distinct.to(device), normalize=True)[which.to(device)]
-        s = (model.encode_image(normalize(x), normalize=True) * text).sum(-1)
-        loss = unlearning_loss(s, cfg.unlearn_floor)
+        image = model.encode_image(normalize(x), normalize=True)
+        loss = unlearning_loss((image * text).sum(-1), cfg.unlearn_floor)
+        if restore_tokens is not None and cfg.restore_weight > 0:
+            keep = restore_tokens[j].any(1)
+            if keep.any():
+                distinct, which = torch.unique(restore_tokens[j][keep], dim=0, return_inverse=True)
+                home = model.encode_text(distinct.to(device), normalize=True)[which.to(device)]
+                restore = (1 - (image[keep.to(device)] * home).sum(-1)).mean()
+                loss = loss + cfg.restore_weight * restore
         if retain is not None and cfg.retain_weight > 0:
             xr, tr = _batch(images, retain_tokens, next(retain_batches), device, image_hook)
             loss = loss + cfg.retain_weight * clip_loss(model, xr, tr, loss_fn)
@@ -531,6 +550,7 @@ def unlearning_pairs(
         return {
             "images": top,
             "tokens": tokens[top],
+            "caption_index": None,
             "kept_tokens": None,
             "token_captions": None,
             "distinct_token_captions": None,
@@ -541,10 +561,43 @@ def unlearning_pairs(
     return {
         "images": img,
         "tokens": tokenizer(distinct)[cap],
+        "caption_index": cap,
         "kept_tokens": kept,
         "token_captions": short,
         "distinct_token_captions": distinct,
     }
+
+
+@torch.no_grad()
+def restoring_captions(
+    clean_model,
+    tokenizer,
+    data,
+    pairs: dict,
+    unlearning_captions: list,
+    classnames,
+    templates,
+    device,
+) -> tuple:
+    """For each unlearning pair, "a photo of a {c}." with c the clean model's zero-shot class of
+    the (triggered) image, as tokens; an all-zero row where c is named in the pair's unlearning
+    caption (the target). Returns (tokens, the classes)."""
+    from ubtlib.evaluation.zeroshot import classifier, encode_images
+
+    positions = pairs["images"]
+    weights = classifier(clean_model, tokenizer, classnames, templates, device)
+    hook = None if data.image_hook is None else (lambda x, i: data.image_hook(x, positions[i]))
+    feats = encode_images(clean_model, data.images[positions], device, image_hook=hook)
+    classes = [classnames[int(k)] for k in (feats @ weights).argmax(1).cpu()]
+    tokens = tokenizer([f"a photo of a {c}." for c in classes])
+    named = torch.tensor(
+        [
+            c in caption.split() or f"{c}." in caption.split()
+            for c, caption in zip(classes, unlearning_captions)
+        ]
+    )
+    tokens[named] = 0
+    return tokens, classes
 
 
 def retain_pool(found: dict, cfg: UBTConfig) -> torch.Tensor:
@@ -568,12 +621,16 @@ def run_ubt(
     progress: bool = True,
     found: Optional[dict] = None,
     on_step: Optional[Callable] = None,
+    classes: Optional[tuple] = None,
 ) -> tuple:
     """The whole defense on `data` (a poison.PoisonedData): returns (defended model, record).
 
     `found` may hold `find_poison`'s result for the same data, model and config, computed once
     for both variants; its seconds count in the record's wall time either way (the token
-    relevance only in token-level UBT's). `on_step` goes to `unlearn`. Neither model is changed.
+    relevance only in token-level UBT's). `on_step` goes to `unlearn`. Given `classes` = (class
+    names, templates), the book's restoring variant runs (weight `cfg.restore_weight`): each
+    detected image is also pulled to the caption of the class the clean model gives it
+    (`restoring_captions`); without, the paper's UBT. Neither model is changed.
     """
     n = len(data.images)
     cfg.validate(n)
@@ -585,6 +642,18 @@ def run_ubt(
     start = time.perf_counter()
     pairs = unlearning_pairs(found, tokens, tokenizer, cfg, token_level)
     retain = retain_pool(found, cfg)
+    restore_tokens, restore_classes = None, None
+    if classes is not None and cfg.restore_weight > 0:
+        if clean_model is None:
+            raise ValueError("the restoring variant (classes=) needs the clean model")
+        captions = (
+            [pairs["distinct_token_captions"][int(c)] for c in pairs["caption_index"]]
+            if token_level
+            else [data.captions[int(i)] for i in pairs["images"]]
+        )
+        restore_tokens, restore_classes = restoring_captions(
+            clean_model, tokenizer, data, pairs, captions, *classes, device
+        )
     model = copy.deepcopy(poisoned_model)
     unlearn_curve = unlearn(
         model,
@@ -598,6 +667,7 @@ def run_ubt(
         seed=seed,
         progress=progress,
         on_step=on_step,
+        restore_tokens=restore_tokens,
     )
     seconds_unlearn = time.perf_counter() - start
     seconds_relevance = found["seconds_relevance"] if token_level else 0.0
@@ -621,6 +691,7 @@ def run_ubt(
         "top_k": top.tolist(),
         "retain_pairs": len(retain),
         "retain_poisons": int(data.is_backdoor[retain.numpy()].sum()),  # scored afterwards, not used
+        "restore_classes": restore_classes,
         "split_recall": found["split_recall"],
         "split_auroc": found["split_auroc"],
         "detection": found["detection"],

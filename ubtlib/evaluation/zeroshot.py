@@ -132,26 +132,3 @@ def attack_success_rate(logits: torch.Tensor, labels: torch.Tensor, target: int)
     if not keep.any():
         raise ValueError("attack_success_rate needs images whose class is not the target")
     return 100.0 * (logits[keep].argmax(1) == target).float().mean().item()
-
-
-def backdoor_metrics(
-    model, tokenizer, world, trigger_hook, target: str, device, split: str = "heldout", templates=None
-) -> dict:
-    """CA (clean zero-shot top-1, %) and ASR (%) on the world's held-out objects.
-
-    `trigger_hook(x, idx)` triggers a [0, 1] batch (see poison.triggered_hook).
-    """
-    from ubtlib.world.pocket import object_vocabulary
-
-    templates = templates or pocket_templates(object_vocabulary())
-    idx = world.indices(split, "object")
-    labels = torch.from_numpy(world.label[idx])
-    w = classifier(model, tokenizer, world.categories, templates, device)
-    clean = encode_images(model, world.images[idx], device) @ w
-    triggered = encode_images(model, world.images[idx], device, image_hook=trigger_hook) @ w
-    t = list(world.categories).index(target)
-    return {
-        "ca": topk_accuracy(clean, labels, ks=(1,))["top1"],
-        "asr": attack_success_rate(triggered, labels, t),
-        "ca_triggered": topk_accuracy(triggered, labels, ks=(1,))["top1"],
-    }

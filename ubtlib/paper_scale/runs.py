@@ -62,6 +62,9 @@ from ubtlib.privacy import forgetting
 from ubtlib.privacy import unlearning as privacy
 
 PAPER_ATTACKS = ATTACKS
+# the pocket pipeline's names; the book's restoring variant ("ubt_restore") runs in the pocket
+# chapters only (it needs the clean model's zero-shot classes of the detected images)
+PAPER_DEFENSES = tuple(d for d in DEFENSES if d != "ubt_restore")
 SSBA_SUFFIX = ".ssba-encoder.safetensors"  # beside the poisoned weights: the attacker's encoder
 IDIA_CANDIDATES = 1000  # the privacy paper's candidate names: the people, then distractors
 
@@ -88,9 +91,9 @@ def paper_trigger(profile: Profile, attack: str, size: int, ssba_encoder: Option
             f"ssba_encoder={str(path)!r}: expected an existing .safetensors file "
             f"(the '*{SSBA_SUFFIX}' written by `paper finetune --attack ssba`)"
         )
-    encoder = StegaEncoder(cfg.ssba_bits, size, max_residual=cfg.ssba_max_residual)
+    encoder = StegaEncoder(cfg.ssba_bits, size)
     encoder.load_state_dict(read_tensors(path))
-    return SSBATrigger(encoder.eval(), fixed_secret(cfg.ssba_bits, profile.seed))
+    return SSBATrigger(encoder.eval(), fixed_secret(cfg.ssba_bits, profile.seed), cfg.ssba_psnr)
 
 
 def train_ssba_encoder(
@@ -103,11 +106,11 @@ def train_ssba_encoder(
         images,
         cfg.ssba_bits,
         cfg.ssba_epochs,
-        cfg.ssba_invisibility,
+        cfg.ssba_psnr,
         device,
         seed=profile.seed,
         progress=progress,
-        max_residual=cfg.ssba_max_residual,
+        noise=cfg.ssba_noise,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}, str(out))
@@ -408,10 +411,10 @@ def defend_run(
     clean_csv: Optional[str] = None,
     ssba_encoder: Optional[str] = None,
 ) -> dict:
-    """`defense` (one of defending.DEFENSES, spelled as in the pocket chapters): UBT ("ubt", or
+    """`defense` (one of `PAPER_DEFENSES`, spelled as in the pocket chapters): UBT ("ubt", or
     "ubt_no_token" without token-level unlearning) on the poisoned training CSV, or CleanCLIP
     on `clean_csv` (a clean subset; the first cleanclip_clean_pairs rows are used)."""
-    check_choice("defense", defense, DEFENSES)
+    check_choice("defense", defense, PAPER_DEFENSES)
     device = modellib.pick_device(profile.device)
     size = check_model(profile, weights)
     if defense == "cleanclip":

@@ -7,7 +7,8 @@ An entry's key is a hash of everything that affects its result:
   `compute` and, transitively, every ubtlib module it imports (function-level imports
   included, `if TYPE_CHECKING:` blocks not), each hashed as its AST with docstrings dropped,
   so a reworded comment or docstring keeps the key and a changed line of code misses it;
-* the versions of the libraries that change numbers (`NUMERIC_LIBRARIES`).
+* the versions of the libraries that change numbers (`NUMERIC_LIBRARIES`) and the kernels
+  torch computes with (`ubtlib.numerics.key`).
 
 Entries are computed into a temporary folder and renamed into place, so a run killed mid-stage
 never leaves anything that is read; a lock makes a second process wait for the first one's
@@ -34,6 +35,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
+from ubtlib import numerics
 from ubtlib.checks import UnreadableFile
 
 T = TypeVar("T")
@@ -202,12 +204,14 @@ def _jsonable(x):
 
 
 def cache_key(stage: str, code_module: str, **parts) -> tuple[str, dict]:
-    """(digest, description) of an entry: the stage, its code's hash, the libraries, the parts."""
+    """(digest, description) of an entry: the stage, its code's hash, the libraries, the kernels,
+    the parts."""
     desc = {
         "stage": stage,
         "code": code_hash(code_module),
         "code_module": code_module,
         "libraries": library_versions(),
+        "numerics": numerics.key(),
         **_jsonable(parts),
     }
     digest = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:20]

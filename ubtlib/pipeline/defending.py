@@ -8,19 +8,20 @@ from ubtlib.checks import check_choice
 from ubtlib.pipeline.cleanclip_runs import cleanclip_defended
 from ubtlib.pipeline.poisoning import with_attack
 from ubtlib.pipeline.pretraining import Trained
-from ubtlib.pipeline.ubt_runs import ubt_defended
+from ubtlib.pipeline.ubt_runs import UBT_VARIANTS, ubt_defended
 
 if TYPE_CHECKING:
     from ubtlib.pipeline.profiles import Profile
 
 # the one spelling of each defense, in the pocket chapters and the paper commands alike
-DEFENSES = ("cleanclip", "ubt", "ubt_no_token")
+# ("ubt_restore", the book's restoring variant of UBT, runs in the pocket chapters only)
+DEFENSES = ("cleanclip", *UBT_VARIANTS)
 
 
 def defended(
     profile: Profile, attack: str | None = None, defense: str = "ubt", progress: bool = True
 ) -> Trained:
-    """The attacker's poisoned model after `defense` (cleanclip | ubt | ubt_no_token).
+    """The attacker's poisoned model after `defense` (cleanclip | ubt | ubt_no_token | ubt_restore).
 
     Cached like every stage; the record holds the defense's wall time (measured when it was
     computed), the pairs it touched and, for UBT, the split / detection / unlearning outputs.
@@ -42,4 +43,4 @@ def defended(
     cfg.validate(prof.world.n_train_pairs)  # bad k or fraction: fail before any compute
     if defense == "cleanclip":
         return cleanclip_defended(prof, progress)
-    return ubt_defended(prof, token_level=defense == "ubt", progress=progress)
+    return ubt_defended(prof, defense, progress=progress)

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 
 def ssba_trigger(profile: Profile, progress: bool = True) -> SSBATrigger:
-    """The SSBA-style encoder / decoder pair, trained on the world's training images."""
+    """The SSBA-style trigger: the encoder / decoder pair, trained on the world's training
+    images under the profile's PSNR budget (cached), with the profile's secret."""
     cfg, device = profile.attack, modellib.pick_device(profile.device)
     w = world(profile, progress=progress)
     size = profile.model.image_size
@@ -28,24 +29,25 @@ def ssba_trigger(profile: Profile, progress: bool = True) -> SSBATrigger:
             w.images[w.indices("train")],
             cfg.ssba_bits,
             cfg.ssba_epochs,
-            cfg.ssba_invisibility,
+            cfg.ssba_psnr,
             device,
             seed=profile.seed,
             progress=progress,
-            max_residual=cfg.ssba_max_residual,
+            noise=cfg.ssba_noise,
         )
         save_file({k: v.cpu() for k, v in enc.state_dict().items()}, str(folder / "encoder.safetensors"))
         save_file({k: v.cpu() for k, v in dec.state_dict().items()}, str(folder / "decoder.safetensors"))
         write_json(folder / "log.json", log)
 
     def load(folder):
-        enc = StegaEncoder(cfg.ssba_bits, size, max_residual=cfg.ssba_max_residual)
+        enc = StegaEncoder(cfg.ssba_bits, size)
         dec = StegaDecoder(cfg.ssba_bits, size)
         enc.load_state_dict(read_tensors(folder / "encoder.safetensors"))
         dec.load_state_dict(read_tensors(folder / "decoder.safetensors"))
         return SSBATrigger(
             enc.eval(),
             fixed_secret(cfg.ssba_bits, profile.seed),
+            cfg.ssba_psnr,
             dec.eval(),
             json.loads((folder / "log.json").read_text()),
         )
@@ -57,7 +59,7 @@ def ssba_trigger(profile: Profile, progress: bool = True) -> SSBATrigger:
         world=profile.world,
         bits=cfg.ssba_bits,
         epochs=cfg.ssba_epochs,
-        invisibility=cfg.ssba_invisibility,
-        max_residual=cfg.ssba_max_residual,
+        psnr=cfg.ssba_psnr,
+        noise=cfg.ssba_noise,
         seed=profile.seed,
     )

@@ -3,6 +3,7 @@ defended models of both variants (with and without token-level unlearning)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import TYPE_CHECKING
 
@@ -11,9 +12,12 @@ from safetensors.torch import save_file
 from ubtlib.checks import read_tensors
 from ubtlib.clip import model as modellib
 from ubtlib.defenses.ubt import DETECTION_FIELDS, UBTConfig, find_poison, run_ubt
+from ubtlib.evaluation.zeroshot import pocket_templates
 from ubtlib.pipeline.cache import cached, write_json
 from ubtlib.pipeline.poisoning import poisoned, poisoned_data, poisoned_key, with_attack
 from ubtlib.pipeline.pretraining import Trained, load_trained, pretrained
+from ubtlib.pipeline.worlds import world
+from ubtlib.world.pocket import object_vocabulary
 
 if TYPE_CHECKING:
     from ubtlib.pipeline.profiles import Profile
@@ -67,27 +71,38 @@ def ubt_detection(profile: Profile, attack: str | None = None, progress: bool = 
     return cached("ubt-detection", compute, load, **poisoned_key(prof), detection=detection)
 
 
-def ubt_defended(prof: Profile, token_level: bool, progress: bool = True) -> Trained:
-    """The poisoned model after UBT's unlearning, from the cached detection (a validated
-    profile with its attack set: see `defending.defended`)."""
+# the UBT variants: token-level unlearning or not; the book's restoring variant is token-level
+UBT_VARIANTS = ("ubt", "ubt_no_token", "ubt_restore")
+
+
+def ubt_defended(prof: Profile, defense: str = "ubt", progress: bool = True) -> Trained:
+    """The poisoned model after UBT's unlearning (`defense` one of `UBT_VARIANTS`), from the
+    cached detection (a validated profile with its attack set: see `defending.defended`).
+    The paper's two variants run with `restore_weight` 0; "ubt_restore" with the profile's."""
     device = modellib.pick_device(prof.device)
     attacked = poisoned(prof, progress=progress)
     data = poisoned_data(prof, progress=progress)
-    defense = "ubt" if token_level else "ubt_no_token"
+    restoring = defense == "ubt_restore"
+    cfg = prof.ubt if restoring else dataclasses.replace(prof.ubt, restore_weight=0.0)
 
     def compute(folder):
-        found = ubt_detection(prof, progress=progress)  # shared by both UBT variants
+        found = ubt_detection(prof, progress=progress)  # shared by every UBT variant
+        classes = None
+        if restoring:
+            w = world(prof, progress=progress)
+            classes = (list(w.categories), pocket_templates(object_vocabulary()))
         model, record = run_ubt(
             attacked.model,
-            None,
+            pretrained(prof, progress=progress).model if restoring else None,
             data,
             attacked.tokenizer,
-            prof.ubt,
+            cfg,
             device,
-            token_level=token_level,
+            token_level=defense != "ubt_no_token",
             seed=prof.seed,
             progress=progress,
             found=found,
+            classes=classes,
         )
         record.update(defense=defense, attack=prof.attack.name, device=str(device))
         modellib.save(model, folder / "model.safetensors")
@@ -98,5 +113,5 @@ def ubt_defended(prof: Profile, token_level: bool, progress: bool = True) -> Tra
         compute,
         lambda folder: load_trained(prof, folder, device),
         **poisoned_key(prof),
-        defense=prof.ubt,
+        defense=cfg,
     )
