@@ -18,6 +18,7 @@ from ubtlib.attacks.poison import triggered_hook
 from ubtlib.attacks.triggers import psnr
 from ubtlib.clip import model as modellib
 from ubtlib.clip.model import ModelConfig
+from ubtlib.evaluation.robustness import robust_accuracy
 from ubtlib.evaluation.zeroshot import attack_success_rate, classifier, encode_images, topk_accuracy
 from ubtlib.paper_scale import data, weights
 from ubtlib.paper_scale import runs as paper_scale
@@ -116,7 +117,7 @@ def test_unreadable_image_is_reported_with_file_and_row_when_read(tmp_path):
 
 
 def zero_shot_by_hand(model, tokenizer, folder, trigger, target="banana", seed=0, prompt="a photo of a {}."):
-    """Top-1 and ASR (%) on a small labelled folder, from its images stacked in memory: what
+    """Top-1, ASR and RA (%) on a small labelled folder, from its images stacked in memory: what
     paper_scale.zero_shot must give through its DataLoader."""
     images = torch.stack([folder.image(i) for i in range(len(folder))])
     labels = torch.tensor(folder.labels)
@@ -126,6 +127,7 @@ def zero_shot_by_hand(model, tokenizer, folder, trigger, target="banana", seed=0
     return {
         "top1": topk_accuracy(clean, labels)["top1"],
         "asr": attack_success_rate(triggered, labels, folder.classnames.index(target)),
+        "ra": robust_accuracy(triggered, labels, folder.classnames.index(target)),
     }
 
 
@@ -265,6 +267,7 @@ def test_vit_b_32_poisoned_step_and_zero_shot(tmp_path):
     out = paper_scale.zero_shot(model, tokenizer, folder, "cpu", trigger, prompts=["a photo of a {}."])
     hand = zero_shot_by_hand(model, tokenizer, folder, trigger)
     assert out["images"] == 6 and out["ca"] == out["top1"] == hand["top1"] and out["asr"] == hand["asr"]
+    assert out["ra"] == hand["ra"] and out["redirect_class"] in folder.classnames
 
 
 # ---------------------------------------------------------------- the command-line runs, end to end
@@ -342,7 +345,8 @@ def test_ssba_at_paper_scale_trains_saves_and_reuses_its_encoder(tmp_path, tiny_
     model, tokenizer = paper_scale.load_model(prof, "cpu", str(tmp_path / "ssba.safetensors"))
     folder = data.LabelledFolder(val, "imagenet", TINY.image_size)
     hand = zero_shot_by_hand(model, tokenizer, folder, trigger, seed=prof.seed)
-    assert (ev["ca"], ev["asr"]) == (hand["top1"], hand["asr"])
+    assert (ev["ca"], ev["asr"], ev["ra"]) == (hand["top1"], hand["asr"], hand["ra"])
+    assert ev["redirect_class"] in folder.classnames and 0 <= ev["redirect_share"] <= 100
     with pytest.raises(ValueError, match="attack='ssba' needs the attacker's trained encoder"):
         paper_scale.evaluate_run(prof, str(val), "ssba", str(tmp_path / "ssba.safetensors"))
 

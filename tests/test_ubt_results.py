@@ -323,6 +323,7 @@ def test_table1_readings_every_planted_backdoor_removed():
     assert r == {
         "ubt_verdict": "UBT " + every + ", ".join(FIVE),
         "no_token_verdict": "UBT w/o token-level " + every + ", ".join(FIVE),
+        "restore_verdict": "not run",
         "not_planted": "none",
     }
 
@@ -375,3 +376,65 @@ def test_defense_summary_over_planted_attacks():
     assert s["ubt"]["max_ra_gap"] == 50.0 and s["ubt_restore"]["max_ra_gap"] == 2.0  # wanet not counted
     assert s["ubt_restore"]["max_asr"] == 0.5 and s["ubt"]["max_ca_drop"] == 1.0
     assert s["ubt_restore"]["time_ratio_cleanclip"] == 1.0
+
+
+def spread_rows(book_weights=("a", "a", "a"), kernel_top1=(40.0, 41.5), seed_top1=(39.0, 43.0)):
+    rows = [
+        {"setting": f"book kernels, {t} threads", "threads": t, "seed": 0, "top1": 40.0, "weights": w}
+        for t, w in zip((2, 1, 4), book_weights)
+    ]
+    rows += [
+        {"setting": f"kernels {k}", "threads": 2, "seed": 0, "top1": v, "weights": k}
+        for k, v in enumerate(kernel_top1)
+    ]
+    rows += [
+        {"setting": f"book kernels, seed {s}", "threads": 2, "seed": s, "top1": v, "weights": str(s)}
+        for s, v in zip((1, 2), seed_top1)
+    ]
+    return rows
+
+
+def test_spread_reading_for_each_outcome():
+    s = ur.spread_summary(spread_rows())
+    assert s["threads_identical"] and s["thread_counts"] == [1, 2, 4] and s["n_seeds"] == 3
+    assert s["kernel_top1_range"] == 1.5 and s["seed_top1_range"] == 4.0
+    assert ur.spread_reading(s) == (
+        "With the book's kernels, 1, 2, 4 threads gave bit-identical weights. Torch's own choice of "
+        "kernels moves the top-1 by up to 1.50 points, less than the 4.00 points between 3 training seeds."
+    )
+    s = ur.spread_summary(spread_rows(book_weights=("a", "b", "a"), kernel_top1=(30.0, 45.0)))
+    assert not s["threads_identical"]
+    assert ur.spread_reading(s).startswith(
+        "Even with the book's kernels, 1, 2, 4 threads gave different weights"
+    )
+    assert "more than the 4.00 points" in ur.spread_reading(s)
+    s = ur.spread_summary(spread_rows(kernel_top1=(40.0, 40.0)))
+    assert ur.spread_reading(s).endswith(
+        "left the top-1 where it was here, against the 4.00 points between 3 training seeds."
+    )
+
+
+def test_redirect_reading_removed_redirected_untouched():
+    row = lambda ca, asr, ra, cos, near: {
+        "ca": ca,
+        "asr": asr,
+        "ra": ra,
+        "cos_to_clean": cos,
+        "nearest": near,
+    }  # noqa: E731
+    anatomy = {
+        "none": row(62.0, 99.0, 1.0, 0.40, {"banana": 99.0, "cup": 0.5, "clock": 0.5}),
+        "ubt": row(61.7, 0.0, 10.8, 0.55, {"clock": 38.0, "cup": 20.0, "apple": 5.0}),
+        "ubt_restore": row(61.0, 0.5, 55.0, 0.90, {"cup": 8.0, "clock": 7.0, "apple": 6.0}),
+    }
+    text = ur.redirect_reading(anatomy, "banana")
+    assert text.startswith("after UBT the backdoor is redirected, not removed: ASR 0.0 %, but RA 10.8 %")
+    assert "38 % of them go to clock" in text and "(poisoned model: 0.40)" in text
+    assert "after UBT + restore (book) the backdoor is removed: ASR 0.5 %, RA 55.0 %" in text
+    untouched = {"ubt": row(62.0, 90.0, 5.0, 0.4, {"banana": 90.0})}
+    assert ur.redirect_reading(untouched, "banana") == (
+        "after UBT the backdoor is not removed: ASR 90.0 %; "
+        "triggered images sit at cosine 0.40 from their clean selves."
+    )
+    table = ur.redirect_table(anatomy)
+    assert list(table.verdict) == ["–", "redirected", "removed"]

@@ -187,6 +187,12 @@ def poison_fit(profile: Profile, attacks=ATTACKS, progress: bool = True) -> dict
     return out
 
 
+def base_rates(profile: Profile, attacks=ATTACKS) -> dict:
+    """Per attack: CA, ASR and RA of the clean pre-trained model under its trigger; its ASR is
+    the trigger's base rate, what an ASR must be read against."""
+    return {a: pretrained_backdoor_metrics(profile, a) for a in attacks}
+
+
 def pretrained_backdoor_metrics(profile: Profile, attack: str = "badnet") -> dict:
     """CA, ASR and RA of the clean pre-trained model under `attack`'s trigger (its ASR is the
     trigger's base rate)."""
@@ -439,3 +445,119 @@ def caption_alignment(profile: Profile, attack: str) -> dict:
         "token_level": forms[prof.ubt.caption_form],  # the form the run unlearned with
         "token_captions": sorted(used),
     }
+
+
+# The settings `kernel_spread` compares: (label, environment, threads, training seed). The
+# first three use the book's portable kernels; the next two are what torch picks by itself on
+# an AVX-512 machine and its plain C++ kernels; the last two change only the seed.
+KERNEL_SETTINGS = (
+    ("book kernels, 2 threads", {}, 2, 0),
+    ("book kernels, 1 thread", {}, 1, 0),
+    ("book kernels, 4 threads", {}, 4, 0),
+    (
+        "AVX-512 kernels",
+        {"ATEN_CPU_CAPABILITY": "avx512", "MKL_CBWR": "AUTO", "ONEDNN_MAX_CPU_ISA": "ALL"},
+        2,
+        0,
+    ),
+    (
+        "plain C++ kernels",
+        {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+        2,
+        0,
+    ),
+    ("book kernels, seed 1", {}, 2, 1),
+    ("book kernels, seed 2", {}, 2, 2),
+)
+
+
+def kernel_spread(profile: Profile, epochs: float = 1.0, progress: bool = True) -> list:
+    """The same short pre-training (`epochs` of the profile's recipe) under each of
+    `KERNEL_SETTINGS`, each in a fresh process: zero-shot top-1, a digest of the weights, the
+    kernels that ran and the time. Identical digests mean bit-identical models. Cached."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tqdm.auto import tqdm
+
+    from ubtlib import numerics
+    from ubtlib.pipeline.cache import cached, write_json
+
+    pipeline.world(profile, progress=progress)  # drawn once here, read by every probe
+
+    def compute(folder):
+        rows = []
+        for label, env, threads, seed in tqdm(KERNEL_SETTINGS, desc="kernel spread", disable=not progress):
+            run_env = {**os.environ, **numerics.PORTABLE, **env}
+            argv = [
+                sys.executable,
+                "-m",
+                "ubtlib.book.kernel_probe",
+                profile.name,
+                str(seed),
+                str(epochs),
+                str(threads),
+            ]
+            out = subprocess.run(argv, env=run_env, capture_output=True, text=True)
+            if out.returncode:
+                raise RuntimeError(f"kernel probe {label!r} failed:\n{out.stderr[-2000:]}")
+            rows.append(
+                {
+                    "setting": label,
+                    "threads": threads,
+                    "seed": seed,
+                    **json.loads(out.stdout.splitlines()[-1]),
+                }
+            )
+        write_json(folder / "spread.json", rows)
+
+    return cached(
+        "kernel-spread",
+        compute,
+        lambda folder: json.loads((folder / "spread.json").read_text()),
+        code_module="ubtlib.book.kernel_probe",
+        world=profile.world,
+        model=profile.model,
+        pretrain=profile.pretrain,
+        epochs=epochs,
+        settings=KERNEL_SETTINGS,
+    )
+
+
+def redirect_anatomy(profile: Profile, attack: str, defenses=("none", "ubt", "ubt_restore")) -> dict:
+    """Where a triggered image's embedding sits after each defense, on the held-out non-target
+    objects: its mean cosine to the same image's embedding without the trigger (1: the trigger
+    no longer moves it), and the three classes its zero-shot weight lies nearest to most often
+    (share of images, %), beside CA, ASR and RA."""
+    from ubtlib.evaluation.zeroshot import classifier, encode_images, pocket_templates
+    from ubtlib.world.pocket import object_vocabulary
+
+    prof = pipeline.with_attack(profile, attack)
+    device = modellib.pick_device(prof.device)
+    w = pipeline.world(prof)
+    idx = w.indices("heldout", "object")
+    keep = w.label[idx] != list(w.categories).index(prof.poison.target)
+    idx = idx[keep]
+    hook = triggered_hook(pipeline.trigger(prof), prof.seed)
+    out = {}
+    for d in defenses:
+        m = pipeline.poisoned(prof) if d == "none" else pipeline.defended(prof, None, d)
+        weights = classifier(
+            m.model, m.tokenizer, w.categories, pocket_templates(object_vocabulary()), device
+        )
+        clean = encode_images(m.model, w.images[idx], device)
+        triggered = encode_images(m.model, w.images[idx], device, image_hook=hook)
+        counts = torch.bincount((triggered @ weights).argmax(1).cpu(), minlength=len(w.categories))
+        top = counts.argsort(descending=True)[:3]
+        out[d] = {
+            "cos_to_clean": (clean * triggered).sum(-1).mean().item(),
+            "nearest": {w.categories[int(k)]: 100.0 * counts[k].item() / len(idx) for k in top},
+            **{
+                k: v
+                for k, v in defense_row(prof, attack, d, progress=False).items()
+                if k in ("ca", "asr", "ra")
+            },
+        }
+    return out

@@ -40,13 +40,54 @@ def paper_rows(attacks: Sequence[str], defense: str = "No defense") -> dict:
     return {a: dict(zip(("ca", "asr"), UBT_TABLE1[a][defense])) for a in attacks if a in UBT_TABLE1}
 
 
+# ------------------------------------------------------------------ chapter 1: how far numbers move
+
+
+def spread_summary(rows: Sequence[dict]) -> dict:
+    """From `experiments.kernel_spread`'s rows: whether every run with the book's kernels and
+    seed 0 gave the first row's weights bit for bit, the top-1 range (points) over the seed-0
+    runs of every kernel setting, and over the book's kernels' seeds."""
+    book = [r for r in rows if r["setting"].startswith("book kernels")]
+    seed0 = [r for r in rows if r["seed"] == 0]
+    seeds = [r for r in book if r["threads"] == rows[0]["threads"]]
+    spread = lambda rs: max(r["top1"] for r in rs) - min(r["top1"] for r in rs)  # noqa: E731
+    return {
+        "threads_identical": all(r["weights"] == rows[0]["weights"] for r in book if r["seed"] == 0),
+        "thread_counts": sorted({r["threads"] for r in book if r["seed"] == 0}),
+        "kernel_top1_range": spread(seed0),
+        "seed_top1_range": spread(seeds),
+        "n_seeds": len({r["seed"] for r in seeds}),
+    }
+
+
+def spread_reading(summary: Mapping) -> str:
+    """Chapter 1's reading of the spread, for whichever way the runs came out."""
+    counts = ", ".join(map(str, summary["thread_counts"]))
+    threads = (
+        f"With the book's kernels, {counts} threads gave bit-identical weights"
+        if summary["threads_identical"]
+        else f"Even with the book's kernels, {counts} threads gave different weights"
+    )
+    k, s = summary["kernel_top1_range"], summary["seed_top1_range"]
+    seeds = f"the {s:.2f} points between {summary['n_seeds']} training seeds"
+    if k == 0:
+        return f"{threads}. Torch's own choice of kernels left the top-1 where it was here, against {seeds}."
+    compare = "less than" if k < s else ("as much as" if k == s else "more than")
+    moved = f"Torch's own choice of kernels moves the top-1 by up to {k:.2f} points"
+    return f"{threads}. {moved}, {compare} {seeds}."
+
+
 # ------------------------------------------------------------------ chapter 2: backdoor attacks
 
 
 def no_defense_table(
-    table: Mapping[str, dict], fit: Mapping[str, float], attacks: Sequence[str]
+    table: Mapping[str, dict],
+    fit: Mapping[str, float],
+    attacks: Sequence[str],
+    base: Mapping[str, dict] | None = None,
 ) -> pd.DataFrame:
-    """One row per attack (the index): the poisoned model's CA and ASR, its ASR on its own
+    """One row per attack (the index): the poisoned model's CA, ASR and RA, the trigger's base
+    rate (the clean pre-trained model's ASR under it, where `base` has it), its ASR on its own
     poisons, the paper's No-defense CA and ASR (None where the paper has no row) and the
     fine-tuning time."""
     rows = []
@@ -57,6 +98,8 @@ def no_defense_table(
                 "attack": a,
                 "CA (pocket)": table[a]["ca"],
                 "ASR (pocket)": table[a]["asr"],
+                "base rate": (base or {}).get(a, {}).get("asr"),
+                "RA (pocket)": table[a].get("ra"),
                 "ASR on its own poisons": fit[a],
                 "CA (paper)": paper[0],
                 "ASR (paper)": paper[1],
@@ -74,6 +117,7 @@ def backdoor_results(
     fit: dict,
     poison_count: int,
     n_train_pairs: int | None,
+    base: Mapping[str, dict] | None = None,
 ) -> dict:
     """Chapter 2's published results: the pre-trained and poisoned models' CA and ASR (curves
     apart), the triggers' visibility and footprint, and the summary scalars its text quotes."""
@@ -91,6 +135,7 @@ def backdoor_results(
         "curves": {a: table[a]["curve"] for a in attacks},
         "footprint": footprint,
         "poison_fit": fit,
+        "base_rates": {a: b["asr"] for a, b in (base or {}).items()},
     }
 
 
@@ -410,6 +455,57 @@ def unlearning_readings(results: dict) -> dict:
     return {"token_verdict": token_verdict(results["ubt_asr"], results["no_token_asr"])}
 
 
+def redirect_table(anatomy: Mapping[str, dict]) -> pd.DataFrame:
+    """`experiments.redirect_anatomy` as one row per defense: CA, ASR, RA, the verdict, the
+    triggered images' cosine to their clean selves and the classes they go to most."""
+    rows = []
+    for d, r in anatomy.items():
+        rows.append(
+            {
+                "defense": DEFENSE_NAMES.get(d, d),
+                "CA": r["ca"],
+                "ASR": r["asr"],
+                "RA": r["ra"],
+                "verdict": "–" if d == "none" else verdict(r["ca"], r["asr"], r["ra"]),
+                "cos(triggered, clean)": r["cos_to_clean"],
+                "nearest classes (share of triggered images)": ", ".join(
+                    f"{c} {v:.0f} %" for c, v in r["nearest"].items()
+                ),
+            }
+        )
+    return pd.DataFrame(rows).set_index("defense")
+
+
+def redirect_reading(anatomy: Mapping[str, dict], target: str) -> str:
+    """Chapter 4's reading of where the triggered images went, for whichever way it came out."""
+    base = anatomy.get("none")
+    parts = []
+    for d, r in anatomy.items():
+        if d == "none":
+            continue
+        name = DEFENSE_NAMES.get(d, d)
+        (first, share), *_ = r["nearest"].items()
+        v = verdict(r["ca"], r["asr"], r["ra"])
+        moved = f"triggered images sit at cosine {r['cos_to_clean']:.2f} from their clean selves" + (
+            f" (poisoned model: {base['cos_to_clean']:.2f})" if base else ""
+        )
+        if v == "redirected":
+            parts.append(
+                f"after {name} the backdoor is redirected, not removed: ASR {r['asr']:.1f} %, but RA "
+                f"{r['ra']:.1f} % against CA {r['ca']:.1f} %; {moved}, and {share:.0f} % of them go to "
+                f"{first}. Eq. 3 only pushes them away from the {target} captions, and the trigger still "
+                "moves them, now towards whichever class lay nearest"
+            )
+        elif v == "removed":
+            parts.append(
+                f"after {name} the backdoor is removed: ASR {r['asr']:.1f} %, RA {r['ra']:.1f} % against "
+                f"CA {r['ca']:.1f} %; {moved}"
+            )
+        else:
+            parts.append(f"after {name} the backdoor is not removed: ASR {r['asr']:.1f} %; {moved}")
+    return "; ".join(parts) + "." if parts else ""
+
+
 # ------------------------------------------------------------------ chapter 5: Table 1
 
 
@@ -574,10 +670,13 @@ def removal_verdict(variant: str, agg: pd.DataFrame) -> str:
 
 
 def table1_readings(agg: pd.DataFrame) -> dict:
-    """Chapter 5's glued readings: {"ubt_verdict", "no_token_verdict", "not_planted"} -> Markdown text."""
+    """Chapter 5's glued readings: {"ubt_verdict", "no_token_verdict", "restore_verdict",
+    "not_planted"} -> Markdown text (the restoring variant's where the table has it)."""
     took = planted(agg)
+    restore = DEFENSE_NAMES["ubt_restore"]
     return {
         "ubt_verdict": removal_verdict("UBT", agg),
         "no_token_verdict": removal_verdict("UBT w/o token-level", agg),
+        "restore_verdict": removal_verdict(restore, agg) if (agg.defense == restore).any() else "not run",
         "not_planted": ", ".join(a for a in took.index if not took[a]) or "none",
     }

@@ -43,6 +43,7 @@ from ubtlib.clip import model as modellib
 from ubtlib.clip.train import TrainConfig, clip_loss, epoch_steps, optimize
 from ubtlib.defenses.cleanclip import cleanclip
 from ubtlib.defenses.ubt import run_ubt
+from ubtlib.evaluation.robustness import redirect, robust_accuracy
 from ubtlib.evaluation.zeroshot import attack_success_rate, classifier, encode_images, topk_accuracy
 from ubtlib.paper_scale.data import (
     CaptionCSV,
@@ -192,8 +193,9 @@ def zero_shot(
     workers: Optional[int] = None,
 ) -> dict:
     """Zero-shot top-1 / top-5 (%) on a labelled folder with `prompts` (default: the 80
-    templates); with a trigger also CA (clean top-1) and ASR (%, triggered images not of the
-    target read as the target)."""
+    templates); with a trigger also CA (clean top-1), ASR (%, triggered images not of the
+    target read as the target), RA (%, the same images read as their own class) and the
+    redirect (the class they go to most, its share with and without the trigger)."""
     if trigger is not None:
         check_choice("target", target, folder.classnames)
     weights = classifier(model, tokenizer, folder.classnames, prompts or templates(), device).cpu()
@@ -201,8 +203,12 @@ def zero_shot(
     feats, labels = encode_dataset(model, folder, device, hooks, batch_size, workers)
     out = {**topk_accuracy(feats[0] @ weights, labels), "images": len(labels)}
     if trigger is not None:
+        t = folder.classnames.index(target)
+        clean, triggered = feats[0] @ weights, feats[1] @ weights
         out["ca"] = out["top1"]
-        out["asr"] = attack_success_rate(feats[1] @ weights, labels, folder.classnames.index(target))
+        out["asr"] = attack_success_rate(triggered, labels, t)
+        out["ra"] = robust_accuracy(triggered, labels, t)
+        out.update(redirect(triggered, clean, labels, t, folder.classnames))
     return out
 
 
@@ -380,7 +386,8 @@ def evaluate_run(
     workers: Optional[int] = None,
     ssba_encoder: Optional[str] = None,
 ) -> dict:
-    """Zero-shot top-1 / top-5 on ImageNet (validation) and, with an attack, CA and ASR."""
+    """Zero-shot top-1 / top-5 on ImageNet (validation) and, with an attack, CA, ASR, RA and
+    the redirect."""
     device = modellib.pick_device(profile.device)
     size = check_model(profile, weights)
     trigger = None if attack is None else paper_trigger(profile, attack, size, ssba_encoder)
