@@ -438,3 +438,10 @@ def test_redirect_reading_removed_redirected_untouched():
     )
     table = ur.redirect_table(anatomy)
     assert list(table.verdict) == ["–", "redirected", "removed"]
+
+
+def test_defense_summary_glues_when_nothing_was_planted():
+    agg = ur.table1_aggregate(ur.table1_rows(table1({"wanet": clean_removal(none=(2.0, 4.0))})))
+    s = ur.defense_summary(agg)["ubt"]
+    assert math.isnan(s["max_asr"]) and math.isnan(s["max_ra_gap"]) and math.isnan(s["max_ca_drop"])
+    assert all(type(v) is float for v in s.values())  # plain floats: glue formats them

@@ -613,12 +613,14 @@ def table1_results(rows: pd.DataFrame, agg: pd.DataFrame, n_seeds: int) -> dict:
 def defense_summary(agg: pd.DataFrame) -> dict:
     """Per defense other than No defense, over the planted attacks: the largest ASR, the largest
     gap CA - RA, the largest CA drop against No defense, the mean wall time and its ratio to
-    CleanCLIP's (None where a quantity has no planted attack or no CleanCLIP row); keyed by the
+    CleanCLIP's (NaN where a quantity has no planted attack or no CleanCLIP row, so that every
+    key is glued whatever the run measured); keyed by the
     experiments' defense names (``ubt_restore``), so they glue as ``defenses_ubt_restore_max_asr``."""
     key = {name: k for k, name in DEFENSE_NAMES.items()}
     took, nodef = planted(agg), _by_attack(agg, "No defense")
     fired = [a for a in took.index if took[a]]
-    cc = agg[agg.defense == "CleanCLIP"].seconds.mean() if (agg.defense == "CleanCLIP").any() else None
+    nan = float("nan")
+    cc = float(agg[agg.defense == "CleanCLIP"].seconds.mean()) if (agg.defense == "CleanCLIP").any() else nan
     out = {}
     for d in dict.fromkeys(agg.defense):
         if d == "No defense":
@@ -626,11 +628,11 @@ def defense_summary(agg: pd.DataFrame) -> dict:
         t = _by_attack(agg, d).reindex(fired)
         seconds = float(agg[agg.defense == d].seconds.mean())
         out[key.get(d, d)] = {
-            "max_asr": float(t.ASR.max()) if fired else None,
-            "max_ra_gap": float((t.CA - t.RA).max()) if fired else None,
-            "max_ca_drop": float((nodef.CA.reindex(fired) - t.CA).max()) if fired else None,
+            "max_asr": float(t.ASR.max()) if fired else nan,
+            "max_ra_gap": float((t.CA - t.RA).max()) if fired else nan,
+            "max_ca_drop": float((nodef.CA.reindex(fired) - t.CA).max()) if fired else nan,
             "seconds": seconds,
-            "time_ratio_cleanclip": seconds / cc if cc else None,
+            "time_ratio_cleanclip": seconds / cc,
         }
     return out
 
