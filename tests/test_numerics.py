@@ -11,7 +11,7 @@ import open_clip
 import pytest
 import torch
 
-from ubtlib import numerics
+from ubtlib import layers, numerics
 from ubtlib.clip import model as modellib
 from ubtlib.pipeline import cache
 
@@ -79,8 +79,8 @@ def test_pocket_clip_layers_compute_what_open_clips_do():
     torch.manual_seed(0)
     cfg = modellib.ModelConfig()
     ours, _ = modellib.create(cfg)
-    assert isinstance(ours.visual.conv1, modellib.PatchEmbedding)
-    assert isinstance(ours.ln_final, modellib.SplitAffineLayerNorm)
+    assert isinstance(ours.visual.conv1, layers.PatchEmbedding)
+    assert isinstance(ours.ln_final, layers.SplitAffineLayerNorm)
     x = torch.rand(4, 3, 32, 32)
     conv = torch.nn.Conv2d(3, cfg.width, cfg.patch_size, cfg.patch_size, bias=False)
     conv.weight.data.copy_(ours.visual.conv1.weight)
@@ -100,3 +100,49 @@ def test_pocket_clip_gradients_do_not_depend_on_the_thread_count():
     one, four = _grads(model, images, tokens, 1), _grads(model, images, tokens, 4)
     changed = [n for n in one if not torch.equal(one[n], four[n])]
     assert not changed, f"gradients that change with the thread count: {changed}"
+
+
+@pytest.mark.parametrize("stride, padding, kernel", [(1, 1, 3), (2, 1, 3), (1, 0, 1)])
+def test_invariant_convolution_computes_what_torchs_does(stride, padding, kernel):
+    torch.manual_seed(0)
+    ours = layers.InvariantConv2d(4, 6, kernel, stride=stride, padding=padding)
+    ref = torch.nn.Conv2d(4, 6, kernel, stride=stride, padding=padding)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(5, 4, 12, 12, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    y, y_ref = ours(x), ref(x_ref)
+    assert torch.allclose(y, y_ref, atol=1e-5)
+    g = torch.randn_like(y)
+    (y * g).sum().backward(), (y_ref * g).sum().backward()
+    for a, b in ((ours.weight.grad, ref.weight.grad), (ours.bias.grad, ref.bias.grad), (x.grad, x_ref.grad)):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_ssba_encoder_training_does_not_depend_on_the_thread_count():
+    from ubtlib.attacks.ssba import train_stega
+
+    images = torch.randint(
+        0, 256, (96, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2)
+    )
+    before = torch.get_num_threads()
+    trained = {}
+    try:
+        for threads in (1, 4):
+            torch.set_num_threads(threads)
+            enc, dec, _ = train_stega(images, 8, 2.0, 27.0, "cpu", batch_size=32, progress=False, noise=0.1)
+            trained[threads] = {**enc.state_dict(), **{f"dec.{k}": v for k, v in dec.state_dict().items()}}
+    finally:
+        torch.set_num_threads(before)
+    changed = [n for n in trained[1] if not torch.equal(trained[1][n], trained[4][n])]
+    assert not changed, f"SSBA-style weights that change with the thread count: {changed}"
+
+
+def test_the_mkl_branch_follows_the_cpu_maker(monkeypatch):
+    monkeypatch.setenv("MKL_CBWR", "AVX2,STRICT")
+    monkeypatch.setattr(numerics, "cpu_vendor", lambda: "GenuineIntel")
+    assert numerics.mkl_branch() == "AVX2"
+    monkeypatch.setattr(numerics, "cpu_vendor", lambda: "AuthenticAMD")
+    monkeypatch.setattr(numerics, "cpu_model", lambda: "AMD EPYC 9R45")
+    assert numerics.mkl_branch() == "AUTO on AMD EPYC 9R45"
+    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
+    assert numerics.mkl_branch() == "COMPATIBLE"

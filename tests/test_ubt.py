@@ -94,6 +94,19 @@ def test_token_captions_keep_the_most_relevant_tokens_in_order(smoke):
     assert ubt.token_captions(tokens, rel, tok, 2) == ["photo banana"]
 
 
+def test_token_captions_pass_over_function_words(smoke):
+    tok = pipeline.pretrained(smoke, progress=False).tokenizer
+    tokens = tok(["a photo of the banana."])
+    n = int(tokens.argmax(-1))
+    rel = torch.zeros_like(tokens, dtype=torch.float)
+    rel[0, n - 3] = 0.5  # "the"
+    rel[0, n - 2] = 0.3  # "banana"
+    rel[0, 1] = 0.2  # "a"
+    assert ubt.token_captions(tokens, rel, tok, 1) == ["the"]
+    assert ubt.token_captions(tokens, rel, tok, 1, ubt.FUNCTION_WORDS) == ["banana"]
+    assert ubt.token_captions(tokens, rel, tok, 3, ubt.FUNCTION_WORDS) == ["banana"]
+
+
 def test_cartesian_pairs_every_image_with_every_distinct_caption():
     img, cap, distinct = ubt.cartesian(torch.tensor([4, 9]), ["banana", "banana", "photo banana"])
     assert distinct == ["banana", "photo banana"]

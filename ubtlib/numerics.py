@@ -1,17 +1,20 @@
-"""The numerics settings that make a seed give the same numbers on every x86 machine.
+"""The numerics settings that make a seed give the same numbers on every machine of one kind.
 
 On one machine, a seeded run is already bit-identical from run to run. Across machines it was
 not: torch picks its vectorised kernels (ATen), its BLAS code path (MKL) and its convolution
 code (oneDNN) for the CPU it finds, and AVX-512 and AVX2 kernels round differently. Across
-thread counts, two kernels of the pocket CLIP summed per thread; `ubtlib.clip.model` replaces
-both (`SplitAffineLayerNorm`, `PatchEmbedding`).
+thread counts, torch's layer norm and convolution kernels sum per thread; `ubtlib.layers`
+replaces them in the pocket CLIP and the SSBA-style encoder.
 
 `apply()` runs when ubtlib is imported, before torch is. It sets, unless the environment
 already says otherwise, the AVX2 code path for all three kernel libraries, and MKL's strict
 reproducible mode, whose products do not depend on the thread count. AVX2 is on every x86-64
 CPU made since about 2015; on an older CPU or on ARM the kernels differ and `settings()`
-records which ones ran. The cost, measured with `benchmarks/throughput.py`, is in the book's
-introduction.
+records which ones ran. MKL honours its AVX2 branch on Intel CPUs only: on AMD it runs its own
+AUTO branch, so an Intel and an AMD machine agree to float rounding, not bit for bit
+(`mkl_branch`, part of every cache key). `MKL_CBWR=COMPATIBLE`, exported before the build, is
+the branch that is the same on both, at about a third less speed in training (chapter 1
+measures it).
 """
 
 from __future__ import annotations
@@ -49,7 +52,23 @@ def settings() -> dict:
         "threads": torch.get_num_threads(),
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "torch_imported_before_ubtlib": _torch_was_first,
+        "mkl_branch": mkl_branch(),
     }
+
+
+def mkl_branch() -> str:
+    """The MKL code path that runs. MKL honours only AUTO and COMPATIBLE on non-Intel CPUs
+    and takes AUTO for anything else there, which follows the CPU model; COMPATIBLE is the one
+    branch that is the same on every x86 CPU (and slower, see the module doc)."""
+    requested = (os.environ.get("MKL_CBWR") or "AUTO").split(",")[0].strip().upper()
+    if requested == "COMPATIBLE" or (requested != "AUTO" and cpu_vendor() == "GenuineIntel"):
+        return requested
+    return f"AUTO on {cpu_model()}"
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor string (GenuineIntel, AuthenticAMD, ...; from /proc/cpuinfo on Linux)."""
+    return _cpuinfo("vendor_id") or platform.machine()
 
 
 def in_force() -> bool:
@@ -65,19 +84,25 @@ def in_force() -> bool:
 def key() -> dict:
     """What of the numerics changes a cached result (thread count does not: see the module doc)."""
     s = settings()
-    return {name: s[name] for name in (*PORTABLE, "cpu_capability", "torch_imported_before_ubtlib")}
+    return {
+        name: s[name] for name in (*PORTABLE, "cpu_capability", "mkl_branch", "torch_imported_before_ubtlib")
+    }
 
 
 def cpu_model() -> str:
     """The CPU's model name (from /proc/cpuinfo on Linux), else what platform reports."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def _cpuinfo(field: str) -> str | None:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.split(":", 1)[0].strip() == field:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
 
 
 def torch_build() -> dict:
@@ -101,6 +126,7 @@ def machine() -> dict:
     """The machine a run computed on: CPU model, cores, architecture and torch's build."""
     return {
         "cpu": cpu_model(),
+        "vendor": cpu_vendor(),
         "cores": os.cpu_count(),
         "architecture": platform.machine(),
         "torch_build": torch_build(),

@@ -29,6 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ubtlib.layers import InvariantConv2d
+
 
 class StegaEncoder(nn.Module):
     """(image, secret) -> residual pattern in [-1, 1]; its size is the budget's (`at_psnr`)."""
@@ -39,13 +41,13 @@ class StegaEncoder(nn.Module):
         self.coarse = image_size // 4
         self.secret = nn.Linear(bits, 3 * self.coarse * self.coarse)
         self.net = nn.Sequential(
-            nn.Conv2d(6, width, 3, padding=1),
+            InvariantConv2d(6, width, 3, padding=1),
             nn.ReLU(),
-            nn.Conv2d(width, width, 3, padding=1),
+            InvariantConv2d(width, width, 3, padding=1),
             nn.ReLU(),
-            nn.Conv2d(width, width, 3, padding=1),
+            InvariantConv2d(width, width, 3, padding=1),
             nn.ReLU(),
-            nn.Conv2d(width, 3, 1),
+            InvariantConv2d(width, 3, 1),
         )
 
     def residual(self, x: torch.Tensor, secret: torch.Tensor) -> torch.Tensor:
@@ -60,11 +62,11 @@ class StegaDecoder(nn.Module):
     def __init__(self, bits: int, image_size: int, width: int = 32):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(3, width, 3, stride=2, padding=1),
+            InvariantConv2d(3, width, 3, stride=2, padding=1),
             nn.ReLU(),
-            nn.Conv2d(width, width, 3, stride=2, padding=1),
+            InvariantConv2d(width, width, 3, stride=2, padding=1),
             nn.ReLU(),
-            nn.Conv2d(width, width, 3, stride=2, padding=1),
+            InvariantConv2d(width, width, 3, stride=2, padding=1),
             nn.ReLU(),
             nn.Flatten(),
             nn.Linear(width * math.ceil(image_size / 8) ** 2, bits),

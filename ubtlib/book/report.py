@@ -22,12 +22,13 @@ from ubtlib.pipeline.cache import library_versions, write_json
 
 
 def hardware(device: torch.device | str | None = None) -> str:
-    """Where the numbers were computed, e.g. 'AMD EPYC, 2 threads, AVX2 kernels'."""
+    """Where the numbers were computed, e.g. 'AMD EPYC, 2 threads, AVX2 kernels, MKL AUTO'."""
     device = torch.device(device) if device is not None else None
     if device is not None and device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
     kernels = torch.backends.cpu.get_cpu_capability()
-    return f"{numerics.cpu_model()}, {torch.get_num_threads()} threads, {kernels} kernels"
+    mkl = numerics.mkl_branch().split(" on ")[0]  # the CPU is named once
+    return f"{numerics.cpu_model()}, {torch.get_num_threads()} threads, {kernels} kernels, MKL {mkl}"
 
 
 def _git_commit() -> str | None:

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import open_clip
 import torch
-import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from safetensors.torch import save_file
 
 from ubtlib.checks import check_range, read_tensors
+from ubtlib.layers import PatchEmbedding, SplitAffineLayerNorm
 
 
 @dataclass(frozen=True)
@@ -88,41 +88,9 @@ def register(cfg: ModelConfig) -> str:
     return cfg.name
 
 
-class SplitAffineLayerNorm(torch.nn.LayerNorm):
-    """LayerNorm whose scale and shift are applied after the fused normalisation, as plain ops.
-
-    torch's fused CPU kernel sums the scale and shift gradients over tokens in per-thread
-    buffers, so they change with the thread count; autograd's reduction for a broadcast
-    product sums each channel in one thread, so the trained weights do not depend on it.
-    Same parameters and state-dict keys as `nn.LayerNorm`.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.layer_norm(x, self.normalized_shape, None, None, self.eps)
-        return (y * self.weight + self.bias).to(x.dtype)
-
-
-class PatchEmbedding(torch.nn.Conv2d):
-    """The ViT's patch projection (a convolution whose stride is its kernel) as a matrix product.
-
-    oneDNN's convolution splits its weight gradient across threads from four threads on, so
-    that gradient changes with the thread count; cut into patches and multiplied, the product
-    is MKL's, whose strict reproducible mode (see `ubtlib.numerics`) does not depend on it.
-    Same parameters and state-dict keys as the convolution.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.kernel_size[0]
-        n, c, h, w = x.shape
-        patches = x.unfold(2, p, p).unfold(3, p, p)  # n, c, h/p, w/p, p, p
-        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(n, (h // p) * (w // p), c * p * p)
-        y = patches @ self.weight.reshape(self.out_channels, -1).T  # n, patches, width
-        return y.transpose(1, 2).reshape(n, self.out_channels, h // p, w // p)
-
-
 def create(cfg: ModelConfig, device="cpu"):
     """A randomly initialised pocket CLIP and its tokenizer (open_clip's BPE); its layer norms
-    train to the same weights at any thread count (`SplitAffineLayerNorm`)."""
+    train to the same weights at any thread count (`ubtlib.layers`)."""
     name = register(cfg)
     # open_clip warns that no pretrained weights were loaded: expected for a model we train
     quiet = logging.Filter()

@@ -93,6 +93,11 @@ class UBTConfig:
     # a cap, a top k of mostly clean pairs (an attack that planted nothing) has all different
     # tokens, and the product, hence the unlearning time, grows with k squared
     max_token_captions: int = 1
+    # relevance may keep a function word ("the", "of", ...) as a caption's most relevant token;
+    # a caption "a photo of a the." then unlearns nothing (pocket, Blended, one seed in two of
+    # Table 1). Function words are passed over for the next most relevant token; False keeps
+    # the paper's literal rule
+    skip_function_words: bool = True
     # The book's restoring variant (defense "ubt_restore"; `run_ubt` applies it when given the
     # class names, so the paper's two variants never do).
     # Eq. 3 only pushes the detected images away from the target's captions, and a triggered
@@ -120,6 +125,8 @@ class UBTConfig:
         check_range("max_token_captions", self.max_token_captions, 1, 1 << 30)
         check_range("retain_candidates", self.retain_candidates, 1, 1 << 30)
         check_range("restore_weight", self.restore_weight, 0.0, 1000.0)
+        if not isinstance(self.skip_function_words, bool):
+            raise ValueError(f"skip_function_words={self.skip_function_words!r}: accepted True or False")
         if not 0 < self.retain_fraction <= 1:
             raise ValueError(
                 f"retain_fraction={self.retain_fraction!r} is out of range: accepted "
@@ -357,9 +364,25 @@ def token_relevance(
     return (r / r.sum(-1, keepdim=True).clamp_min(1e-12)).cpu()
 
 
-def token_captions(tokens: torch.Tensor, relevance: torch.Tensor, tokenizer, n_tokens: int) -> list:
-    """Each caption's `n_tokens` most relevant tokens, in their original order, as text."""
+# English function words: never a concept a backdoor could tie an image to
+FUNCTION_WORDS = frozenset(
+    "a an the of in on at to for from by with without and or but nor is are was were be been "
+    "this that these those it its his her their our my your some any no not as into onto over "
+    "under near next beside behind".split()
+)
+
+
+def token_captions(
+    tokens: torch.Tensor, relevance: torch.Tensor, tokenizer, n_tokens: int, skip: frozenset = frozenset()
+) -> list:
+    """Each caption's `n_tokens` most relevant tokens, in their original order, as text; tokens
+    whose text is in `skip` are passed over."""
     decoder = tokenizer.tokenizer if hasattr(tokenizer, "tokenizer") else tokenizer
+    if skip:
+        relevance = relevance.clone()
+        for token in tokens.unique().tolist():
+            if decoder.decode([token]).strip().lower() in skip:
+                relevance[tokens == token] = 0
     out = []
     for t, r in zip(tokens, relevance):
         keep = torch.argsort(r, descending=True)[:n_tokens]
@@ -555,7 +578,8 @@ def unlearning_pairs(
             "token_captions": None,
             "distinct_token_captions": None,
         }
-    kept = token_captions(tokens[top], found["relevance"], tokenizer, cfg.relevance_tokens)
+    skip = FUNCTION_WORDS if cfg.skip_function_words else frozenset()
+    kept = token_captions(tokens[top], found["relevance"], tokenizer, cfg.relevance_tokens, skip)
     short = [CAPTION_FORMS[cfg.caption_form].format(c) for c in kept]
     img, cap, distinct = cartesian(top, short, cfg.max_token_captions)
     return {

@@ -198,6 +198,7 @@ PROFILES = {
             unlearn_epochs=3,
             unlearn_batch_size=64,
             caption_form="tokens",  # web-trained CLIP has seen bare words
+            skip_function_words=False,  # the paper keeps the most relevant token, whichever
             # the paper's full Cartesian product, and a retain term over a sample of D_safe
             max_token_captions=1 << 20,
             retain_fraction=1.0,
