@@ -31,62 +31,91 @@ def footprint(wanet_probe: float = 51.0, strong_consistency: float = 0.1) -> dic
     return fp
 
 
-ALL_FIRE = {"badnet": 99.0, "blended": 98.0, "sig": 97.0, "wanet": 95.0, "ssba": 90.0}
+ALL_PLANT = {"badnet": 99.0, "blended": 98.0, "sig": 97.0, "wanet": 95.0, "ssba": 90.0}
+BASE = {a: {"ca": 61.0, "asr": 2.0 + i} for i, a in enumerate(FIVE)}
 
 
-def test_every_backdoor_fires():
-    table = no_defense(ALL_FIRE)
-    r = ur.backdoor_readings(table, footprint(), {a: 99.0 for a in table}, 5.0)
-    assert r["verdict"] == "every backdoor fires (ASR of at least 80 %)"
-    assert r["wanet_row"] == "In this run WaNet reaches ASR 95.0 %: its backdoor took."
-    assert r["warp_reading"].endswith("In this run WaNet's backdoor took, whatever its footprint.")
+def readings(asr: dict, fit: dict | None = None, fp: dict | None = None, pretrained_ca: float = 58.0) -> dict:
+    table = no_defense(asr)
+    fit = {a: 99.0 for a in table} | (fit or {})
+    return ur.backdoor_readings(pretrained_ca, table, fp or footprint(), fit, BASE)
+
+
+def test_every_backdoor_planted():
+    r = readings(ALL_PLANT)
+    assert r["verdict"] == "every backdoor run here is planted (No-defense ASR of at least 50 %)"
+    assert r["planting_reading"] == (
+        "Every backdoor run here was planted, including the triggers with the faintest footprint: "
+        "WaNet, which a probe finds 51.0 % of the time, and WaNet, whose change has consistency 0.05."
+    )
 
 
 def test_wanet_only_fails_to_plant():
-    table = no_defense({**ALL_FIRE, "wanet": 3.0})
-    fit = {a: 99.0 for a in table} | {"wanet": 20.0}
-    r = ur.backdoor_readings(table, footprint(), fit, 5.0)
-    assert r["verdict"] == "not every backdoor fires: wanet reaches 3.0 % (below 80 %)"
-    assert r["wanet_row"].startswith("With ASR 3.0 %, the No-defense row for WaNet is a backdoor that did")
-    reading = r["warp_reading"]
-    assert "from its original 51.0 % of the time (50 % is chance), against 90.0 % or more" in reading
-    assert "At s = 5 the warp changes the features by 0.50 of the distance" in reading
-    assert "(the other four: 0.20 to 0.50)" in reading
-    assert "is 0.10 (the other four: at least 0.80)" in reading
-    assert (
-        "classifies 20.0 % of its own warped training images as banana (the other triggers run here: "
-        "at least 99.0 %), so the fine-tune did not even memorise its poisons."
-    ) in reading
-    assert reading.endswith("no common direction for a short fine-tune to tie to the target caption.")
-    # a probe that does find the warp: the footprint no longer explains the low ASR
-    reading = ur.warp_reading(table, footprint(wanet_probe=80.0), fit, 5.0)
-    assert reading.endswith("so they do not explain WaNet's low ASR on their own.")
+    r = readings({**ALL_PLANT, "wanet": 3.0}, fit={"wanet": 20.0})
+    assert r["verdict"] == (
+        "not every backdoor is planted: WaNet reaches 3.0 % (base rate 5.0 %), below the 50 % from "
+        "which the book counts a backdoor as planted"
+    )
+    reading = r["planting_reading"]
+    assert reading.startswith(
+        "**WaNet** was not planted: its No-defense ASR is 3.0 %, against a base rate of 5.0 %."
+    )
+    assert "(the planted triggers: a probe at 90.0 % or more, consistency at least 0.80)" in reading
+    assert "carry less common trace of it than of any planted trigger" in reading
+    assert "Even at ten times the warp the consistency is only 0.10" in reading
+    assert "calls only 20.0 % of its own triggered training images banana" in reading
+    assert "SSBA" not in reading
+    # a probe that does find the warp: the footprint no longer explains it
+    found = readings({**ALL_PLANT, "wanet": 3.0}, fp=footprint(wanet_probe=95.0))["planting_reading"]
+    assert "its footprint lies within the planted triggers' range" in found
+    assert "it memorised its poisons without learning a trigger" in found
 
 
 def test_ssba_only_fails_to_plant():
-    table = no_defense({**ALL_FIRE, "ssba": 40.0})
-    r = ur.backdoor_readings(table, footprint(), {a: 99.0 for a in table}, 5.0)
-    assert r["verdict"] == "not every backdoor fires: ssba reaches 40.0 % (below 80 %)"
-    assert r["wanet_row"] == "In this run WaNet reaches ASR 95.0 %: its backdoor took."
-    assert "so the fine-tune did not even memorise" not in r["warp_reading"]
-    assert r["warp_reading"].endswith("In this run WaNet's backdoor took, whatever its footprint.")
+    r = readings({**ALL_PLANT, "ssba": 16.6}, fit={"ssba": 30.0})
+    assert r["verdict"].startswith(
+        "not every backdoor is planted: SSBA-style reaches 16.6 % (base rate 6.0 %)"
+    )
+    reading = r["planting_reading"]
+    assert reading.startswith("**SSBA-style** was not planted: its No-defense ASR is 16.6 %")
+    # compared with the planted triggers only, WaNet among them, not with the other four
+    assert "(the planted triggers: a probe at 51.0 % or more, consistency at least 0.05)" in reading
+    assert "its footprint lies within the planted triggers' range" in reading
+    assert "WaNet" not in reading and "ten times the warp" not in reading
+    assert "calls only 30.0 %" in reading
 
 
 def test_wanet_and_ssba_fail_to_plant():
-    table = no_defense({**ALL_FIRE, "wanet": 3.0, "ssba": 40.0})
-    assert ur.weak_attacks(table) == ["wanet", "ssba"]
-    assert ur.fire_verdict(table) == (
-        "not every backdoor fires: wanet reaches 3.0 %, ssba reaches 40.0 % (below 80 %)"
+    r = readings({**ALL_PLANT, "wanet": 3.0, "ssba": 40.0})
+    assert r["verdict"] == (
+        "not every backdoor is planted: WaNet reaches 3.0 % (base rate 5.0 %), SSBA-style reaches "
+        "40.0 % (base rate 6.0 %), below the 50 % from which the book counts a backdoor as planted"
     )
-    assert ur.wanet_row(table).startswith("With ASR 3.0 %")
+    wanet, ssba = r["planting_reading"].split("\n\n")
+    assert wanet.startswith("**WaNet**") and ssba.startswith("**SSBA-style**")
+    # each is compared with the three that did plant
+    assert "(the planted triggers: a probe at 90.0 % or more, consistency at least 0.80)" in wanet
+    assert "(the planted triggers: a probe at 90.0 % or more, consistency at least 0.80)" in ssba
 
 
-def test_wanet_not_run():
-    table = no_defense({"badnet": 99.0})
-    r = ur.backdoor_readings(table, footprint(), {"badnet": 99.0}, 5.0)
-    assert r["wanet_row"] == "WaNet was not run here."
-    assert r["warp_reading"].endswith("WaNet was not poisoned in this run, so its ASR is not compared.")
-    assert "After poisoning" not in r["warp_reading"]
+def test_no_backdoor_planted():
+    r = readings({a: 1.0 for a in FIVE})
+    parts = r["planting_reading"].split("\n\n")
+    assert len(parts) == 5 and all("no trigger planted in this run" in p for p in parts)
+
+
+def test_clean_accuracy_reading_says_why_it_rose():
+    table = no_defense({"badnet": 99.0, "blended": 98.0}, ca=60.0)  # CA 60 and 59
+    rose = ur.clean_accuracy_reading(58.0, table)
+    assert rose.startswith("No poisoned model lost clean accuracy: every CA is at or above the pre-trained")
+    assert "(by up to 2.00 points), because the poisoned fine-tune is also more training" in rose
+    mixed = ur.clean_accuracy_reading(59.5, table)
+    assert mixed.startswith("Clean accuracy is at most 0.50 points below the pre-trained model's 59.50 %")
+    assert ", and it rose for BadNet: the poisoned fine-tune" in mixed
+    assert (
+        ur.clean_accuracy_reading(61.0, table)
+        == "Clean accuracy is at most 2.00 points below the pre-trained model's 61.00 %."
+    )
 
 
 def test_no_defense_table_and_results():
@@ -97,7 +126,7 @@ def test_no_defense_table_and_results():
     assert pd.isna(df.loc["wanet", "CA (paper)"])  # the paper has no WaNet row
     assert df.loc["wanet", "CA (pocket)"] == 59.0 and df.loc["wanet", "fine-tuning (s)"] == 11.0
     vis = {"ssba": {"psnr_mean": 33.0}}
-    res = ur.backdoor_results({"ca": 61.5, "asr": 2.0}, table, vis, {}, {}, 1500, 29120)
+    res = ur.backdoor_results(61.5, table, vis, {}, {}, 1500, 29120)
     assert res["min_asr"] == 3.0 and res["max_ca_drop"] == 2.5 and res["ssba_psnr"] == 33.0
     assert "curve" not in res["attacks"]["badnet"] and res["curves"]["wanet"] == [{"step": 0}]
     assert ur.paper_rows(["badnet", "wanet"]) == {"badnet": {"ca": 62.61, "asr": 80.92}}
@@ -128,54 +157,64 @@ def detection(
     }
 
 
+PLANTED = {a: 95.0 for a in FIVE}
+
+
 def test_every_attack_found_better_than_abl():
     rows = {a: detection() for a in FIVE}
     assert ur.missed_attacks(rows) == []
-    assert ur.detection_verdict(rows, {}) == (
-        "UBT separates the poisons better than ABL for every attack, as the paper's Fig. 2 shows"
+    assert ur.detection_verdict(rows, PLANTED) == (
+        "For every planted backdoor (BadNet, Blended, SIG, WaNet, SSBA-style), UBT's top k is at "
+        "least 90 % poisoned, and more precise than ABL's isolation, as the paper's Fig. 2 shows."
     )
     rows["sig"] = detection(abl_precision=98.0)
-    assert ur.detection_verdict(rows, {}) == (
-        "UBT's top k is at least 90 % poisoned for every attack, but "
-        "ABL isolates at least as precisely for sig"
+    assert ur.detection_verdict(rows, PLANTED) == (
+        "For every planted backdoor (BadNet, Blended, SIG, WaNet, SSBA-style), UBT's top k is at "
+        "least 90 % poisoned. ABL isolates at least as precisely as UBT's top k for SIG."
     )
 
 
-def test_wanet_only_missed():
+def test_wanet_only_not_planted():
     rows = {a: detection() for a in FIVE} | {"wanet": detection(precision=10.0)}
-    verdict = ur.detection_verdict(rows, {"wanet": 5.0})
-    assert verdict == (
-        "UBT does not reach the paper's separation for every attack. For wanet, the top k is "
-        "10.0 % poisoned, no better than a random draw from D_susp, which is 20.0 % poisoned; "
-        "its No-defense ASR is 5.0 %: its backdoor was not planted (below 50 %), so there was "
-        "little shortcut for the overfitting to strengthen. For every other attack the top k "
-        "is at least 90 % poisoned; ABL isolates less precisely than UBT's top k for every "
-        "attack"
+    verdict = ur.detection_verdict(rows, PLANTED | {"wanet": 5.0})
+    assert verdict.startswith("For every planted backdoor (BadNet, Blended, SIG, SSBA-style), UBT's top k")
+    assert verdict.endswith(
+        "WaNet was not planted (No-defense ASR 5.0 %); its top k is 10.0 % poisoned, below a "
+        "random draw from D_susp (20.0 % poisoned)."
     )
 
 
-def test_ssba_only_missed_though_planted():
-    rows = {a: detection() for a in FIVE} | {"ssba": detection(precision=60.0)}
-    verdict = ur.detection_verdict(rows, {"ssba": 70.0})
-    assert (
-        "For ssba, the top k is 60.0 % poisoned, above a random draw from D_susp (20.0 % poisoned)" in verdict
-    )
-    assert (
-        "its No-defense ASR is 70.0 %: the backdoor was planted, but the overfitting did not single it out"
-    ) in verdict
-    assert "For wanet" not in verdict
-
-
-def test_wanet_and_ssba_missed_and_all_missed():
+def test_ssba_only_not_planted_yet_found():
     rows = {a: detection() for a in FIVE}
-    rows |= {"wanet": detection(precision=10.0), "ssba": detection(precision=60.0)}
-    verdict = ur.detection_verdict(rows, {"wanet": 5.0, "ssba": 70.0})
-    assert verdict.index("For wanet") < verdict.index("For ssba")
-    assert ". For every other attack the top k is at least 90 % poisoned" in verdict
-    rows = {"wanet": detection(precision=10.0, abl_precision=10.0)}
-    verdict = ur.detection_verdict(rows, {"wanet": 5.0})
-    assert "For every other attack" not in verdict
-    assert verdict.endswith("; ABL isolates at least as precisely for wanet")
+    verdict = ur.detection_verdict(rows, PLANTED | {"ssba": 16.6})
+    assert "(BadNet, Blended, SIG, WaNet)" in verdict
+    assert (
+        "SSBA-style was not planted (No-defense ASR 16.6 %); its top k is 98.0 % poisoned, above a "
+        "random draw from D_susp (20.0 % poisoned): the overfitting still ranks its poisons first"
+    ) in verdict
+
+
+def test_planted_but_missed_and_worse_than_random():
+    row = detection(precision=5.0) | {"topk_auroc": 0.35}
+    rows = {a: detection() for a in FIVE} | {"ssba": row}
+    verdict = ur.detection_verdict(rows, PLANTED)
+    assert verdict.startswith(
+        "SSBA-style was planted (No-defense ASR 95.0 %), but its top k is only 5.0 % poisoned, below a "
+        "random draw from D_susp (20.0 % poisoned; AUROC 0.35: the overfitted model ranks these "
+        "poisons behind the clean pairs): the overfitting did not single its poisons out. For the "
+        "other planted backdoors (BadNet, Blended, SIG, WaNet) the top k is at least 90 % poisoned."
+    )
+    assert "about what a random draw" in ur.against_random_draw(detection(precision=22.0))
+
+
+def test_wanet_and_ssba_not_planted_and_none_planted():
+    rows = {a: detection() for a in FIVE} | {"wanet": detection(precision=10.0)}
+    verdict = ur.detection_verdict(rows, PLANTED | {"wanet": 5.0, "ssba": 30.0})
+    assert verdict.index("WaNet was not planted") < verdict.index("SSBA-style was not planted")
+    assert "(BadNet, Blended, SIG)" in verdict
+    verdict = ur.detection_verdict({"wanet": detection(precision=10.0, abl_precision=10.0)}, {"wanet": 5.0})
+    assert verdict.startswith("No backdoor was planted in this run")
+    assert "ABL isolates" not in verdict  # compared on planted backdoors only
 
 
 def test_abl_reading_directions():
@@ -193,7 +232,7 @@ def test_abl_reading_directions():
     )
     mixed = ur.abl_reading({"a": detection(abl_auroc=0.3), "b": detection(abl_auroc=0.8)}, 0.01)
     assert mixed.startswith("ABL's loss ranks the poisons ahead of the clean pairs for some attacks and")
-    assert set(ur.detection_readings({"a": detection()}, {}, 0.01)) == {"verdict", "abl_reading"}
+    assert set(ur.detection_readings({"a": detection()}, {"a": 90.0}, 0.01)) == {"verdict", "abl_reading"}
 
 
 def test_detection_results_and_summary():
@@ -236,13 +275,17 @@ def test_unlearning_results():
         "attack",
         "parameter",
         "value",
+        "seed",
+        "defense",
         "CA",
         "ASR",
+        "RA",
         "precision",
         "seconds",
         "pairs scored",
     ]
-    assert len(flat) == 4 and flat.iloc[0].tolist()[:5] == ["blended", "caption_form", "tokens", 50.0, 7.0]
+    assert len(flat) == 4 and flat.iloc[0].tolist()[:3] == ["blended", "caption_form", "tokens"]
+    assert (flat.iloc[0]["CA"], flat.iloc[0]["ASR"]) == (50.0, 7.0)
     curves = {
         "UBT": [{"ca": 60.0, "asr": 99.0}, {"ca": 58.0, "asr": 1.5}],
         "UBT w/o token-level": [{"ca": 60.0, "asr": 99.0}, {"ca": 57.0, "asr": 4.0}],
@@ -254,6 +297,61 @@ def test_unlearning_results():
     assert res["abl_cands2x_seconds"] == 5.0 and res["abl_cands1x_seconds"] == 3.0
     assert math.isnan(res["abl_eq3_asr"])  # not in the grid: NaN, not a missing key
     assert res["retain_candidates_2x"] == 8192 and res["final"]["UBT"] == {"ca": 58.0, "asr": 1.5}
+
+
+def ablation_runs(field: str, per_value: dict) -> dict:
+    """(attack, field) -> ablation rows; per_value: value -> [(CA, ASR) per seed]."""
+    rows = [
+        {
+            field: v,
+            "seed": seed,
+            "ca": ca,
+            "asr": asr,
+            "ra": ca - 5,
+            "precision": 90.0,
+            "seconds": 10.0 + seed,
+            "pairs_scored": 1,
+        }
+        for v, runs in per_value.items()
+        for seed, (ca, asr) in enumerate(runs)
+    ]
+    return {("blended", field): rows}
+
+
+def test_ablation_summary_is_mean_and_std_over_seeds():
+    flat = ur.ablation_table(
+        ablation_runs(
+            "caption_form", {"tokens": [(50.0, 10.0), (52.0, 30.0)], "template": [(51.0, 1.0), (51.0, 3.0)]}
+        )
+    )
+    summary = ur.ablation_summary(flat).set_index("value")
+    assert summary.loc["tokens", "ASR"] == 20.0 and summary.loc["tokens", "ASR std"] == 10.0
+    assert summary.loc["template", "CA std"] == 0.0 and summary.loc["template", "seeds"] == 2
+    assert ur.ablation_value(flat, "caption_form", "tokens", "ASR") == 20.0
+    assert math.isnan(ur.ablation_value(flat, "unlearn_floor", -1.0, "ASR"))
+
+
+def test_departure_readings_follow_the_evidence():
+    def reading(per_value, field="caption_form", default="template"):
+        return ur.departure_reading(
+            ur.ablation_summary(ur.ablation_table(ablation_runs(field, per_value))), field, default
+        )
+
+    supports = reading({"tokens": [(50.0, 60.0), (50.0, 70.0)], "template": [(50.0, 1.0), (50.0, 3.0)]})
+    assert supports.startswith("**how kept tokens become a caption** (`ubt_caption_form`): ASR 2.00 ± 1.00 %")
+    assert "against 65.00 ± 5.00 % with the paper's ('tokens'), over 2 seeds" in supports
+    assert supports.endswith(": the evidence supports the pocket default.")
+    tie = reading({"tokens": [(50.0, 0.5), (50.0, 6.0)], "template": [(50.0, 1.0), (50.0, 3.0)]})
+    assert tie.endswith("so this measure does not decide between them.")
+    against = reading({"tokens": [(50.0, 0.1), (50.0, 0.3)], "template": [(50.0, 40.0), (50.0, 50.0)]})
+    assert "goes against the pocket default" in against
+    # a CA-judged departure: higher is better
+    ca = reading({0.0: [(30.0, 0.0), (32.0, 0.0)], 1.0: [(55.0, 1.0), (56.0, 1.0)]}, "retain_weight", 1.0)
+    assert ca.startswith(
+        "**a clean-retention term while unlearning** (`ubt_retain_weight`): CA 55.50 ± 0.50 %"
+    )
+    assert ca.endswith("supports the pocket default.")
+    assert "not run with both values" in reading({"template": [(50.0, 1.0)]})
 
 
 # ------------------------------------------------------------------ chapter 5
@@ -321,8 +419,8 @@ def test_table1_readings_every_planted_backdoor_removed():
     r = ur.table1_readings(ur.table1_aggregate(ur.table1_rows(table1({a: clean_removal() for a in FIVE}))))
     every = "removes every planted backdoor: ASR at most 5 % and RA within 10 points of CA for "
     assert r == {
-        "ubt_verdict": "UBT " + every + ", ".join(FIVE),
-        "no_token_verdict": "UBT w/o token-level " + every + ", ".join(FIVE),
+        "ubt_verdict": "UBT " + every + "BadNet, Blended, SIG, WaNet, SSBA-style",
+        "no_token_verdict": "UBT w/o token-level " + every + "BadNet, Blended, SIG, WaNet, SSBA-style",
         "restore_verdict": "not run",
         "not_planted": "none",
     }
@@ -333,8 +431,8 @@ def test_table1_readings_redirected_is_not_removed():
     asr = {a: clean_removal() for a in ("badnet", "sig")}
     r = ur.table1_readings(ur.table1_aggregate(ur.table1_rows(table1(asr, ra={("badnet", "ubt"): 10.0}))))
     assert r["ubt_verdict"] == (
-        "UBT: badnet: redirected, not removed (ASR 0.1 %, but RA 10.0 % against CA 60.0 %; 90 % of "
-        "triggered images go to clock, 5 % without the trigger); sig: removed (RA 58.0 % against CA 60.0 %)"
+        "UBT: BadNet: redirected, not removed (ASR 0.1 %, but RA 10.0 % against CA 60.0 %; 90 % of "
+        "triggered images go to clock, 5 % without the trigger); SIG: removed (RA 58.0 % against CA 60.0 %)"
     )
     assert r["no_token_verdict"].startswith("UBT w/o token-level removes every planted backdoor")
 
@@ -343,7 +441,7 @@ def test_table1_readings_wanet_not_planted():
     # WaNet's backdoor did not take: its high ASR after UBT is no backdoor left in place
     asr = {a: clean_removal() for a in FIVE} | {"wanet": clean_removal(none=(2.0, 4.0)) | {"ubt": (9.0, 9.0)}}
     r = ur.table1_readings(ur.table1_aggregate(ur.table1_rows(table1(asr))))
-    assert r["not_planted"] == "wanet"
+    assert r["not_planted"] == "WaNet (3.0 %)"
     assert r["ubt_verdict"].startswith("UBT removes every planted backdoor")
 
 
@@ -358,14 +456,39 @@ def test_table1_readings_ssba_left_and_both_not_planted():
     assert r["ubt_verdict"].startswith("UBT removes every planted backdoor")
     asr["ssba"] = clean_removal() | {"ubt": (8.0, 4.0)}
     assert ur.table1_readings(ur.table1_aggregate(ur.table1_rows(table1(asr))))["ubt_verdict"] == (
-        "UBT: badnet: removed (RA 58.0 % against CA 60.0 %); blended: removed (RA 58.0 % against CA 60.0 %); "
-        "sig: removed (RA 58.0 % against CA 60.0 %); wanet: removed (RA 58.0 % against CA 60.0 %); "
-        "ssba: not removed (ASR 6.0 %)"
+        "UBT: BadNet: removed (RA 58.0 % against CA 60.0 %); Blended: removed (RA 58.0 % against CA 60.0 %); "
+        "SIG: removed (RA 58.0 % against CA 60.0 %); WaNet: removed (RA 58.0 % against CA 60.0 %); "
+        "SSBA-style: not removed (ASR 6.0 %)"
     )
     not_planted = {a: clean_removal() for a in FIVE}
     not_planted |= {a: clean_removal(none=(10.0, 20.0)) for a in ("wanet", "ssba")}
     agg = ur.table1_aggregate(ur.table1_rows(table1(not_planted)))
-    assert ur.table1_readings(agg)["not_planted"] == "wanet, ssba"
+    assert ur.table1_readings(agg)["not_planted"] == "WaNet (15.0 %), SSBA-style (15.0 %)"
+
+
+def test_restore_reading_says_why():
+    asr = {a: clean_removal() | {"ubt_restore": (0.5, 0.5)} for a in ("badnet", "sig")}
+    agg = ur.table1_aggregate(ur.table1_rows(table1(asr, ra={(a, "ubt_restore"): 30.0 for a in asr})))
+    wrong = [{"attack": a, "poisons_pulled": 100, "true_class_share": 20.0} for a in asr]
+    text = ur.restore_reading(agg, wrong)
+    assert text.startswith(
+        "Over the planted attacks the restoring variant's RA is 30.0 % on average (UBT's: 58.0 %)"
+    )
+    assert "is the object's true class for 20.0 % of them, below even the clean model's CA (60.0 %)" in text
+    right = [{"attack": a, "poisons_pulled": 100, "true_class_share": 70.0} for a in asr]
+    assert "its targets are mostly right" in ur.restore_reading(agg, right)
+    fine = ur.table1_aggregate(ur.table1_rows(table1(asr)))  # RA 2 below CA
+    assert ur.restore_reading(fine, right).endswith("enough to give the images back their class.")
+    assert ur.restore_reading(ur.table1_aggregate(ur.table1_rows(table1({"sig": clean_removal()}))), []) == (
+        "The restoring variant was not run."
+    )
+
+
+def test_table1_display_has_the_base_rate():
+    agg = ur.table1_aggregate(ur.table1_rows(table1({"badnet": clean_removal()})))
+    shown = ur.table1_display(agg, {"badnet": {"asr": 1.5}})
+    assert shown["base rate"].tolist() == [1.5] * 4 and shown["pairs trained"].dtype.kind == "i"
+    assert ur.table1_display(agg)["base rate"].isna().all()
 
 
 def test_defense_summary_over_planted_attacks():

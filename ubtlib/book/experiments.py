@@ -358,18 +358,24 @@ def defense_row(profile: Profile, attack: str, defense: str, progress: bool = Tr
     return {**backdoor_metrics(m.model, m.tokenizer, world, hook, prof.poison.target, device), **extra}
 
 
-def ablation(profile: Profile, attack: str, field: str, values, progress: bool = True) -> list:
-    """UBT with `ubt_<field>` set to each of `values` (everything else as in `profile`);
-    a value that is invalid with the others (a top-k larger than D_susp) is skipped, with a note."""
+def ablation(profile: Profile, attack: str, field: str, values, seeds=None, progress: bool = True) -> list:
+    """UBT with `ubt_<field>` set to each of `values` (everything else as in `profile`), once
+    per seed of `seeds` (None: the profile's own seed); `restore_weight` runs the restoring
+    variant. A value that is invalid with the others (a top-k larger than D_susp) is skipped,
+    with a note."""
+    defense = "ubt_restore" if field == "restore_weight" else "ubt"
     rows = []
-    for v in values:
-        prof = dataclasses.replace(profile, ubt=dataclasses.replace(profile.ubt, **{field: v}))
-        try:
-            prof.validate()
-        except ValueError as e:
-            print(f"skipped ubt_{field}={v}: {e}")
-            continue
-        rows.append({field: v, **defense_row(prof, attack, "ubt", progress)})
+    for seed in (profile.seed,) if seeds is None else seeds:
+        for v in values:
+            prof = dataclasses.replace(profile, seed=seed, ubt=dataclasses.replace(profile.ubt, **{field: v}))
+            try:
+                prof.validate()
+            except ValueError as e:
+                print(f"skipped ubt_{field}={v}: {e}")
+                continue
+            rows.append(
+                {field: v, "seed": seed, "defense": defense, **defense_row(prof, attack, defense, progress)}
+            )
     return rows
 
 
@@ -386,17 +392,19 @@ def ablation_grid(base) -> dict:
         # the D_safe sample scored for the retain pool: the default and twice as many pairs
         "retain_candidates": sorted({base.retain_candidates, 2 * base.retain_candidates}),
         "caption_form": ["tokens", "template"],
+        "skip_function_words": [False, True],  # False: the paper's rule
         "max_token_captions": sorted({1, base.max_token_captions, 8}),
         "unlearn_floor": sorted({-1.0, base.unlearn_floor}),  # -1: the paper's eq. 3
+        "restore_weight": sorted({0.5, base.restore_weight, 2.0}),  # the book's variant
     }
 
 
-def ablations(profile: Profile, attacks, grid: dict | None = None, progress: bool = True) -> dict:
-    """(attack, field) -> `ablation` rows, for every attack and every field of `grid`
-    (None: `ablation_grid` of the profile's UBT settings)."""
+def ablations(profile: Profile, attacks, grid: dict | None = None, seeds=None, progress: bool = True) -> dict:
+    """(attack, field) -> `ablation` rows, for every attack, every field of `grid` (None:
+    `ablation_grid` of the profile's UBT settings) and every seed of `seeds`."""
     grid = ablation_grid(profile.ubt) if grid is None else grid
     return {
-        (a, field): ablation(profile, a, field, values, progress)
+        (a, field): ablation(profile, a, field, values, seeds, progress)
         for a in attacks
         for field, values in grid.items()
     }
@@ -557,3 +565,28 @@ def redirect_anatomy(profile: Profile, attack: str, defenses=("none", "ubt", "ub
             },
         }
     return out
+
+
+def restore_targets(profile: Profile, attack: str) -> dict:
+    """What the restoring variant pulled its detected images towards (from its cached run):
+    of the detected poisons it pulled, the share whose pull class (the clean pre-trained
+    model's zero-shot class of the triggered image) is the object's true class, and how many
+    detected images it left out (called by the target's name)."""
+    prof = pipeline.with_attack(profile, attack)
+    rec = pipeline.defended(prof, None, "ubt_restore", progress=False).record
+    data = pipeline.poisoned_data(prof, progress=False)
+    w = pipeline.world(prof, progress=False)
+    labels = w.label[w.indices("train")]
+    top = np.asarray(rec["top_k"])
+    classes = rec["restore_classes"] or []
+    # the unlearning pairs are each detected image once per token-level caption, in order
+    classes = classes[:: max(1, len(classes) // max(1, len(top)))]
+    pulled = [(int(i), c) for i, c in zip(top, classes) if c != prof.poison.target]
+    poisons = [(i, c) for i, c in pulled if data.is_backdoor[i] and labels[i] >= 0]
+    right = sum(c == w.categories[labels[i]] for i, c in poisons)
+    return {
+        "detected": len(top),
+        "left_out": len(top) - len(pulled),
+        "poisons_pulled": len(poisons),
+        "true_class_share": 100 * right / len(poisons) if poisons else float("nan"),
+    }

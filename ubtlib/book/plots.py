@@ -144,7 +144,7 @@ def visibility_bars(vis: dict, prov: dict, psnr_bar: float | None = 27.0):
 
 
 def ca_asr_bars(ours: dict, paper: dict, prov: dict, pretrained_ca: float | None = None, title: str = ""):
-    """Grouped bars of CA and ASR per attack, ours beside the paper's (missing: no bar)."""
+    """Grouped bars of CA and ASR per attack, ours beside the paper's ("n/a" where it has none)."""
     attacks = list(ours)
     x = np.arange(len(attacks))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
@@ -152,7 +152,11 @@ def ca_asr_bars(ours: dict, paper: dict, prov: dict, pretrained_ca: float | None
         ax.bar(x - 0.2, [ours[a][key] for a in attacks], 0.4, label="pocket (ours)", color="C0")
         pv = [paper.get(a, {}).get(key, np.nan) for a in attacks]
         ax.bar(x + 0.2, pv, 0.4, label="paper", color="0.6")
+        for xi, v in zip(x, pv):
+            if np.isnan(v):
+                ax.text(xi + 0.2, 2, "n/a", ha="center", va="bottom", fontsize=7, color="0.4", rotation=90)
         ax.set_xticks(x, attacks)
+        ax.set_xlabel("attack")
         ax.set_ylabel(label)
         ax.set_ylim(0, 105)
         ax.grid(axis="y", alpha=0.3)
@@ -299,26 +303,31 @@ def unlearning_curves(curves: dict, prov: dict, title: str = ""):
     return fig
 
 
-def ablation_bars(flat, prov: dict):
-    """CA and ASR per ablated value, one panel per parameter (flat: a DataFrame with columns
-    attack, parameter, value, CA, ASR)."""
-    params = list(dict.fromkeys(flat["parameter"]))
-    ncols = min(len(params), 5)  # wrap into rows: ten panels in one row would be 32 inches wide
+def ablation_bars(summary, prov: dict):
+    """CA, ASR and RA per ablated value (mean over seeds, std as error bars), one panel per
+    parameter (summary: `ubt_results.ablation_summary`)."""
+    params = list(dict.fromkeys(summary["parameter"]))
+    ncols = min(len(params), 4)  # wrap into rows: a dozen panels in one row would be unreadable
     nrows = math.ceil(len(params) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 3.1 * nrows + 0.3), squeeze=False)
     for ax in axes.flat[len(params) :]:
         ax.set_visible(False)
+    several = summary["attack"].nunique() > 1
     for ax, p in zip(axes.flat, params):
-        sub = flat[flat["parameter"] == p]
+        sub = summary[summary["parameter"] == p]
         labels = [
-            f"{a}\n{v:g}" if isinstance(v, (int, float)) else f"{a}\n{v}"
+            (f"{a}\n" if several else "")
+            + (f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v))
             for a, v in zip(sub["attack"], sub["value"])
         ]
         x = np.arange(len(sub))
-        ax.bar(x - 0.2, sub["CA"], 0.4, label="CA", color="C0")
-        ax.bar(x + 0.2, sub["ASR"], 0.4, label="ASR", color="C3")
+        for i, (metric, color) in enumerate((("CA", "C0"), ("ASR", "C3"), ("RA", "C2"))):
+            err = sub[f"{metric} std"].fillna(0).to_numpy()
+            ax.bar(x + (i - 1) * 0.27, sub[metric], 0.27, yerr=err, capsize=2, label=metric, color=color)
         ax.set_xticks(x, labels, fontsize=7)
         ax.set_title(p, fontsize=9)
+        ax.set_xlabel("value", fontsize=7)
+        ax.set_ylabel("%", fontsize=7)
         ax.set_ylim(0, 100)
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()

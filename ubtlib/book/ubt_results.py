@@ -15,7 +15,6 @@ import pandas as pd
 from ubtlib.book.paper import UBT_TABLE1
 from ubtlib.evaluation.robustness import PLANTED_ASR, RA_MARGIN, REMOVED_ASR, verdict
 
-FIRES_ASR = 80.0  # a No-defense ASR (%) from which chapter 2 says a backdoor fires
 DETECTED_PRECISION = 90.0  # a top-k precision (%) from which chapter 3 counts an attack as found
 DEFENSE_NAMES = {
     "none": "No defense",
@@ -24,6 +23,13 @@ DEFENSE_NAMES = {
     "ubt": "UBT",
     "ubt_restore": "UBT + restore (book)",
 }  # the experiments' defense keys -> the paper's Table 1 row names (the last is the book's own)
+ATTACK_NAMES = {
+    "badnet": "BadNet",
+    "blended": "Blended",
+    "sig": "SIG",
+    "wanet": "WaNet",
+    "ssba": "SSBA-style",
+}
 
 
 def glue_readings(readings: Mapping[str, str]) -> None:
@@ -110,7 +116,7 @@ def no_defense_table(
 
 
 def backdoor_results(
-    before: dict,
+    pretrained_ca: float,
     table: Mapping[str, dict],
     visibility: dict,
     footprint: dict,
@@ -119,18 +125,18 @@ def backdoor_results(
     n_train_pairs: int | None,
     base: Mapping[str, dict] | None = None,
 ) -> dict:
-    """Chapter 2's published results: the pre-trained and poisoned models' CA and ASR (curves
-    apart), the triggers' visibility and footprint, and the summary scalars its text quotes."""
+    """Chapter 2's published results: the pre-trained model's CA, the poisoned models' CA and
+    ASR (curves apart), the triggers' base rates, visibility and footprint, and the summary
+    scalars its text quotes."""
     attacks = list(table)
     return {
-        "pretrained_ca": before["ca"],
-        "pretrained_asr_badnet": before["asr"],
+        "pretrained_ca": pretrained_ca,
         "poison_count": poison_count,
         "n_train_pairs": n_train_pairs,
         "attacks": {a: {k: v for k, v in table[a].items() if k != "curve"} for a in attacks},
         "visibility": visibility,
         "min_asr": min(table[a]["asr"] for a in attacks),
-        "max_ca_drop": max(before["ca"] - table[a]["ca"] for a in attacks),
+        "max_ca_drop": max(pretrained_ca - table[a]["ca"] for a in attacks),
         "ssba_psnr": visibility["ssba"]["psnr_mean"],
         "curves": {a: table[a]["curve"] for a in attacks},
         "footprint": footprint,
@@ -139,92 +145,152 @@ def backdoor_results(
     }
 
 
-def weak_attacks(table: Mapping[str, dict]) -> list:
-    """The attacks whose No-defense ASR is below `FIRES_ASR`, in the table's order."""
-    return [a for a in table if table[a]["asr"] < FIRES_ASR]
-
-
-def fire_verdict(table: Mapping[str, dict]) -> str:
-    """Whether every backdoor fires, or which fall short and how far."""
-    weak = weak_attacks(table)
-    return (
-        "every backdoor fires (ASR of at least 80 %)"
-        if not weak
-        else "not every backdoor fires: "
-        + ", ".join(f"{a} reaches {table[a]['asr']:.1f} %" for a in weak)
-        + " (below 80 %)"
+def clean_accuracy_reading(pretrained_ca: float, table: Mapping[str, dict]) -> str:
+    """How the poisoned models' CA compares with the pre-trained model's, and why it can rise."""
+    drops = {a: pretrained_ca - table[a]["ca"] for a in table}
+    worst = max(drops.values())
+    rose = [a for a, d in drops.items() if d < 0]
+    why = (
+        "the poisoned fine-tune is also more training on the clean 95 % of the data, from which "
+        "the pocket CLIP, far from converged, still learns"
     )
-
-
-def warp_reading(
-    table: Mapping[str, dict], footprint: Mapping[str, dict], fit: Mapping[str, float], strong_warp: float
-) -> str:
-    """How the WaNet warp's footprint (and the WaNet poisons' fit) compares with the other
-    triggers', and whether that explains a WaNet backdoor that did not take.
-
-    footprint: `experiments.trigger_footprint` per trigger, with WaNet at `strong_warp` as
-    "wanet_strong"; fit: `experiments.poison_fit` for the attacks run."""
-    others = [a for a in footprint if a not in ("wanet", "wanet_strong")]
-    warp, strong = footprint["wanet"], footprint["wanet_strong"]
-    probe_floor = min(footprint[a]["probe"] for a in others)
-    least_consistent = min(footprint[a]["consistency"] for a in others)
-    reading = (
-        f"Before any poisoning, a linear probe tells a warped image from its original "
-        f"{warp['probe']:.1f} % of the time (50 % is chance), against {probe_floor:.1f} % or more "
-        f"for the other four triggers. At s = {strong_warp:g} the warp changes the features by "
-        f"{strong['shift']:.2f} of the distance between two clean images (the other four: "
-        f"{min(footprint[a]['shift'] for a in others):.2f} to "
-        f"{max(footprint[a]['shift'] for a in others):.2f}), and the consistency of that change "
-        f"is {strong['consistency']:.2f} (the other four: at least {least_consistent:.2f}). "
-    )
-    wanet_weak = "wanet" in weak_attacks(table)
-    if "wanet" in fit:
-        rest = [fit[a] for a in fit if a != "wanet"]
-        reading += (
-            f"After poisoning, the model classifies {fit['wanet']:.1f} % of its own warped "
-            "training images as banana"
-            + (f" (the other triggers run here: at least {min(rest):.1f} %)" if rest else "")
-            + (", so the fine-tune did not even memorise its poisons. " if fit["wanet"] < 50 else ". ")
-        )
-    if "wanet" not in table:
-        reading += "WaNet was not poisoned in this run, so its ASR is not compared."
-    elif wanet_weak and warp["probe"] < min(probe_floor, 55.0) and strong["consistency"] < least_consistent:
-        reading += (
-            "The warp leaves no trace that the pre-trained features share across images: even a "
-            "visible warp moves each image its own way, with no common direction for a short "
-            "fine-tune to tie to the target caption."
-        )
-    elif wanet_weak:
-        reading += (
-            "These measures do not single the warp out in this run, so they do not explain "
-            "WaNet's low ASR on their own."
-        )
-    else:
-        reading += "In this run WaNet's backdoor took, whatever its footprint."
-    return reading
-
-
-def wanet_row(table: Mapping[str, dict]) -> str:
-    """What the No-defense row for WaNet stands for in this run."""
-    if "wanet" not in table:
-        return "WaNet was not run here."
-    asr = table["wanet"]["asr"]
-    if "wanet" in weak_attacks(table):
+    if worst <= 0:
         return (
-            f"With ASR {asr:.1f} %, the No-defense row for WaNet is a backdoor that did not take, "
-            "and the defense chapters show what UBT does when there is little to remove."
+            f"No poisoned model lost clean accuracy: every CA is at or above the pre-trained model's "
+            f"{pretrained_ca:.2f} % (by up to {-min(drops.values()):.2f} points), because {why}."
         )
-    return f"In this run WaNet reaches ASR {asr:.1f} %: its backdoor took."
+    text = f"Clean accuracy is at most {worst:.2f} points below the pre-trained model's {pretrained_ca:.2f} %"
+    if rose:
+        text += f", and it rose for {', '.join(ATTACK_NAMES.get(a, a) for a in rose)}: {why}"
+    return text + "."
+
+
+def planted_attacks(table: Mapping[str, dict]) -> list:
+    """The attacks whose No-defense ASR reaches `PLANTED_ASR`, the book's one threshold."""
+    return [a for a in table if table[a]["asr"] >= PLANTED_ASR]
+
+
+def unplanted_attacks(table: Mapping[str, dict]) -> list:
+    """The attacks whose No-defense ASR stays below `PLANTED_ASR`, in the table's order."""
+    return [a for a in table if table[a]["asr"] < PLANTED_ASR]
+
+
+def _with_base(a: str, table: Mapping[str, dict], base: Mapping[str, float]) -> str:
+    rate = f" (base rate {base[a]:.1f} %)" if a in base else ""
+    return f"{ATTACK_NAMES.get(a, a)} reaches {table[a]['asr']:.1f} %{rate}"
+
+
+def planting_verdict(table: Mapping[str, dict], base: Mapping[str, float] | None = None) -> str:
+    """Whether every backdoor was planted, or which were not, each with its base rate."""
+    missing = unplanted_attacks(table)
+    if not missing:
+        return f"every backdoor run here is planted (No-defense ASR of at least {PLANTED_ASR:.0f} %)"
+    return (
+        "not every backdoor is planted: "
+        + ", ".join(_with_base(a, table, base or {}) for a in missing)
+        + f", below the {PLANTED_ASR:.0f} % from which the book counts a backdoor as planted"
+    )
+
+
+def not_planted_reason(
+    attack: str,
+    table: Mapping[str, dict],
+    footprint: Mapping[str, dict],
+    fit: Mapping[str, float],
+    base: Mapping[str, float],
+) -> str:
+    """Why `attack` did not plant, as far as this run's measures tell: its footprint in the
+    pre-trained features against the planted triggers', and whether the fine-tune fitted its
+    own poisons."""
+    name = ATTACK_NAMES.get(attack, attack)
+    rate = f", against a base rate of {base[attack]:.1f} %" if attack in base else ""
+    out = [f"**{name}** was not planted: its No-defense ASR is {table[attack]['asr']:.1f} %{rate}."]
+    peers = [a for a in planted_attacks(table) if a in footprint]
+    if attack in footprint:
+        own = footprint[attack]
+        sentence = (
+            f"Before any poisoning, a linear probe tells its triggered images from clean ones "
+            f"{own['probe']:.1f} % of the time (50 % is chance), and its change points the same way "
+            f"across images with consistency {own['consistency']:.2f}"
+        )
+        if peers:
+            probe_floor = min(footprint[a]["probe"] for a in peers)
+            consistency_floor = min(footprint[a]["consistency"] for a in peers)
+            sentence += (
+                f" (the planted triggers: a probe at {probe_floor:.1f} % or more, consistency at "
+                f"least {consistency_floor:.2f})"
+            )
+            if own["probe"] < probe_floor and own["consistency"] < consistency_floor:
+                sentence += (
+                    ": the pre-trained features carry less common trace of it than of any planted "
+                    "trigger, so a short fine-tune has less to tie to the target caption."
+                )
+            else:
+                sentence += (
+                    ": its footprint lies within the planted triggers' range, so the footprint alone "
+                    "does not explain why it did not plant."
+                )
+        else:
+            sentence += "; no trigger planted in this run, so there is no planted footprint to compare with."
+        out.append(sentence)
+        if attack == "wanet" and "wanet_strong" in footprint:
+            out.append(
+                "Even at ten times the warp the consistency is only "
+                f"{footprint['wanet_strong']['consistency']:.2f}: the warp moves each image its own way."
+            )
+    if attack in fit:
+        if fit[attack] < PLANTED_ASR:
+            out.append(
+                f"The poisoned model calls only {fit[attack]:.1f} % of its own triggered training "
+                "images banana: the fine-tune did not even fit its poisons."
+            )
+        else:
+            out.append(
+                f"The poisoned model calls {fit[attack]:.1f} % of its own triggered training images "
+                "banana: it memorised its poisons without learning a trigger that carries to new images."
+            )
+    return " ".join(out)
+
+
+def planting_reading(
+    table: Mapping[str, dict],
+    footprint: Mapping[str, dict],
+    fit: Mapping[str, float],
+    base: Mapping[str, float] | None = None,
+) -> str:
+    """Chapter 2's reading of which backdoors planted: for each that did not, its own computed
+    explanation (`not_planted_reason`); when all did, the faintest footprint among them."""
+    base = base or {}
+    missing = unplanted_attacks(table)
+    if missing:
+        return "\n\n".join(not_planted_reason(a, table, footprint, fit, base) for a in missing)
+    shown = [a for a in table if a in footprint]
+    if not shown:
+        return "Every backdoor run here was planted."
+    faint = min(shown, key=lambda a: footprint[a]["probe"])
+    loose = min(shown, key=lambda a: footprint[a]["consistency"])
+    return (
+        "Every backdoor run here was planted, including the triggers with the faintest footprint: "
+        f"{ATTACK_NAMES.get(faint, faint)}, which a probe finds {footprint[faint]['probe']:.1f} % of the "
+        f"time, and {ATTACK_NAMES.get(loose, loose)}, whose change has consistency "
+        f"{footprint[loose]['consistency']:.2f}."
+    )
 
 
 def backdoor_readings(
-    table: Mapping[str, dict], footprint: Mapping[str, dict], fit: Mapping[str, float], strong_warp: float
+    pretrained_ca: float,
+    table: Mapping[str, dict],
+    footprint: Mapping[str, dict],
+    fit: Mapping[str, float],
+    base: Mapping[str, dict] | None = None,
 ) -> dict:
-    """Chapter 2's glued readings: {"verdict", "warp_reading", "wanet_row"} -> Markdown text."""
+    """Chapter 2's glued readings: {"verdict", "ca_reading", "planting_reading"} -> Markdown
+    text (base: `experiments.base_rates`)."""
+    rates = {a: b["asr"] for a, b in (base or {}).items()}
     return {
-        "verdict": fire_verdict(table),
-        "warp_reading": warp_reading(table, footprint, fit, strong_warp),
-        "wanet_row": wanet_row(table),
+        "verdict": planting_verdict(table, rates),
+        "ca_reading": clean_accuracy_reading(pretrained_ca, table),
+        "planting_reading": planting_reading(table, footprint, fit, rates),
     }
 
 
@@ -265,6 +331,7 @@ def detection_results(
     return {
         "attacks": {a: {k: v for k, v in row.items() if not isinstance(v, list)} for a, row in rows.items()},
         "min_topk_precision": min(x["topk_precision"] for x in r),
+        "max_topk_precision": max(x["topk_precision"] for x in r),
         "min_split_recall": min(x["split_recall"] for x in r),
         # the poisons the split leaves in D_safe, per attack: the fewest and the most (%)
         "split_missed_min": 100 - max(x["split_recall"] for x in r),
@@ -283,49 +350,75 @@ def missed_attacks(rows: Mapping[str, dict]) -> list:
     return [a for a, r in rows.items() if r["topk_precision"] < DETECTED_PRECISION]
 
 
-def missed_reason(attack: str, row: dict, asr: float) -> str:
-    """Why the top k of `attack` missed: how it compares with a random draw from D_susp, and
-    whether its backdoor was planted at all (`asr`: its No-defense ASR, chapter 2)."""
-    base = 100 * row["susp_poisons"] / row["d_susp"]  # the poisoned share of a random draw from D_susp
-    draw = (
-        f"no better than a random draw from D_susp, which is {base:.1f} % poisoned"
-        if row["topk_precision"] <= base
-        else f"above a random draw from D_susp ({base:.1f} % poisoned)"
+def against_random_draw(row: Mapping) -> str:
+    """How a top k's precision compares with a random draw from D_susp (within 5 points: about)."""
+    share = 100 * row["susp_poisons"] / row["d_susp"]  # the poisoned share of a random draw from D_susp
+    p = row["topk_precision"]
+    if p > share + 5:
+        return f"above a random draw from D_susp ({share:.1f} % poisoned)"
+    if p >= share - 5:
+        return f"about what a random draw from D_susp gives ({share:.1f} % poisoned)"
+    behind = (
+        f"; AUROC {row['topk_auroc']:.2f}: the overfitted model ranks these poisons behind the clean pairs"
+        if row["topk_auroc"] < 0.5
+        else ""
     )
-    planted = (
-        f"its backdoor was not planted (below {PLANTED_ASR:.0f} %), so there was "
-        "little shortcut for the overfitting to strengthen"
-        if asr < PLANTED_ASR
-        else "the backdoor was planted, but the overfitting did not single it out"
-    )
-    return (
-        f"For {attack}, the top k is {row['topk_precision']:.1f} % poisoned, {draw}; its No-defense ASR "
-        f"is {asr:.1f} %: {planted}"
-    )
+    return f"below a random draw from D_susp ({share:.1f} % poisoned{behind})"
 
 
 def detection_verdict(rows: Mapping[str, dict], asr: Mapping[str, float]) -> str:
-    """Whether UBT's top k separates the poisons for every attack and better than ABL; for
-    each missed attack, why (asr: No-defense ASR of at least the `missed_attacks`)."""
-    missed = missed_attacks(rows)
-    abl_level = [a for a, r in rows.items() if r["abl_precision"] >= r["topk_precision"]]
-    abl_part = (
-        "ABL isolates at least as precisely for " + ", ".join(abl_level)
-        if abl_level
-        else "ABL isolates less precisely than UBT's top k for every attack"
-    )
-    if not missed:
-        return (
-            "UBT separates the poisons better than ABL for every attack, as the paper's Fig. 2 shows"
-            if not abl_level
-            else f"UBT's top k is at least 90 % poisoned for every attack, but {abl_part}"
+    """Whether UBT's top k separates the poisons of every planted backdoor, and better than
+    ABL; why a planted one was missed; what the top k holds for each backdoor that was not
+    planted (asr: every attack's No-defense ASR)."""
+    names = lambda attacks: ", ".join(ATTACK_NAMES.get(a, a) for a in attacks)  # noqa: E731
+    took = [a for a in rows if asr[a] >= PLANTED_ASR]
+    missed = [a for a in missed_attacks(rows) if a in took]
+    abl_level = [a for a in took if rows[a]["abl_precision"] >= rows[a]["topk_precision"]]
+    parts = []
+    if not took:
+        parts.append(
+            f"No backdoor was planted in this run (No-defense ASR below {PLANTED_ASR:.0f} % for every "
+            "attack), so there was no shortcut for the overfitting to strengthen"
         )
-    return (
-        "UBT does not reach the paper's separation for every attack. "
-        + ". ".join(missed_reason(a, rows[a], asr[a]) for a in missed)
-        + (". For every other attack the top k is at least 90 % poisoned" if len(missed) < len(rows) else "")
-        + f"; {abl_part}"
-    )
+    elif not missed:
+        parts.append(
+            f"For every planted backdoor ({names(took)}), UBT's top k is at least "
+            f"{DETECTED_PRECISION:.0f} % poisoned"
+            + (
+                ", and more precise than ABL's isolation, as the paper's Fig. 2 shows"
+                if not abl_level
+                else ""
+            )
+        )
+    else:
+        for a in missed:
+            r = rows[a]
+            parts.append(
+                f"{ATTACK_NAMES.get(a, a)} was planted (No-defense ASR {asr[a]:.1f} %), but its top k is "
+                f"only {r['topk_precision']:.1f} % poisoned, {against_random_draw(r)}: the overfitting "
+                "did not single its poisons out"
+            )
+        found = [a for a in took if a not in missed]
+        if found:
+            parts.append(
+                f"For the other planted backdoors ({names(found)}) the top k is at least "
+                f"{DETECTED_PRECISION:.0f} % poisoned"
+            )
+    if abl_level:
+        parts.append(f"ABL isolates at least as precisely as UBT's top k for {names(abl_level)}")
+    for a in (a for a in rows if a not in took):
+        r = rows[a]
+        text = (
+            f"{ATTACK_NAMES.get(a, a)} was not planted (No-defense ASR {asr[a]:.1f} %); its top k is "
+            f"{r['topk_precision']:.1f} % poisoned, {against_random_draw(r)}"
+        )
+        if r["topk_precision"] >= DETECTED_PRECISION:
+            text += (
+                ": the overfitting still ranks its poisons first, since they share a trigger the "
+                "poisoned model learned, if too weakly to carry held-out images to the target"
+            )
+        parts.append(text)
+    return ". ".join(parts) + "."
 
 
 def abl_reading(rows: Mapping[str, dict], isolation_ratio: float) -> str:
@@ -364,16 +457,19 @@ def detection_readings(rows: Mapping[str, dict], asr: Mapping[str, float], isola
 
 
 def ablation_table(ablations: Mapping[tuple, list]) -> pd.DataFrame:
-    """One row per ablation run: attack, parameter, value, CA, ASR, top-k precision, seconds and
-    pairs scored (ablations: (attack, field) -> `experiments.ablation` rows)."""
+    """One row per ablation run: attack, parameter, value, seed, defense, CA, ASR, RA, top-k
+    precision, seconds and pairs scored (ablations: (attack, field) -> `experiments.ablation` rows)."""
     return pd.DataFrame(
         [
             {
                 "attack": a,
                 "parameter": f,
                 "value": r[f],
+                "seed": r.get("seed", 0),
+                "defense": r.get("defense", "ubt"),
                 "CA": r["ca"],
                 "ASR": r["asr"],
+                "RA": r.get("ra"),
                 "precision": r.get("precision"),
                 "seconds": r["seconds"],
                 "pairs scored": r["pairs_scored"],
@@ -384,15 +480,93 @@ def ablation_table(ablations: Mapping[tuple, list]) -> pd.DataFrame:
     )
 
 
+ABLATION_METRICS = ("CA", "ASR", "RA", "precision", "seconds")
+
+
+def ablation_summary(flat: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds of each (attack, parameter, value): columns "<metric>" and
+    "<metric> std" for `ABLATION_METRICS`, and "seeds" (how many)."""
+    rows = []
+    for (a, f), sub in flat.groupby(["attack", "parameter"], sort=False):
+        for v in list(dict.fromkeys(sub["value"])):
+            runs = sub[sub["value"] == v]
+            row = {"attack": a, "parameter": f, "value": v, "seeds": len(runs)}
+            for m in ABLATION_METRICS:
+                x = pd.to_numeric(runs[m], errors="coerce")
+                row[m], row[f"{m} std"] = x.mean(), (x.std(ddof=0) if len(x) > 1 else float("nan"))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def ablation_value(flat: pd.DataFrame, field: str, value, metric: str) -> float:
-    """`metric` of the first ablation row that set `field` to `value`; NaN where the grid skipped it."""
-    return next(
-        (
-            r[metric]
-            for r in flat.to_dict(orient="records")
-            if r["parameter"] == field and r["value"] == value
-        ),
-        float("nan"),
+    """`metric` of the ablation runs that set `field` to `value`, averaged over seeds (over
+    the first attack that ran it); NaN where the grid skipped it."""
+    runs = flat[(flat["parameter"] == field) & flat["value"].map(lambda v: v == value)]
+    if runs.empty:
+        return float("nan")
+    runs = runs[runs["attack"] == runs["attack"].iloc[0]]
+    return float(pd.to_numeric(runs[metric], errors="coerce").mean())
+
+
+# Each departure from the paper that chapter 4 justifies: field -> (what it is, the paper's
+# value, the metric that decides it, True where lower is better).
+DEPARTURES = {
+    "caption_form": ("how kept tokens become a caption", "tokens", "ASR", True),
+    "skip_function_words": ("passing over function words when keeping a token", False, "ASR", True),
+    "susp_fraction": ("the size of D_susp", 0.05, "ASR", True),
+    "overfit_epochs": ("the overfitting epochs", 5.0, "seconds", True),
+    "retain_weight": ("a clean-retention term while unlearning", 0.0, "CA", False),
+    "retain_fraction": ("leaving the pairs the overfitting raised most out of that term", 1.0, "ASR", True),
+    "unlearn_floor": ("a floor on eq. 3", -1.0, "CA", False),
+    "max_token_captions": ("one token-level caption in the Cartesian product", 8, "seconds", True),
+}
+
+
+def _stat(row: Mapping, metric: str) -> str:
+    std = row[f"{metric} std"]
+    unit = " s" if metric == "seconds" else " %"
+    return f"{row[metric]:.2f}" + ("" if pd.isna(std) else f" ± {std:.2f}") + unit
+
+
+def departure_reading(summary: pd.DataFrame, field: str, default) -> str:
+    """One departure's computed reason: the pocket default against the paper's value on the
+    metric that decides it (mean ± std over seeds), and whether the evidence supports the
+    default (a gap larger than both spreads and than 1 point or 1 s), goes against it, or
+    cannot tell."""
+    what, paper, metric, lower_better = DEPARTURES[field]
+    sub = summary[summary["parameter"] == field]
+    pick = lambda v: sub[sub["value"].map(lambda x: x == v)]  # noqa: E731
+    ours, theirs = pick(default), pick(paper)
+    if ours.empty or theirs.empty:
+        return f"**{what}** (`ubt_{field}`): not run with both values here."
+    ours, theirs = ours.iloc[0], theirs.iloc[0]
+    gap = (theirs[metric] - ours[metric]) * (1 if lower_better else -1)  # > 0: the default is better
+    spread = max(
+        0.0 if pd.isna(ours[f"{metric} std"]) else ours[f"{metric} std"],
+        0.0 if pd.isna(theirs[f"{metric} std"]) else theirs[f"{metric} std"],
+        1.0,
+    )
+    if gap > spread:
+        judged = "the evidence supports the pocket default"
+    elif gap < -spread:
+        judged = "the evidence goes against the pocket default: the paper's value does better here"
+    else:
+        judged = "the two lie within the seeds' spread, so this measure does not decide between them"
+    others = [m for m in ("CA", "ASR", "RA") if m != metric]
+    context = "; ".join(f"{m} {_stat(ours, m)} against {_stat(theirs, m)}" for m in others)
+    return (
+        f"**{what}** (`ubt_{field}`): {metric} {_stat(ours, metric)} with the pocket default "
+        f"({default!r}) against {_stat(theirs, metric)} with the paper's ({paper!r}), over "
+        f"{int(ours['seeds'])} seeds ({context}): {judged}."
+    )
+
+
+def departure_readings(summary: pd.DataFrame, ubt_cfg) -> str:
+    """Chapter 4's reasons for the pocket departures, one computed sentence each, as a list."""
+    return "\n".join(
+        f"- {departure_reading(summary, f, getattr(ubt_cfg, f))}"
+        for f in DEPARTURES
+        if f in set(summary["parameter"])
     )
 
 
@@ -543,11 +717,14 @@ def table1_aggregate(rows: pd.DataFrame) -> pd.DataFrame:
     return agg
 
 
-def table1_display(agg: pd.DataFrame) -> pd.DataFrame:
+def table1_display(agg: pd.DataFrame, base: Mapping[str, dict] | None = None) -> pd.DataFrame:
     """The Table 1 analogue as shown: "mean ± std" of CA, ASR and RA (std 0 for one seed), the
-    redirect, the paper's CA and ASR and the cost columns, indexed by (attack, defense)."""
+    trigger's base rate (the clean pre-trained model's ASR, `experiments.base_rates`; n/a where
+    not given), the redirect, the paper's CA and ASR and the cost columns, indexed by (attack,
+    defense)."""
     table = agg.assign(
         **{
+            "base rate": [(base or {}).get(a, {}).get("asr") for a in agg.attack],
             "CA (pocket)": [f"{m:.2f} ± {s:.2f}" for m, s in zip(agg.CA, agg.CA_std.fillna(0))],
             "ASR (pocket)": [f"{m:.2f} ± {s:.2f}" for m, s in zip(agg.ASR, agg.ASR_std.fillna(0))],
             "RA (pocket)": [f"{m:.2f} ± {s:.2f}" for m, s in zip(agg.RA, agg.RA_std.fillna(0))],
@@ -562,6 +739,7 @@ def table1_display(agg: pd.DataFrame) -> pd.DataFrame:
             "defense",
             "CA (pocket)",
             "ASR (pocket)",
+            "base rate",
             "RA (pocket)",
             "redirect",
             "paper CA",
@@ -569,7 +747,8 @@ def table1_display(agg: pd.DataFrame) -> pd.DataFrame:
             "seconds",
             "pairs_trained",
         ]
-    ]
+    ].rename(columns={"seconds": "wall time (s)", "pairs_trained": "pairs trained"})
+    table["pairs trained"] = table["pairs trained"].round().astype(int)
     return table.set_index(["attack", "defense"])
 
 
@@ -654,20 +833,21 @@ def removal_verdict(variant: str, agg: pd.DataFrame) -> str:
     if all(v == "removed" for v in said.values()):
         return (
             f"{variant} removes every planted backdoor: ASR at most {REMOVED_ASR:.0f} % and RA within "
-            f"{RA_MARGIN:.0f} points of CA for {', '.join(fired)}"
+            f"{RA_MARGIN:.0f} points of CA for {', '.join(ATTACK_NAMES.get(a, a) for a in fired)}"
         )
     parts = []
     for a in fired:
+        name = ATTACK_NAMES.get(a, a)
         if said[a] == "removed":
-            parts.append(f"{a}: removed (RA {t.RA[a]:.1f} % against CA {t.CA[a]:.1f} %)")
+            parts.append(f"{name}: removed (RA {t.RA[a]:.1f} % against CA {t.CA[a]:.1f} %)")
         elif said[a] == "redirected":
             parts.append(
-                f"{a}: redirected, not removed (ASR {t.ASR[a]:.1f} %, but RA {t.RA[a]:.1f} % against CA "
+                f"{name}: redirected, not removed (ASR {t.ASR[a]:.1f} %, but RA {t.RA[a]:.1f} % against CA "
                 f"{t.CA[a]:.1f} %; {t.redirect_share[a]:.0f} % of triggered images go to "
                 f"{t.redirect_class[a]}, {t.redirect_clean_share[a]:.0f} % without the trigger)"
             )
         else:
-            parts.append(f"{a}: not removed (ASR {t.ASR[a]:.1f} %)")
+            parts.append(f"{name}: not removed (ASR {t.ASR[a]:.1f} %)")
     return f"{variant}: " + "; ".join(parts)
 
 
@@ -680,5 +860,52 @@ def table1_readings(agg: pd.DataFrame) -> dict:
         "ubt_verdict": removal_verdict("UBT", agg),
         "no_token_verdict": removal_verdict("UBT w/o token-level", agg),
         "restore_verdict": removal_verdict(restore, agg) if (agg.defense == restore).any() else "not run",
-        "not_planted": ", ".join(a for a in took.index if not took[a]) or "none",
+        "not_planted": ", ".join(
+            f"{ATTACK_NAMES.get(a, a)} ({_by_attack(agg, 'No defense').ASR[a]:.1f} %)"
+            for a in took.index
+            if not took[a]
+        )
+        or "none",
     }
+
+
+def restore_reading(agg: pd.DataFrame, targets: Sequence[dict]) -> str:
+    """Why the restoring variant does or does not give the images back their class: its RA
+    against UBT's and CA over the planted attacks, and how often the class it pulls a detected
+    poison towards is that object's true class (targets: `experiments.restore_targets` rows,
+    one per seed and attack)."""
+    restore = DEFENSE_NAMES["ubt_restore"]
+    if not (agg.defense == restore).any():
+        return "The restoring variant was not run."
+    took = planted(agg)
+    fired = [a for a in took.index if took[a]]
+    if not fired:
+        return "No backdoor was planted, so the restoring variant had nothing to restore."
+    r, u = _by_attack(agg, restore).reindex(fired), _by_attack(agg, "UBT").reindex(fired)
+    gap = float((r.CA - r.RA).max())
+    rows = [t for t in targets if t["attack"] in fired and t["poisons_pulled"]]
+    share = sum(t["true_class_share"] * t["poisons_pulled"] for t in rows) / max(
+        1, sum(t["poisons_pulled"] for t in rows)
+    )
+    text = (
+        f"Over the planted attacks the restoring variant's RA is {r.RA.mean():.1f} % on average "
+        f"(UBT's: {u.RA.mean():.1f} %), at most {gap:.1f} points below its CA. "
+    )
+    if not rows:
+        return text + "It pulled no detected poison towards a class."
+    text += (
+        f"The class it pulls a detected poison towards, the clean pre-trained model's zero-shot "
+        f"class of the triggered image, is the object's true class for {share:.1f} % of them"
+    )
+    if gap <= RA_MARGIN:
+        return text + ", enough to give the images back their class."
+    mean_ca = float(r.CA.mean())
+    if share < mean_ca - RA_MARGIN:
+        return text + (
+            f", below even the clean model's CA ({mean_ca:.1f} %): the trigger misleads the clean "
+            "model too, so the variant teaches many images a wrong class."
+        )
+    return text + (
+        ": its targets are mostly right, so the shortfall lies elsewhere (how strongly it pulls: "
+        "`ubt_restore_weight`, ablated in chapter 4)."
+    )
