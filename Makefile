@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 LOCK   := requirements.lock
 
-.PHONY: help book test unit lint chapters lock clean clean-cache
+.PHONY: help book student test unit lint chapters lock clean clean-cache
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  \1\t/'
@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml $(LOCK)
 
 book: $(STAMP)  ## execute every chapter (pocket profile) and build the HTML book
 	$(BIN)/python -m ubtlib book
+
+student: $(STAMP)  ## the student edition (no solutions) of the book `make book` executed, in _build/student
+	$(BIN)/python -m ubtlib student
 
 lint: $(STAMP)  ## ruff check and ruff format --check on the repository (notebooks included)
 	$(BIN)/ruff check .

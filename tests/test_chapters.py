@@ -1,7 +1,9 @@
 """Every chapter executed at the smoke profile through papermill, then one clean book build."""
 
+import html as html_lib
 import json
 import platform
+import re
 import shutil
 
 import nbformat
@@ -23,6 +25,8 @@ def book(tmp_path_factory):
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy(ROOT / name, root / name)
     shutil.copytree(ROOT / "book", root / "book", ignore=shutil.ignore_patterns("chapters", "_build"))
+    (root / "ubtlib").mkdir()
+    shutil.copy(ROOT / "ubtlib" / "solutions.py", root / "ubtlib")  # the solutions include it
     return root
 
 
@@ -85,6 +89,32 @@ def test_clean_book_build_has_no_warnings(book):
     html = (book / "_build" / "html" / "book" / "chapters" / "01_pocket_world.html").read_text()
     assert "zero-shot" in html and "<img" in html
     assert (book / "_build" / "html" / "index.html").exists()
+    # the instructor's edition has the exercises and their solutions, collapsed
+    ch2 = (book / "_build" / "html" / "book" / "chapters" / "02_backdoor_attacks.html").read_text()
+    assert 'class="solution dropdown admonition"' in ch2
+    assert "The attack success rate" in _text(ch2) and "keep = labels != target" in _text(ch2)
+
+
+def _text(page: str) -> str:
+    """A page's text, tags dropped and entities decoded (code is split into spans)."""
+    return html_lib.unescape(re.sub(r"<[^>]+>", "", page))
+
+
+@pytest.mark.book
+def test_student_edition_has_the_exercises_and_no_solution(book):
+    chapters = book / "book" / "chapters"
+    for chapter in CHAPTERS:
+        if not (chapters / f"{chapter}.json").exists():
+            cli.run_chapter(
+                chapter, {"profile": "smoke"}, chapters, progress=False, cell_timeout=SMOKE_CELL_TIMEOUT
+            )
+    html = cli.build_book(book, student=True)
+    pages = {p.name: p.read_text() for p in (html / "book" / "chapters").glob("*.html")}
+    exercises = sum(page.count('class="exercise admonition"') for page in pages.values())
+    assert exercises >= 20, f"{exercises} exercises in the student edition"
+    for name, page in pages.items():
+        assert "solution" not in page and "Solution to" not in _text(page), f"{name} shows a solution"
+    assert "keep = labels != target" not in _text(pages["02_backdoor_attacks.html"])
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)

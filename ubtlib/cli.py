@@ -3,6 +3,9 @@
     python -m ubtlib chapters                        list the chapters
     python -m ubtlib run CHAPTER [-p NAME VALUE]...  execute one chapter (papermill)
     python -m ubtlib book [--profile P]              execute every chapter, then build the HTML
+    python -m ubtlib student                         the student edition (no solutions) of the built book
+    python -m ubtlib cache ls | export FILE | import FILE
+                                                     list the cached stages; share them (a class cache)
     python -m ubtlib paper STAGE ...                 a paper-profile stage on real weights and data
                                                      (finetune, evaluate, defend, privacy; see
                                                      `python -m ubtlib paper STAGE --help`)
@@ -89,13 +92,25 @@ def run_chapter(
     return out
 
 
-def build_book(root: pathlib.Path = ROOT) -> None:
-    """Build the HTML book from scratch (warnings are errors, like CI)."""
+def build_book(root: pathlib.Path = ROOT, student: bool = False) -> pathlib.Path:
+    """Build the HTML book from scratch (warnings are errors, like CI): the instructor's
+    edition into _build/html, or with `student` the same pages without any solution into
+    _build/student/_build/html. Returns the HTML folder."""
     # the console script installed next to this interpreter (jupyter_book has no __main__)
     exe = pathlib.Path(sys.executable).parent / "jupyter-book"
-    cmd = [str(exe), "build", "--all", "-W", "-n", "--keep-going", str(root)]
-    subprocess.run(cmd, check=True)
-    print(f"open {root / '_build' / 'html' / 'index.html'}")
+    cmd = [str(exe), "build", "--all", "-W", "-n", "--keep-going"]
+    html = root / "_build" / "html"
+    if student:
+        config = yaml.safe_load((root / "_config.yml").read_text())
+        config["sphinx"]["config"]["hide_solutions"] = True
+        out = root / "_build" / "student"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+        cmd += ["--config", str(out / "_config.yml"), "--path-output", str(out)]
+        html = out / "_build" / "html"
+    subprocess.run([*cmd, str(root)], check=True)
+    print(f"open {html / 'index.html'}")
+    return html
 
 
 def _parse_params(pairs) -> dict:
@@ -242,6 +257,33 @@ def _paper_stage(prof, args) -> None:
         )
 
 
+def _run_cache(args) -> None:
+    from ubtlib.pipeline import sharing
+
+    if args.cache_cmd == "ls":
+        for e in sharing.entries():
+            params = json.dumps(sharing.parameters(e["desc"]), sort_keys=True, default=str)
+            status = "read here" if e["problem"] is None else f"not read here: {e['problem']}"
+            print(f"{e['stage']:<16} {e['digest']}  {e['size'] / 2**20:8.1f} MB  {status}")
+            print(f"    {params[:300]}{'...' if len(params) > 300 else ''}")
+    elif args.cache_cmd == "export":
+        r = sharing.export(args.file)
+        print(
+            f"wrote {r['exported']} entries ({r['bytes'] / 2**20:.1f} MB) to {args.file}; "
+            f"{r['left_out']} entries this checkout does not read left out"
+        )
+    else:
+        try:
+            r = sharing.import_entries(args.file)
+        except (OSError, ValueError) as e:
+            raise SystemExit(str(e)) from None
+        print(f"installed {len(r['installed'])} entries, {len(r['present'])} already here")
+        for name, reason in r["refused"].items():
+            print(f"refused {name}: {reason}", file=sys.stderr)
+        if r["refused"]:
+            raise SystemExit(f"{len(r['refused'])} entries refused (above); the others are installed")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(
         prog="python -m ubtlib", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -253,6 +295,7 @@ def main(argv=None) -> None:
     run.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"))
     run.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
     run.add_argument("--build", action="store_true", help="rebuild the HTML book afterwards")
+    sub.add_parser("student", help="build the student edition (no solutions) from the executed chapters")
     book = sub.add_parser("book", help="execute every chapter, then build the HTML book")
     book.add_argument("--profile", default=None, help="smoke, pocket (default) or paper")
     book.add_argument(
@@ -263,10 +306,24 @@ def main(argv=None) -> None:
         metavar=("NAME", "VALUE"),
         help="passed to every chapter that has it",
     )
+    cache = sub.add_parser("cache", help="list the cached stages, or export / import them (a class cache)")
+    cache_cmd = cache.add_subparsers(dest="cache_cmd", required=True)
+    cache_cmd.add_parser(
+        "ls", help="every entry: stage, size, whether this checkout reads it, its parameters"
+    )
+    for name, text in (
+        ("export", "write the entries this checkout reads to FILE (.tar.gz)"),
+        ("import", "install the entries of FILE that this checkout reads"),
+    ):
+        cache_cmd.add_parser(name, help=text).add_argument("file", type=pathlib.Path)
     _paper_parser(sub)
     args = ap.parse_args(argv)
 
-    if args.cmd == "chapters":
+    if args.cmd == "cache":
+        _run_cache(args)
+    elif args.cmd == "student":
+        build_book(student=True)
+    elif args.cmd == "chapters":
         for c in chapters():
             print(c)
             for name, p in notebook_parameters(c).items():

@@ -578,6 +578,7 @@ def unlearning_results(
     double = 2 * retain_candidates
     quoted = (
         ("abl_tokens_asr", "caption_form", "tokens", "ASR"),
+        ("abl_template_asr", "caption_form", "template", "ASR"),
         ("abl_all_safe_asr", "retain_fraction", 1.0, "ASR"),
         ("abl_no_retain_asr", "retain_weight", 0.0, "ASR"),
         ("abl_no_retain_ca", "retain_weight", 0.0, "CA"),
