@@ -71,3 +71,14 @@ def test_a_known_mistake_is_named(check, wrong, words):
 def test_an_unknown_mistake_still_says_what_was_expected():
     with pytest.raises(exercises.ExerciseError, match="expected 50.0"):
         exercises.check_asr(lambda *a: 42.0)
+
+
+def test_a_non_function_or_a_function_that_raises_gets_a_message():
+    with pytest.raises(exercises.ExerciseError, match="takes your function itself, got 3"):
+        exercises.check_asr(3)
+
+    def broken(logits, labels, target):
+        return logits[labels.nonexistent]
+
+    with pytest.raises(exercises.ExerciseError, match="your function raised AttributeError"):
+        exercises.check_asr(broken)

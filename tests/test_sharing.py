@@ -119,7 +119,7 @@ def test_a_file_that_is_no_class_cache_is_named(tmp_path):
     with pytest.raises(ValueError, match="no readable manifest.json"):
         sharing.import_entries(_tarball(tmp_path / "m.tar.gz", {}, manifest=False), tmp_path)
     (tmp_path / "junk.tar.gz").write_bytes(b"not a tarball")
-    with pytest.raises(ValueError, match="not a class-cache tarball"):
+    with pytest.raises(ValueError, match="not a complete class-cache tarball"):
         sharing.import_entries(tmp_path / "junk.tar.gz", tmp_path)
     with pytest.raises(FileNotFoundError, match="no such class-cache file"):
         sharing.import_entries(tmp_path / "absent.tar.gz", tmp_path)
@@ -144,3 +144,17 @@ def test_cache_commands(tmp_path, monkeypatch):
     assert "installed 1 entries" in run("import", str(tmp_path / "x.tar.gz")).stdout
     bad = run("import", str(tmp_path / "nothing.tar.gz"))
     assert bad.returncode != 0 and "no such class-cache file" in bad.stderr
+
+
+def test_a_truncated_tarball_is_refused_and_the_cache_kept(tmp_path, monkeypatch):
+    make_entry(tmp_path / "teacher", monkeypatch, 1.0)
+    make_entry(tmp_path / "teacher", monkeypatch, 2.0)
+    sharing.export(tmp_path / "c.tar.gz", tmp_path / "teacher")
+    data = (tmp_path / "c.tar.gz").read_bytes()
+    (tmp_path / "cut.tar.gz").write_bytes(data[: len(data) // 2])
+    student = tmp_path / "student"
+    make_entry(student, monkeypatch, 5.0)  # the student's own entry
+    with pytest.raises(ValueError, match="not a complete class-cache tarball"):
+        sharing.import_entries(tmp_path / "cut.tar.gz", student)
+    assert make_entry(student, monkeypatch, 5.0) == (5.0, [])  # still there, read from the cache
+    assert all(e["problem"] is None for e in sharing.entries(student))  # nothing half-written

@@ -12,6 +12,7 @@ says the same thing every time.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -54,6 +55,25 @@ def _run(name: str, cases: list) -> str:
     return f"{name}: all {len(cases)} cases pass"
 
 
+def _guarded(check):
+    """A check that answers a non-function, or a function that raises, with a message."""
+
+    @functools.wraps(check)
+    def run(fn):
+        if not callable(fn):
+            raise ExerciseError(
+                f"{check.__name__} takes your function itself, got {fn!r} ({type(fn).__name__})"
+            )
+        try:
+            return check(fn)
+        except ExerciseError:
+            raise
+        except Exception as e:  # the student's code failed on a case: say so, not a traceback
+            raise ExerciseError(f"{check.__name__}: your function raised {type(e).__name__}: {e}") from None
+
+    return run
+
+
 def _logits(predicted: list, n_classes: int) -> torch.Tensor:
     """Logits whose argmax is `predicted` (one row per image)."""
     out = torch.zeros(len(predicted), n_classes)
@@ -66,6 +86,7 @@ _LABELS = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
 _PRED = [0, 0, 0, 1, 0, 2, 3, 0]  # target images -> target; 3 of 6 others -> target; 3 right
 
 
+@_guarded
 def check_asr(asr: Callable) -> str:
     """`asr(logits, labels, target)`: the share (%) of triggered images whose true class is not
     the target that the model classifies as the target."""
@@ -105,6 +126,7 @@ def check_asr(asr: Callable) -> str:
     )
 
 
+@_guarded
 def check_robust_accuracy(robust_accuracy: Callable) -> str:
     """`robust_accuracy(logits, labels, target)`: the share (%) of triggered images whose true
     class is not the target that the model gives their own class."""
@@ -137,6 +159,7 @@ def check_robust_accuracy(robust_accuracy: Callable) -> str:
     )
 
 
+@_guarded
 def check_overfit_loss(overfit_loss: Callable) -> str:
     """`overfit_loss(similarity)`: eq. 1's term on D_susp, the mean of (S - 1)^2 over the pairs."""
     s = torch.tensor([1.0, 0.5, 0.0, -0.5])
@@ -159,6 +182,7 @@ def check_overfit_loss(overfit_loss: Callable) -> str:
     )
 
 
+@_guarded
 def check_topk(topk: Callable) -> str:
     """`topk(similarity_on_susp, susp, k)`: eq. 2, the positions (taken from `susp`) of the k
     D_susp pairs the overfitted model finds most similar, most similar first."""
@@ -190,6 +214,7 @@ def check_topk(topk: Callable) -> str:
     )
 
 
+@_guarded
 def check_unlearning_loss(unlearning_loss: Callable) -> str:
     """`unlearning_loss(similarity, floor)`: eq. 3 with the book's floor, the mean over the
     unlearning pairs of max(S - floor, 0)."""
@@ -217,6 +242,7 @@ def check_unlearning_loss(unlearning_loss: Callable) -> str:
     )
 
 
+@_guarded
 def check_split(split: Callable) -> str:
     """`split(similarity, fraction)`: (D_susp, D_safe), the positions of the weakest `fraction`
     of pairs under the clean model (rounded, at least one) and of the rest, each sorted."""
@@ -242,6 +268,7 @@ def check_split(split: Callable) -> str:
     )
 
 
+@_guarded
 def check_psnr(psnr: Callable) -> str:
     """`psnr(clean, triggered)`: per image, 10 log10(1 / MSE) in dB for images in [0, 1]."""
     clean = torch.zeros(2, 3, 4, 4)
@@ -269,6 +296,7 @@ def check_psnr(psnr: Callable) -> str:
     )
 
 
+@_guarded
 def check_majority_vote(recognised: Callable) -> str:
     """`recognised(votes, truth)`: whether the photos' majority vote names the person; `votes`
     holds one candidate index per photo. A tie for the most votes counts as wrong."""
@@ -288,6 +316,7 @@ def check_majority_vote(recognised: Callable) -> str:
     )
 
 
+@_guarded
 def check_name_caption(name_caption: Callable) -> str:
     """`name_caption(caption, term, position)`: the caption with its word at `position` (split on
     spaces) replaced by `term`, the word's trailing punctuation kept."""

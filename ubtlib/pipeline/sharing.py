@@ -18,8 +18,10 @@ import io
 import json
 import os
 import pathlib
+import shutil
 import tarfile
 import tempfile
+import zlib
 
 from ubtlib import numerics
 from ubtlib.pipeline.cache import SOURCES, cache_root, code_hash, library_versions
@@ -160,58 +162,60 @@ def _members(tar: tarfile.TarFile, path: pathlib.Path) -> dict:
 
 def import_entries(path: pathlib.Path, root: pathlib.Path | None = None) -> dict:
     """Install the entries of the tarball `path` that this checkout would read; returns
-    {"installed": [...], "present": [...], "refused": {"stage/digest": reason}}."""
+    {"installed": [...], "present": [...], "refused": {"stage/digest": reason}}. Entries
+    already in the cache are never touched."""
     path, root = pathlib.Path(path), pathlib.Path(root or cache_root())
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such class-cache file")
     try:
-        tar = tarfile.open(path, "r:*")
-    except tarfile.TarError as e:
-        raise ValueError(f"{path}: not a class-cache tarball ({e})") from None
-    with tar:
+        with tarfile.open(path, "r:*") as tar:
+            return _install(tar, path, root)
+    except (tarfile.TarError, EOFError, zlib.error) as e:  # not a tarball, cut short, or damaged
+        raise ValueError(
+            f"{path}: not a complete class-cache tarball ({e}); every entry installed before the "
+            "damage is complete, the rest were not installed"
+        ) from None
+
+
+def _install(tar: tarfile.TarFile, path: pathlib.Path, root: pathlib.Path) -> dict:
+    try:
+        manifest = json.load(tar.extractfile("manifest.json"))
+    except (KeyError, json.JSONDecodeError, TypeError) as e:
+        raise ValueError(
+            f"{path}: no readable manifest.json ({e}); was it written by `cache export`?"
+        ) from None
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}: manifest format {manifest.get('format')!r}, this checkout reads {FORMAT}")
+    by_entry = _members(tar, path)
+    result = {"installed": [], "present": [], "refused": {}}
+    for item in manifest.get("entries", []):
+        stage, digest = item["stage"], item["digest"]
+        name = f"{stage}/{digest}"
+        files = by_entry.get((stage, digest), {})
+        if "key.json" not in files:
+            result["refused"][name] = "the tarball has no key.json for it"
+            continue
+        desc = json.load(tar.extractfile(files["key.json"]))
+        problem = entry_problem(desc, digest)
+        if problem:
+            result["refused"][name] = problem
+            continue
+        folder = root / stage / digest
+        if (folder / "key.json").exists():
+            result["present"].append(name)
+            continue
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{digest}.import.", dir=folder.parent))
         try:
-            manifest = json.load(tar.extractfile("manifest.json"))
-        except (KeyError, json.JSONDecodeError, TypeError) as e:
-            raise ValueError(
-                f"{path}: no readable manifest.json ({e}); was it written by `cache export`?"
-            ) from None
-        if manifest.get("format") != FORMAT:
-            raise ValueError(
-                f"{path}: manifest format {manifest.get('format')!r}, this checkout reads {FORMAT}"
-            )
-        by_entry = _members(tar, path)
-        result = {"installed": [], "present": [], "refused": {}}
-        for item in manifest.get("entries", []):
-            stage, digest = item["stage"], item["digest"]
-            name = f"{stage}/{digest}"
-            files = by_entry.get((stage, digest), {})
-            if "key.json" not in files:
-                result["refused"][name] = "the tarball has no key.json for it"
-                continue
-            desc = json.load(tar.extractfile(files["key.json"]))
-            problem = entry_problem(desc, digest)
-            if problem:
-                result["refused"][name] = problem
-                continue
-            folder = root / stage / digest
-            if (folder / "key.json").exists():
-                result["present"].append(name)
-                continue
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{digest}.import.", dir=folder.parent))
-            try:
-                for fname, member in files.items():
-                    if fname != "key.json":
-                        (tmp / fname).write_bytes(tar.extractfile(member).read())
-                (tmp / "key.json").write_bytes(tar.extractfile(files["key.json"]).read())  # last: complete
-                os.rename(tmp, folder)
-            except OSError:
-                if not (folder / "key.json").exists():
-                    raise
-            finally:
-                if tmp.exists():
-                    for f in tmp.iterdir():
-                        f.unlink()
-                    tmp.rmdir()
-            result["installed"].append(name)
+            for fname, member in files.items():
+                if fname != "key.json":
+                    (tmp / fname).write_bytes(tar.extractfile(member).read())
+            (tmp / "key.json").write_bytes(tar.extractfile(files["key.json"]).read())  # last: complete
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / "key.json").exists():
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        result["installed"].append(name)
     return result
