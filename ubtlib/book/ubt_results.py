@@ -68,7 +68,8 @@ def spread_summary(rows: Sequence[dict]) -> dict:
 
 def spread_reading(summary: Mapping) -> str:
     """Chapter 1's reading of the spread, for whichever way the runs came out."""
-    counts = ", ".join(map(str, summary["thread_counts"]))
+    counts = [str(t) for t in summary["thread_counts"]]
+    counts = " and ".join([", ".join(counts[:-1]), counts[-1]] if len(counts) > 1 else counts)
     threads = (
         f"With the book's kernels, {counts} threads gave bit-identical weights"
         if summary["threads_identical"]
@@ -77,9 +78,11 @@ def spread_reading(summary: Mapping) -> str:
     k, s = summary["kernel_top1_range"], summary["seed_top1_range"]
     seeds = f"the {s:.2f} points between {summary['n_seeds']} training seeds"
     if k == 0:
-        return f"{threads}. Torch's own choice of kernels left the top-1 where it was here, against {seeds}."
+        return f"{threads}. The other kernels left the top-1 where it was here, against {seeds}."
     compare = "less than" if k < s else ("as much as" if k == s else "more than")
-    moved = f"Torch's own choice of kernels moves the top-1 by up to {k:.2f} points"
+    moved = (
+        f"The other kernels (torch's own choice, MKL's other branch) move the top-1 by up to {k:.2f} points"
+    )
     return f"{threads}. {moved}, {compare} {seeds}."
 
 
