@@ -97,7 +97,8 @@ def test_clean_book_build_has_no_warnings(book):
 
 def _text(page: str) -> str:
     """A page's text, tags dropped and entities decoded (code is split into spans)."""
-    return html_lib.unescape(re.sub(r"<[^>]+>", "", page))
+    text = html_lib.unescape(re.sub(r"<[^>]+>", "", page))
+    return text.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
 
 
 @pytest.mark.book
@@ -115,6 +116,31 @@ def test_student_edition_has_the_exercises_and_no_solution(book):
     for name, page in pages.items():
         assert "solution" not in page and "Solution to" not in _text(page), f"{name} shows a solution"
     assert "keep = labels != target" not in _text(pages["02_backdoor_attacks.html"])
+    instructor = {
+        p.name: _text(p.read_text()) for p in (book / "_build" / "html" / "book" / "chapters").glob("*.html")
+    }
+    probes = solution_probes()
+    assert len(probes) >= 10
+    for chapter, probe in probes:
+        assert probe in instructor[f"{chapter}.html"], (
+            f"{chapter}: {probe!r} missing from the instructor's edition"
+        )
+        assert probe not in _text(pages[f"{chapter}.html"]), f"{chapter}: {probe!r} in the student edition"
+
+
+def solution_probes() -> list:
+    """(chapter, a stretch of a solution's own text) for every solution that has text of its
+    own before its first glued value or code."""
+    probes = []
+    for chapter in CHAPTERS:
+        nb = nbformat.read(ROOT / "notebooks" / f"{chapter}.ipynb", as_version=4)
+        for cell in nb.cells:
+            for body in re.findall(r"::::\{solution\}[^\n]*\n(.*?)\n::::", cell.source, re.S):
+                text = " ".join(line for line in body.splitlines() if not line.startswith(":"))
+                text = re.split(r"\{glue|```", text)[0].replace("`", "").replace("*", "").strip()
+                if len(text) >= 25:
+                    probes.append((chapter, " ".join(text.split())[:40]))
+    return probes
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
