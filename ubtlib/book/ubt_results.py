@@ -511,17 +511,41 @@ def ablation_value(flat: pd.DataFrame, field: str, value, metric: str) -> float:
     return float(pd.to_numeric(runs[metric], errors="coerce").mean())
 
 
-# Each departure from the paper that chapter 4 justifies: field -> (what it is, the paper's
-# value, the metric that decides it, True where lower is better).
+# Each departure from the paper that chapter 4 justifies: field -> (what it is, the value it is
+# set against, what that value is, the metric that decides it, True where lower is better).
 DEPARTURES = {
-    "caption_form": ("how kept tokens become a caption", "tokens", "ASR", True),
-    "skip_function_words": ("passing over function words when keeping a token", False, "ASR", True),
-    "susp_fraction": ("the size of D_susp", 0.05, "ASR", True),
-    "overfit_epochs": ("the overfitting epochs", 5.0, "seconds", True),
-    "retain_weight": ("a clean-retention term while unlearning", 0.0, "CA", False),
-    "retain_fraction": ("leaving the pairs the overfitting raised most out of that term", 1.0, "ASR", True),
-    "unlearn_floor": ("a floor on eq. 3", -1.0, "CA", False),
-    "max_token_captions": ("one token-level caption in the Cartesian product", 8, "seconds", True),
+    "caption_form": ("how kept tokens become a caption", "tokens", "the paper's", "ASR", True),
+    "skip_function_words": (
+        "passing over function words when keeping a token",
+        False,
+        "the paper's",
+        "ASR",
+        True,
+    ),
+    "susp_fraction": ("the size of D_susp", 0.05, "the paper profile's", "ASR", True),
+    "overfit_epochs": ("the overfitting epochs", 5.0, "the paper's", "seconds", True),
+    "retain_weight": (
+        "a clean-retention term while unlearning",
+        0.0,
+        "the paper's (no such term)",
+        "CA",
+        False,
+    ),
+    "retain_fraction": (
+        "leaving the pairs the overfitting raised most out of that term",
+        1.0,
+        "the whole scored sample",
+        "ASR",
+        True,
+    ),
+    "unlearn_floor": ("a floor on eq. 3", -1.0, "the paper's (no floor)", "CA", False),
+    "max_token_captions": (
+        "one token-level caption in the Cartesian product",
+        8,
+        "8 captions, towards the paper's full product",
+        "seconds",
+        True,
+    ),
 }
 
 
@@ -536,7 +560,7 @@ def departure_reading(summary: pd.DataFrame, field: str, default) -> str:
     metric that decides it (mean ± std over seeds), and whether the evidence supports the
     default (a gap larger than both spreads and than 1 point or 1 s), goes against it, or
     cannot tell."""
-    what, paper, metric, lower_better = DEPARTURES[field]
+    what, paper, whose, metric, lower_better = DEPARTURES[field]
     sub = summary[summary["parameter"] == field]
     pick = lambda v: sub[sub["value"].map(lambda x: x == v)]  # noqa: E731
     ours, theirs = pick(default), pick(paper)
@@ -552,14 +576,14 @@ def departure_reading(summary: pd.DataFrame, field: str, default) -> str:
     if gap > spread:
         judged = "the evidence supports the pocket default"
     elif gap < -spread:
-        judged = "the evidence goes against the pocket default: the paper's value does better here"
+        judged = "the evidence goes against the pocket default: the other value does better here"
     else:
         judged = "the two lie within the seeds' spread, so this measure does not decide between them"
     others = [m for m in ("CA", "ASR", "RA") if m != metric]
     context = "; ".join(f"{m} {_stat(ours, m)} against {_stat(theirs, m)}" for m in others)
     return (
         f"**{what}** (`ubt_{field}`): {metric} {_stat(ours, metric)} with the pocket default "
-        f"({default!r}) against {_stat(theirs, metric)} with the paper's ({paper!r}), over "
+        f"({default!r}) against {_stat(theirs, metric)} with {whose} ({paper!r}), over "
         f"{int(ours['seeds'])} seeds ({context}): {judged}."
     )
 
