@@ -97,3 +97,22 @@ def test_poison_fit_scores_the_models_own_poisoned_objects(smoke, monkeypatch):
     assert len(seen["images"]) == poisoned_objects.sum() and seen["triggered"]
     assert torch.equal(seen["images"], data.images[np.flatnonzero(poisoned_objects)])
     assert fit == pytest.approx(100 * np.mean(np.arange(poisoned_objects.sum()) % 2 == 0))
+
+
+def test_ablations_repeat_only_the_fields_asked_over_the_seeds(smoke, monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        experiments,
+        "defense_row",
+        lambda prof, attack, defense, progress=True: (
+            calls.append((prof.seed, defense)) or {"ca": 1.0, "asr": 0.0}
+        ),
+    )
+    grid = {"top_k": [5, 10], "caption_form": ["tokens", "template"], "restore_weight": [1.0]}
+    out = experiments.ablations(
+        smoke, ["badnet"], grid, seeds=[0, 1, 2], over_seeds={"caption_form", "restore_weight"}
+    )
+    assert [r["seed"] for r in out[("badnet", "top_k")]] == [smoke.seed, smoke.seed]
+    assert sorted({r["seed"] for r in out[("badnet", "caption_form")]}) == [0, 1, 2]
+    assert {r["defense"] for r in out[("badnet", "restore_weight")]} == {"ubt_restore"}
+    assert len(calls) == 2 + 6 + 3

@@ -399,12 +399,17 @@ def ablation_grid(base) -> dict:
     }
 
 
-def ablations(profile: Profile, attacks, grid: dict | None = None, seeds=None, progress: bool = True) -> dict:
-    """(attack, field) -> `ablation` rows, for every attack, every field of `grid` (None:
-    `ablation_grid` of the profile's UBT settings) and every seed of `seeds`."""
+def ablations(
+    profile: Profile, attacks, grid: dict | None = None, seeds=None, over_seeds=None, progress: bool = True
+) -> dict:
+    """(attack, field) -> `ablation` rows, for every attack and every field of `grid` (None:
+    `ablation_grid` of the profile's UBT settings); the fields in `over_seeds` (None: all) run
+    once per seed of `seeds`, the others at the profile's seed only."""
     grid = ablation_grid(profile.ubt) if grid is None else grid
     return {
-        (a, field): ablation(profile, a, field, values, seeds, progress)
+        (a, field): ablation(
+            profile, a, field, values, seeds if over_seeds is None or field in over_seeds else None, progress
+        )
         for a in attacks
         for field, values in grid.items()
     }
