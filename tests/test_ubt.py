@@ -82,26 +82,30 @@ def test_token_relevance_shape_sums_and_special_tokens(smoke, smoke_world):
         assert rel[b, 0] == 0 and (rel[b, eot[b] :] == 0).all() and (rel[b, 1 : eot[b]] >= 0).all()
 
 
-def test_token_captions_keep_the_most_relevant_tokens_in_order(smoke):
+def _relevance(smoke, caption: str, weights: dict) -> tuple:
+    """(tokenizer, tokens, relevance) of one caption; weights: token position -> relevance,
+    negative positions counted from the end-of-text token."""
     tok = pipeline.pretrained(smoke, progress=False).tokenizer
-    tokens = tok(["a photo of a banana."])
+    tokens = tok([caption])
     n = int(tokens.argmax(-1))
     rel = torch.zeros_like(tokens, dtype=torch.float)
-    rel[0, n - 2] = 0.6  # "banana"
-    rel[0, 2] = 0.3  # "photo"
-    rel[0, 1] = 0.1
+    for position, value in weights.items():
+        rel[0, n + position if position < 0 else position] = value
+    return tok, tokens, rel
+
+
+def test_token_captions_keep_the_most_relevant_tokens_in_order(smoke):
+    tok, tokens, rel = _relevance(
+        smoke, "a photo of a banana.", {-2: 0.6, 2: 0.3, 1: 0.1}
+    )  # banana, photo, a
     assert ubt.token_captions(tokens, rel, tok, 1) == ["banana"]
     assert ubt.token_captions(tokens, rel, tok, 2) == ["photo banana"]
 
 
 def test_token_captions_pass_over_function_words(smoke):
-    tok = pipeline.pretrained(smoke, progress=False).tokenizer
-    tokens = tok(["a photo of the banana."])
-    n = int(tokens.argmax(-1))
-    rel = torch.zeros_like(tokens, dtype=torch.float)
-    rel[0, n - 3] = 0.5  # "the"
-    rel[0, n - 2] = 0.3  # "banana"
-    rel[0, 1] = 0.2  # "a"
+    tok, tokens, rel = _relevance(
+        smoke, "a photo of the banana.", {-3: 0.5, -2: 0.3, 1: 0.2}
+    )  # the, banana, a
     assert ubt.token_captions(tokens, rel, tok, 1) == ["the"]
     assert ubt.token_captions(tokens, rel, tok, 1, ubt.FUNCTION_WORDS) == ["banana"]
     assert ubt.token_captions(tokens, rel, tok, 3, ubt.FUNCTION_WORDS) == ["banana"]

@@ -2,9 +2,10 @@
 
 torch's fused CPU kernels for layer norm and convolution (oneDNN) split their weight
 gradients across threads, so the same seed trains to different weights on 1, 2 or 4 threads.
-These drop-in replacements compute the same function from plain element-wise ops and matrix
-products, whose sums MKL's strict reproducible mode (`ubtlib.numerics`) fixes at any thread
-count. Each keeps its parent's parameters and state-dict keys, so weights load either way.
+These drop-in replacements compute the same function with the gradients' sums done where
+they do not depend on the thread count: plain element-wise ops, matrix products (whose sums
+MKL's strict reproducible mode, `ubtlib.numerics`, fixes) and convolutions that sum each output
+in one thread. Each keeps its parent's parameters and state-dict keys, so weights load either way.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ class PatchEmbedding(torch.nn.Conv2d):
 
 
 class _ConvWithProductWeightGrad(torch.autograd.Function):
-    """torch's convolution forward and input gradient; the weight gradient as matrix products
-    of the output gradient with the unfolded input, summed over images in a fixed order."""
+    """torch's convolution forward and input gradient; the weight gradient as a convolution of
+    the input with the output gradient (images as channels), the bias gradient as per-image
+    sums added in a fixed order."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation):
@@ -63,7 +65,7 @@ class _ConvWithProductWeightGrad(torch.autograd.Function):
 
 
 class InvariantConv2d(torch.nn.Conv2d):
-    """A zero-padded, ungrouped convolution whose weight gradient is a matrix product.
+    """A zero-padded, ungrouped convolution whose weight gradient does not depend on the threads.
 
     oneDNN splits a convolution's weight gradient over threads; forward and input gradient
     are torch's own kernels, which sum each output in one thread.

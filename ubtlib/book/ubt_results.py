@@ -154,8 +154,8 @@ def clean_accuracy_reading(pretrained_ca: float, table: Mapping[str, dict]) -> s
     worst = max(drops.values())
     rose = [a for a, d in drops.items() if d < 0]
     why = (
-        "the poisoned fine-tune is also more training on the clean 95 % of the data, from which "
-        "the pocket CLIP, far from converged, still learns"
+        "the poisoned fine-tune is also more training on the clean pairs, most of the data, from "
+        "which the pocket CLIP, far from converged, still learns"
     )
     if worst <= 0:
         return (
@@ -486,13 +486,18 @@ def ablation_table(ablations: Mapping[tuple, list]) -> pd.DataFrame:
 ABLATION_METRICS = ("CA", "ASR", "RA", "precision", "seconds")
 
 
+def _with_value(df: pd.DataFrame, value) -> pd.DataFrame:
+    """The rows whose "value" equals `value` (values of several types share the column)."""
+    return df[df["value"].map(lambda v: v == value)]
+
+
 def ablation_summary(flat: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds of each (attack, parameter, value): columns "<metric>" and
     "<metric> std" for `ABLATION_METRICS`, and "seeds" (how many)."""
     rows = []
     for (a, f), sub in flat.groupby(["attack", "parameter"], sort=False):
         for v in list(dict.fromkeys(sub["value"])):
-            runs = sub[sub["value"] == v]
+            runs = _with_value(sub, v)
             row = {"attack": a, "parameter": f, "value": v, "seeds": len(runs)}
             for m in ABLATION_METRICS:
                 x = pd.to_numeric(runs[m], errors="coerce")
@@ -504,7 +509,7 @@ def ablation_summary(flat: pd.DataFrame) -> pd.DataFrame:
 def ablation_value(flat: pd.DataFrame, field: str, value, metric: str) -> float:
     """`metric` of the ablation runs that set `field` to `value`, averaged over seeds (over
     the first attack that ran it); NaN where the grid skipped it."""
-    runs = flat[(flat["parameter"] == field) & flat["value"].map(lambda v: v == value)]
+    runs = _with_value(flat[flat["parameter"] == field], value)
     if runs.empty:
         return float("nan")
     runs = runs[runs["attack"] == runs["attack"].iloc[0]]
@@ -562,8 +567,7 @@ def departure_reading(summary: pd.DataFrame, field: str, default) -> str:
     cannot tell."""
     what, paper, whose, metric, lower_better = DEPARTURES[field]
     sub = summary[summary["parameter"] == field]
-    pick = lambda v: sub[sub["value"].map(lambda x: x == v)]  # noqa: E731
-    ours, theirs = pick(default), pick(paper)
+    ours, theirs = _with_value(sub, default), _with_value(sub, paper)
     if ours.empty or theirs.empty:
         return f"**{what}** (`ubt_{field}`): not run with both values here."
     ours, theirs = ours.iloc[0], theirs.iloc[0]
@@ -882,16 +886,14 @@ def removal_verdict(variant: str, agg: pd.DataFrame) -> str:
 def table1_readings(agg: pd.DataFrame) -> dict:
     """Chapter 5's glued readings: {"ubt_verdict", "no_token_verdict", "restore_verdict",
     "not_planted"} -> Markdown text (the restoring variant's where the table has it)."""
-    took = planted(agg)
+    took, nodef = planted(agg), _by_attack(agg, "No defense")
     restore = DEFENSE_NAMES["ubt_restore"]
     return {
         "ubt_verdict": removal_verdict("UBT", agg),
         "no_token_verdict": removal_verdict("UBT w/o token-level", agg),
         "restore_verdict": removal_verdict(restore, agg) if (agg.defense == restore).any() else "not run",
         "not_planted": ", ".join(
-            f"{ATTACK_NAMES.get(a, a)} ({_by_attack(agg, 'No defense').ASR[a]:.1f} %)"
-            for a in took.index
-            if not took[a]
+            f"{ATTACK_NAMES.get(a, a)} ({nodef.ASR[a]:.1f} %)" for a in took.index if not took[a]
         )
         or "none",
     }

@@ -195,7 +195,8 @@ def _install(tar: tarfile.TarFile, path: pathlib.Path, root: pathlib.Path) -> di
         if "key.json" not in files:
             result["refused"][name] = "the tarball has no key.json for it"
             continue
-        desc = json.load(tar.extractfile(files["key.json"]))
+        key = tar.extractfile(files["key.json"]).read()
+        desc = json.loads(key)
         problem = entry_problem(desc, digest)
         if problem:
             result["refused"][name] = problem
@@ -210,7 +211,7 @@ def _install(tar: tarfile.TarFile, path: pathlib.Path, root: pathlib.Path) -> di
             for fname, member in files.items():
                 if fname != "key.json":
                     (tmp / fname).write_bytes(tar.extractfile(member).read())
-            (tmp / "key.json").write_bytes(tar.extractfile(files["key.json"]).read())  # last: complete
+            (tmp / "key.json").write_bytes(key)  # last: the entry is complete
             os.rename(tmp, folder)
         except OSError:
             if not (folder / "key.json").exists():
