@@ -275,3 +275,26 @@ def test_a_folder_left_without_its_key_is_replaced(tmp_cache):
     (entry,) = [p for p in (tmp_cache / "demo").iterdir() if not p.name.startswith(".")]
     (entry / "key.json").unlink()  # damaged by hand: not an entry any more
     assert _stage(calls, 2, a=5) == 2 and calls == [1, 2]
+
+
+def test_made_json_records_each_entrys_own_seconds_less_the_stages_it_computed(tmp_cache):
+    def inner(folder):
+        time.sleep(0.3)
+        (folder / "v.json").write_text("1")
+
+    def outer(folder):
+        cache.cached("inner", inner, lambda f: None, code_module="ubtlib.pipeline.cache", n=1)
+        time.sleep(0.1)
+        (folder / "v.json").write_text("2")
+
+    cache.cached("outer", outer, lambda f: None, code_module="ubtlib.pipeline.cache", n=1)
+    (inner_entry,) = (tmp_cache / "inner").iterdir()
+    (outer_entry,) = (tmp_cache / "outer").iterdir()
+    inner_made = json.loads((inner_entry / "made.json").read_text())
+    outer_made = json.loads((outer_entry / "made.json").read_text())
+    assert 0.3 <= inner_made["seconds"] < 0.6
+    assert 0.1 <= outer_made["seconds"] < 0.3  # the inner entry's 0.3 s are its own, not the outer's
+    assert {"finished", "threads", "cpu"} <= set(outer_made)
+    # a hit computes nothing and leaves made.json as it was
+    cache.cached("outer", outer, lambda f: None, code_module="ubtlib.pipeline.cache", n=1)
+    assert json.loads((outer_entry / "made.json").read_text()) == outer_made

@@ -53,8 +53,8 @@ def _alter(root, field, value):
     desc = json.loads((folder / "key.json").read_text())
     desc[field] = value
     (folder / "key.json").write_text(json.dumps(desc))
-    folder.rename(folder.parent / sharing.digest_of(desc))
-    return sharing.digest_of(desc)
+    folder.rename(folder.parent / cache.entry_digest(desc))
+    return cache.entry_digest(desc)
 
 
 def test_entries_of_other_code_or_versions_are_left_out_and_refused(tmp_path, monkeypatch):

@@ -370,12 +370,12 @@ def test_restoring_variant_reuses_the_detection_and_pulls_images_to_the_clean_mo
     assert changed, "the restoring term changed nothing"
 
 
-def test_restoring_captions_leave_out_images_whose_class_the_unlearning_caption_names(smoke):
+def test_restoring_targets_leave_out_images_whose_class_the_unlearning_caption_names(smoke):
     clip = pipeline.pretrained(smoke, progress=False)
     data = pipeline.poisoned_data(pipeline.with_attack(smoke, "badnet"), progress=False)
     world = pipeline.world(smoke)
     pairs = {"images": torch.arange(4)}
-    _, classes = ubt.restoring_captions(
+    _, classes, left_out = ubt.restoring_targets(
         clip.model,
         clip.tokenizer,
         data,
@@ -386,7 +386,32 @@ def test_restoring_captions_leave_out_images_whose_class_the_unlearning_caption_
         "cpu",
     )
     named = [f"a photo of a {c}." for c in classes]
-    tokens, again = ubt.restoring_captions(
-        clip.model, clip.tokenizer, data, pairs, named, world.categories, ["a photo of a {}."], "cpu"
+    assert left_out.tolist() == [c == "banana" for c in classes]  # only a pull to the target is left out
+    for restore_to in ubt.RESTORE_TARGETS:
+        targets, again, left_out = ubt.restoring_targets(
+            clip.model,
+            clip.tokenizer,
+            data,
+            pairs,
+            named,
+            world.categories,
+            ["a photo of a {}."],
+            "cpu",
+            restore_to,
+        )
+        # every caption names its own class: all left out
+        assert again == classes and left_out.all() and not targets.any()
+    embeddings, _, _ = ubt.restoring_targets(
+        clip.model,
+        clip.tokenizer,
+        data,
+        pairs,
+        ["a photo of a banana."] * 4,
+        world.categories,
+        ["a photo of a {}."],
+        "cpu",
+        "clean_image",
     )
-    assert again == classes and not tokens.any()  # every caption names its own class: all left out
+    assert embeddings.dtype == torch.float32 and torch.allclose(
+        embeddings.norm(dim=1), torch.ones(4), atol=1e-5
+    )

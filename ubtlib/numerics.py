@@ -19,6 +19,7 @@ measures it).
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import re
@@ -95,14 +96,23 @@ def cpu_model() -> str:
 
 
 def _cpuinfo(field: str) -> str | None:
+    return _cpu_fields().get(field)
+
+
+@functools.cache
+def _cpu_fields() -> dict:
+    """The first processor's fields in /proc/cpuinfo (empty where there is none)."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.split(":", 1)[0].strip() == field:
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the end of the first processor's block
+                name, _, value = line.partition(":")
+                fields.setdefault(name.strip(), value.strip())
     except OSError:
         pass
-    return None
+    return fields
 
 
 def torch_build() -> dict:

@@ -583,15 +583,16 @@ def restore_targets(profile: Profile, attack: str) -> dict:
     w = pipeline.world(prof, progress=False)
     labels = w.label[w.indices("train")]
     top = np.asarray(rec["top_k"])
-    classes = rec["restore_classes"] or []
-    # the unlearning pairs are each detected image once per token-level caption, in order
-    classes = classes[:: max(1, len(classes) // max(1, len(top)))]
-    pulled = [(int(i), c) for i, c in zip(top, classes) if c != prof.poison.target]
+    if rec["restore_classes"] is None:  # restore_weight 0: nothing was pulled
+        return {"detected": len(top), "left_out": 0, "poisons_pulled": 0, "true_class_share": float("nan")}
+    # one unlearning pair per token-level caption of an image, all with the image's pull class
+    pull = dict(zip(rec["unlearning_images"], zip(rec["restore_classes"], rec["restore_left_out"])))
+    pulled = [(i, c) for i, (c, left_out) in pull.items() if not left_out]
     poisons = [(i, c) for i, c in pulled if data.is_backdoor[i] and labels[i] >= 0]
     right = sum(c == w.categories[labels[i]] for i, c in poisons)
     return {
         "detected": len(top),
-        "left_out": len(top) - len(pulled),
+        "left_out": len(pull) - len(pulled),
         "poisons_pulled": len(poisons),
         "true_class_share": 100 * right / len(poisons) if poisons else float("nan"),
     }

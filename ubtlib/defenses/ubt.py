@@ -44,6 +44,7 @@ from ubtlib.clip.train import TrainConfig, clip_loss, optimize
 # How token-level captions are written: the kept tokens alone (the paper's reading), or set
 # into CLIP's first prompt template, closer to the prompts a zero-shot classifier averages.
 CAPTION_FORMS = {"tokens": "{}", "template": "a photo of a {}."}
+RESTORE_TARGETS = ("class", "clean_image")  # UBTConfig.restore_to
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,10 @@ class UBTConfig:
     # the split already uses) gives the image; an image whose c is named in its unlearning
     # caption (the target) is left out.
     restore_weight: float = 1.0
+    # what a detected image is pulled to: "class", the caption above; "clean_image", the clean
+    # pre-trained model's embedding of the same (triggered) image, which carries what that
+    # model sees in it beyond its top class (same images left out)
+    restore_to: str = "class"
 
     def validate(self, n_pairs: Optional[int] = None) -> None:
         if not 0 < self.susp_fraction < 1:
@@ -125,6 +130,10 @@ class UBTConfig:
         check_range("max_token_captions", self.max_token_captions, 1, 1 << 30)
         check_range("retain_candidates", self.retain_candidates, 1, 1 << 30)
         check_range("restore_weight", self.restore_weight, 0.0, 1000.0)
+        if self.restore_to not in RESTORE_TARGETS:
+            raise ValueError(
+                f"restore_to={self.restore_to!r}: accepted {', '.join(map(repr, RESTORE_TARGETS))}"
+            )
         if not isinstance(self.skip_function_words, bool):
             raise ValueError(f"skip_function_words={self.skip_function_words!r}: accepted True or False")
         if not 0 < self.retain_fraction <= 1:
@@ -412,14 +421,15 @@ def unlearn(
     seed: int = 0,
     progress: bool = True,
     on_step: Optional[Callable] = None,
-    restore_tokens: Optional[torch.Tensor] = None,
+    restore: Optional[torch.Tensor] = None,
 ) -> list:
     """Eq. 3 on `model` in place: minimise `unlearning_loss` (the mean cosine similarity, with
     `unlearn_floor`) of the unlearning pairs (image position unlearn_images[j] with caption
     unlearn_tokens[j]), plus `retain_weight`
     times the CLIP loss on batches of `retain` = (tokens, positions) of D_safe, plus
-    `restore_weight` times the mean 1 - cos(image j, restore_tokens[j]) over the pairs whose
-    restore_tokens row is not all zeros (`restoring_captions`).
+    `restore_weight` times the mean 1 - cos(image j, its restoring target) over the pairs whose
+    row of `restore` is not all zeros (`restoring_targets`: caption tokens, encoded by the model
+    being unlearned, for `restore_to` "class"; fixed unit embeddings for "clean_image").
 
     `on_step(model, step)`, if given, is called before each step and after the last (for
     unlearning curves)."""
@@ -444,13 +454,16 @@ def unlearn(
         text = model.encode_text(distinct.to(device), normalize=True)[which.to(device)]
         image = model.encode_image(normalize(x), normalize=True)
         loss = unlearning_loss((image * text).sum(-1), cfg.unlearn_floor)
-        if restore_tokens is not None and cfg.restore_weight > 0:
-            keep = restore_tokens[j].any(1)
+        if restore is not None and cfg.restore_weight > 0:
+            keep = restore[j].any(1)
             if keep.any():
-                distinct, which = torch.unique(restore_tokens[j][keep], dim=0, return_inverse=True)
-                home = model.encode_text(distinct.to(device), normalize=True)[which.to(device)]
-                restore = (1 - (image[keep.to(device)] * home).sum(-1)).mean()
-                loss = loss + cfg.restore_weight * restore
+                if cfg.restore_to == "class":
+                    distinct, which = torch.unique(restore[j][keep], dim=0, return_inverse=True)
+                    home = model.encode_text(distinct.to(device), normalize=True)[which.to(device)]
+                else:
+                    home = restore[j][keep].to(device)
+                pull = (1 - (image[keep.to(device)] * home).sum(-1)).mean()
+                loss = loss + cfg.restore_weight * pull
         if retain is not None and cfg.retain_weight > 0:
             xr, tr = _batch(images, retain_tokens, next(retain_batches), device, image_hook)
             loss = loss + cfg.retain_weight * clip_loss(model, xr, tr, loss_fn)
@@ -593,7 +606,7 @@ def unlearning_pairs(
 
 
 @torch.no_grad()
-def restoring_captions(
+def restoring_targets(
     clean_model,
     tokenizer,
     data,
@@ -602,10 +615,13 @@ def restoring_captions(
     classnames,
     templates,
     device,
+    restore_to: str = "class",
 ) -> tuple:
-    """For each unlearning pair, "a photo of a {c}." with c the clean model's zero-shot class of
-    the (triggered) image, as tokens; an all-zero row where c is named in the pair's unlearning
-    caption (the target). Returns (tokens, the classes)."""
+    """For each unlearning pair, what its image is pulled to, with c the clean model's zero-shot
+    class of the (triggered) image: "a photo of a {c}." as tokens (`restore_to` "class") or the
+    clean model's unit embedding of the image ("clean_image"); an all-zero row where c is named
+    in the pair's unlearning caption (the target). Returns (targets, the classes, a boolean
+    tensor of the pairs left out)."""
     from ubtlib.evaluation.zeroshot import classifier, encode_images
 
     positions = pairs["images"]
@@ -620,8 +636,9 @@ def restoring_captions(
             for c, caption in zip(classes, unlearning_captions)
         ]
     )
-    tokens[named] = 0
-    return tokens, classes
+    targets = tokens if restore_to == "class" else feats.float().cpu().clone()
+    targets[named] = 0
+    return targets, classes, named
 
 
 def retain_pool(found: dict, cfg: UBTConfig) -> torch.Tensor:
@@ -654,7 +671,7 @@ def run_ubt(
     relevance only in token-level UBT's). `on_step` goes to `unlearn`. Given `classes` = (class
     names, templates), the book's restoring variant runs (weight `cfg.restore_weight`): each
     detected image is also pulled to the caption of the class the clean model gives it
-    (`restoring_captions`); without, the paper's UBT. Neither model is changed.
+    (`restoring_targets`); without, the paper's UBT. Neither model is changed.
     """
     n = len(data.images)
     cfg.validate(n)
@@ -666,7 +683,7 @@ def run_ubt(
     start = time.perf_counter()
     pairs = unlearning_pairs(found, tokens, tokenizer, cfg, token_level)
     retain = retain_pool(found, cfg)
-    restore_tokens, restore_classes = None, None
+    restore, restore_classes, left_out = None, None, None
     if classes is not None and cfg.restore_weight > 0:
         if clean_model is None:
             raise ValueError("the restoring variant (classes=) needs the clean model")
@@ -675,8 +692,8 @@ def run_ubt(
             if token_level
             else [data.captions[int(i)] for i in pairs["images"]]
         )
-        restore_tokens, restore_classes = restoring_captions(
-            clean_model, tokenizer, data, pairs, captions, *classes, device
+        restore, restore_classes, left_out = restoring_targets(
+            clean_model, tokenizer, data, pairs, captions, *classes, device, cfg.restore_to
         )
     model = copy.deepcopy(poisoned_model)
     unlearn_curve = unlearn(
@@ -691,7 +708,7 @@ def run_ubt(
         seed=seed,
         progress=progress,
         on_step=on_step,
-        restore_tokens=restore_tokens,
+        restore=restore,
     )
     seconds_unlearn = time.perf_counter() - start
     seconds_relevance = found["seconds_relevance"] if token_level else 0.0
@@ -715,7 +732,9 @@ def run_ubt(
         "top_k": top.tolist(),
         "retain_pairs": len(retain),
         "retain_poisons": int(data.is_backdoor[retain.numpy()].sum()),  # scored afterwards, not used
-        "restore_classes": restore_classes,
+        "unlearning_images": pairs["images"].tolist(),
+        "restore_classes": restore_classes,  # per unlearning pair
+        "restore_left_out": None if left_out is None else left_out.tolist(),
         "split_recall": found["split_recall"],
         "split_auroc": found["split_auroc"],
         "detection": found["detection"],

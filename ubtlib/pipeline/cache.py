@@ -12,7 +12,9 @@ An entry's key is a hash of everything that affects its result:
 
 Entries are computed into a temporary folder and renamed into place, so a run killed mid-stage
 never leaves anything that is read; a lock makes a second process wait for the first one's
-entry instead of computing it again.
+entry instead of computing it again. Beside key.json each entry has a made.json saying how long
+its own computation took (less the stages it computed on the way), for the build's profile;
+it is not part of the key.
 """
 
 from __future__ import annotations
@@ -203,6 +205,11 @@ def _jsonable(x):
     return x
 
 
+def entry_digest(desc: dict) -> str:
+    """The folder name of the entry whose key.json is `desc`."""
+    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:20]
+
+
 def cache_key(stage: str, code_module: str, **parts) -> tuple[str, dict]:
     """(digest, description) of an entry: the stage, its code's hash, the libraries, the kernels,
     the parts."""
@@ -214,8 +221,7 @@ def cache_key(stage: str, code_module: str, **parts) -> tuple[str, dict]:
         "numerics": numerics.key(),
         **_jsonable(parts),
     }
-    digest = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:20]
-    return digest, desc
+    return entry_digest(desc), desc
 
 
 class CacheEntryError(RuntimeError):
@@ -267,13 +273,31 @@ def _lock(path: pathlib.Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+# seconds spent computing the entries that the entries now being computed needed on the way
+_INNER_SECONDS: list = []
+
+
 def _compute_into(folder: pathlib.Path, digest: str, desc: dict, compute) -> None:
     sweep_orphans(folder.parent)
     # the writer's host and process id are in the name, so a later run can tell an orphan from
     # work in progress
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{digest}.{_writer()}.", dir=folder.parent))
     try:
-        compute(tmp)
+        _INNER_SECONDS.append(0.0)
+        start = time.perf_counter()
+        try:
+            compute(tmp)
+        finally:
+            total, inner = time.perf_counter() - start, _INNER_SECONDS.pop()
+            if _INNER_SECONDS:
+                _INNER_SECONDS[-1] += total
+        made = {
+            "seconds": round(total - inner, 3),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "threads": numerics.settings()["threads"],
+            "cpu": numerics.cpu_model(),
+        }
+        (tmp / "made.json").write_text(json.dumps(made, indent=1, sort_keys=True))
         (tmp / "key.json").write_text(json.dumps(desc, indent=1, sort_keys=True))
         if folder.exists() and not (folder / "key.json").exists():
             shutil.rmtree(folder)  # a damaged entry (its key.json removed): never read, replaced

@@ -13,7 +13,6 @@ No stage imports this module, so editing it recomputes nothing.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -24,17 +23,12 @@ import tempfile
 import zlib
 
 from ubtlib import numerics
-from ubtlib.pipeline.cache import SOURCES, cache_root, code_hash, library_versions
+from ubtlib.pipeline.cache import SOURCES, cache_root, code_hash, entry_digest, library_versions
 
 ENTRY_SUFFIXES = (".json", ".safetensors")  # the only files an entry may hold
 FORMAT = 1
 # key.json fields that say how an entry was made rather than with which parameters
 _MADE_BY = ("stage", "code", "code_module", "libraries", "numerics")
-
-
-def digest_of(desc: dict) -> str:
-    """The folder name an entry with this key.json must have (`cache.cache_key`'s digest)."""
-    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def parameters(desc: dict) -> dict:
@@ -44,7 +38,7 @@ def parameters(desc: dict) -> dict:
 
 def entry_problem(desc: dict, digest: str) -> str | None:
     """Why this checkout would not read an entry with key `desc` under `digest`; None if it would."""
-    if digest_of(desc) != digest:
+    if entry_digest(desc) != digest:
         return "its key.json does not hash to its folder name (altered or damaged)"
     module = desc.get("code_module")
     if module not in SOURCES:
