@@ -1,5 +1,7 @@
 """ubtlib.setup: a chapter's parameters read from its own parameters cell, validated up front."""
 
+import json
+
 import nbformat
 import pytest
 
@@ -90,3 +92,24 @@ def test_a_parameter_line_that_is_no_single_assignment_is_refused(tmp_path):
     nbformat.write(nb, tmp_path / "09_bad.ipynb")
     with pytest.raises(ValueError, match="line 2 of the parameters cell is not one"):
         parameter_names("09_bad", tmp_path)
+
+
+def test_the_book_says_where_it_is_and_what_the_last_build_took(tmp_path, monkeypatch, capsys):
+    from ubtlib import cli
+
+    monkeypatch.setenv("UBT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cli, "chapters", lambda: ["01_a", "02_b"])
+    monkeypatch.setattr(cli, "notebook_parameters", lambda c: {"profile": {}, "seed": {}})
+    ran = []
+    monkeypatch.setattr(cli, "run_chapter", lambda c, params: ran.append((c, params)))
+    first = cli.execute_book({"profile": "smoke", "other": 1})
+    assert ran == [
+        ("01_a", {"profile": "smoke"}),
+        ("02_b", {"profile": "smoke"}),
+    ]  # only what a chapter takes
+    out = capsys.readouterr().out
+    assert "[book 1/2] 01_a: 0 s so far\n" in out and "[book 2/2] 02_b" in out
+    assert "the last" not in out  # no earlier build: no estimate
+    assert json.loads(cli.book_timings_file().read_text()) == {"smoke": first}
+    cli.execute_book({"profile": "smoke"})
+    assert "the last smoke build took 0 s for this chapter and the rest" in capsys.readouterr().out

@@ -116,3 +116,18 @@ def test_ablations_repeat_only_the_fields_asked_over_the_seeds(smoke, monkeypatc
     assert sorted({r["seed"] for r in out[("badnet", "caption_form")]}) == [0, 1, 2]
     assert {r["defense"] for r in out[("badnet", "restore_weight")]} == {"ubt_restore"}
     assert len(calls) == 2 + 6 + 3
+
+
+def test_redirect_anatomy_reads_the_same_metrics_as_the_table_from_one_encoding(smoke, monkeypatch):
+    from ubtlib.evaluation import robustness
+
+    calls = []
+    encode = robustness.encode_images
+    monkeypatch.setattr(robustness, "encode_images", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    anatomy = experiments.redirect_anatomy(smoke, "badnet", ("none", "ubt"))
+    assert len(calls) == 4  # clean and triggered, once per model
+    for d in ("none", "ubt"):
+        row = experiments.defense_row(smoke, "badnet", d, progress=False)
+        assert {k: anatomy[d][k] for k in ("ca", "asr", "ra")} == {k: row[k] for k in ("ca", "asr", "ra")}
+        assert 0 < sum(anatomy[d]["nearest"].values()) <= 100.0 + 1e-9
+        assert -1.0 <= anatomy[d]["cos_to_clean"] <= 1.0

@@ -536,6 +536,15 @@ def test_spread_reading_for_each_outcome():
     assert ur.spread_reading(s).endswith(
         "left the top-1 where it was here, against the 4.00 points between 3 training seeds."
     )
+    # a setting the CPU could not run has no numbers: left out of the ranges, named in the reading
+    rows = spread_rows() + [
+        {"setting": "AVX-512 kernels", "threads": 2, "seed": 0, "skipped": "no AVX-512", "top1": None}
+    ]
+    s = ur.spread_summary(rows)
+    assert s["skipped"] == ["AVX-512 kernels"] and s["kernel_top1_range"] == 1.5
+    assert ur.spread_reading(s).endswith(
+        "training seeds. (AVX-512 kernels: not run, this CPU lacks their instructions.)"
+    )
 
 
 def test_redirect_reading_removed_redirected_untouched():

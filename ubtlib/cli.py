@@ -338,11 +338,48 @@ def main(argv=None) -> None:
         params = _parse_params(args.parameter)
         if args.profile:
             params["profile"] = args.profile
-        timings = {}
-        for c in chapters():
-            known = notebook_parameters(c)
-            start = time.perf_counter()
-            run_chapter(c, {k: v for k, v in params.items() if k in known})
-            timings[c] = round(time.perf_counter() - start, 1)
+        execute_book(params)
         build_book()
-        print("chapter seconds:", json.dumps(timings))
+
+
+def book_timings_file() -> pathlib.Path:
+    """Where `book` keeps each chapter's seconds from the builds so far, per profile (beside
+    the cache, whose entries decide how long the next build takes)."""
+    from ubtlib.pipeline.cache import cache_root
+
+    return cache_root() / "book-timings.json"
+
+
+def execute_book(params: dict) -> dict:
+    """Execute every chapter with the `params` it takes, saying before each which chapter of
+    how many it is, the time so far and what the last build took for the chapters left;
+    returns {chapter: seconds}, also saved in `book_timings_file`."""
+    from ubtlib.pipeline.cache import write_json
+
+    profile = params.get("profile", "pocket")
+    path = book_timings_file()
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    last = saved.get(profile, {})
+    names, timings, begun = chapters(), {}, time.perf_counter()
+    for i, c in enumerate(names, 1):
+        so_far = time.perf_counter() - begun
+        left = [last.get(n) for n in names[i - 1 :]]
+        hint = (
+            f"; the last {profile} build took {_minutes(sum(left))} for this chapter and the rest "
+            "(less where its stages are cached)"
+            if all(t is not None for t in left)
+            else ""
+        )
+        print(f"[book {i}/{len(names)}] {c}: {_minutes(so_far)} so far{hint}", flush=True)
+        known = notebook_parameters(c)
+        start = time.perf_counter()
+        run_chapter(c, {k: v for k, v in params.items() if k in known})
+        timings[c] = round(time.perf_counter() - start, 1)
+        # saved after each chapter, so a build stopped half-way still informs the next one
+        write_json(path, {**saved, profile: {**last, **timings}})
+    print(f"[book] every chapter executed in {_minutes(time.perf_counter() - begun)}:", json.dumps(timings))
+    return timings
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"

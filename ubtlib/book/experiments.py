@@ -483,9 +483,12 @@ KERNEL_SETTINGS = (
 def kernel_spread(profile: Profile, epochs: float = 1.0, progress: bool = True) -> list:
     """The same short pre-training (`epochs` of the profile's recipe) under each of
     `KERNEL_SETTINGS`, each in a fresh process: zero-shot top-1, a digest of the weights, the
-    kernels that ran and the time. Identical digests mean bit-identical models. Cached."""
+    kernels that ran and the time. Identical digests mean bit-identical models. A setting this
+    CPU cannot run (AVX-512 kernels on a CPU without AVX-512 die of an illegal instruction) gets
+    a row with its reason in "skipped" and no numbers. Cached."""
     import json
     import os
+    import signal
     import subprocess
     import sys
 
@@ -510,16 +513,16 @@ def kernel_spread(profile: Profile, epochs: float = 1.0, progress: bool = True) 
                 str(threads),
             ]
             out = subprocess.run(argv, env=run_env, capture_output=True, text=True)
+            row = {"setting": label, "threads": threads, "seed": seed, "skipped": None}
+            if out.returncode == -signal.SIGILL and env:
+                row["skipped"] = "this CPU lacks the instructions these kernels use (illegal instruction)"
+                rows.append(row)
+                continue
             if out.returncode:
-                raise RuntimeError(f"kernel probe {label!r} failed:\n{out.stderr[-2000:]}")
-            rows.append(
-                {
-                    "setting": label,
-                    "threads": threads,
-                    "seed": seed,
-                    **json.loads(out.stdout.splitlines()[-1]),
-                }
-            )
+                raise RuntimeError(
+                    f"kernel probe {label!r} failed (exit {out.returncode}):\n{out.stderr[-2000:]}"
+                )
+            rows.append({**row, **json.loads(out.stdout.splitlines()[-1])})
         write_json(folder / "spread.json", rows)
 
     return cached(
@@ -540,34 +543,26 @@ def redirect_anatomy(profile: Profile, attack: str, defenses=("none", "ubt", "ub
     objects: its mean cosine to the same image's embedding without the trigger (1: the trigger
     no longer moves it), and the three classes its zero-shot weight lies nearest to most often
     (share of images, %), beside CA, ASR and RA."""
-    from ubtlib.evaluation.zeroshot import classifier, encode_images, pocket_templates
-    from ubtlib.world.pocket import object_vocabulary
+    from ubtlib.evaluation.robustness import backdoor_encodings, metrics_from_encodings
 
     prof = pipeline.with_attack(profile, attack)
     device = modellib.pick_device(prof.device)
     w = pipeline.world(prof)
-    idx = w.indices("heldout", "object")
-    keep = w.label[idx] != list(w.categories).index(prof.poison.target)
-    idx = idx[keep]
     hook = triggered_hook(pipeline.trigger(prof), prof.seed)
     out = {}
     for d in defenses:
         m = pipeline.poisoned(prof) if d == "none" else pipeline.defended(prof, None, d)
-        weights = classifier(
-            m.model, m.tokenizer, w.categories, pocket_templates(object_vocabulary()), device
-        )
-        clean = encode_images(m.model, w.images[idx], device)
-        triggered = encode_images(m.model, w.images[idx], device, image_hook=hook)
+        encodings = backdoor_encodings(m.model, m.tokenizer, w, hook, device)
+        weights, clean, triggered, labels = encodings
+        keep = labels != list(w.categories).index(prof.poison.target)
+        clean, triggered = clean[keep], triggered[keep]
         counts = torch.bincount((triggered @ weights).argmax(1).cpu(), minlength=len(w.categories))
         top = counts.argsort(descending=True)[:3]
+        metrics = metrics_from_encodings(encodings, w.categories, prof.poison.target)
         out[d] = {
             "cos_to_clean": (clean * triggered).sum(-1).mean().item(),
-            "nearest": {w.categories[int(k)]: 100.0 * counts[k].item() / len(idx) for k in top},
-            **{
-                k: v
-                for k, v in defense_row(prof, attack, d, progress=False).items()
-                if k in ("ca", "asr", "ra")
-            },
+            "nearest": {w.categories[int(k)]: 100.0 * counts[k].item() / len(clean) for k in top},
+            **{k: metrics[k] for k in ("ca", "asr", "ra")},
         }
     return out
 

@@ -52,7 +52,10 @@ def paper_rows(attacks: Sequence[str], defense: str = "No defense") -> dict:
 def spread_summary(rows: Sequence[dict]) -> dict:
     """From `experiments.kernel_spread`'s rows: whether every run with the book's kernels and
     seed 0 gave the first row's weights bit for bit, the top-1 range (points) over the seed-0
-    runs of every kernel setting, and over the book's kernels' seeds."""
+    runs of every kernel setting, and over the book's kernels' seeds; the settings this CPU
+    could not run are listed in "skipped"."""
+    skipped = [r["setting"] for r in rows if r.get("skipped")]
+    rows = [r for r in rows if not r.get("skipped")]
     book = [r for r in rows if r["setting"].startswith("book kernels")]
     seed0 = [r for r in rows if r["seed"] == 0]
     seeds = [r for r in book if r["threads"] == rows[0]["threads"]]
@@ -63,6 +66,7 @@ def spread_summary(rows: Sequence[dict]) -> dict:
         "kernel_top1_range": spread(seed0),
         "seed_top1_range": spread(seeds),
         "n_seeds": len({r["seed"] for r in seeds}),
+        "skipped": skipped,
     }
 
 
@@ -77,13 +81,15 @@ def spread_reading(summary: Mapping) -> str:
     )
     k, s = summary["kernel_top1_range"], summary["seed_top1_range"]
     seeds = f"the {s:.2f} points between {summary['n_seeds']} training seeds"
+    skipped = summary.get("skipped") or []
+    not_run = f" ({' and '.join(skipped)}: not run, this CPU lacks their instructions.)" if skipped else ""
     if k == 0:
-        return f"{threads}. The other kernels left the top-1 where it was here, against {seeds}."
+        return f"{threads}. The other kernels left the top-1 where it was here, against {seeds}.{not_run}"
     compare = "less than" if k < s else ("as much as" if k == s else "more than")
     moved = (
         f"The other kernels (torch's own choice, MKL's other branch) move the top-1 by up to {k:.2f} points"
     )
-    return f"{threads}. {moved}, {compare} {seeds}."
+    return f"{threads}. {moved}, {compare} {seeds}.{not_run}"
 
 
 # ------------------------------------------------------------------ chapter 2: backdoor attacks

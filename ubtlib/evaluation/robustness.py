@@ -58,26 +58,41 @@ def redirect(
     }
 
 
+def backdoor_encodings(
+    model, tokenizer, world, trigger_hook, device, split: str = "heldout", templates=None
+) -> tuple:
+    """(zero-shot weights, clean embeddings, triggered embeddings, labels) of the world's
+    `split` objects: the one encoding of each that every backdoor metric reads."""
+    from ubtlib.world.pocket import object_vocabulary
+
+    templates = templates or pocket_templates(object_vocabulary())
+    idx = world.indices(split, "object")
+    w = classifier(model, tokenizer, world.categories, templates, device)
+    clean = encode_images(model, world.images[idx], device)
+    triggered = encode_images(model, world.images[idx], device, image_hook=trigger_hook)
+    return w, clean, triggered, torch.from_numpy(world.label[idx])
+
+
+def metrics_from_encodings(encodings: tuple, categories, target: str) -> dict:
+    """CA, ASR, RA (%) and the redirect from `backdoor_encodings`' result."""
+    w, clean, triggered, labels = encodings
+    t = list(categories).index(target)
+    clean, triggered = clean @ w, triggered @ w
+    return {
+        "ca": topk_accuracy(clean, labels, ks=(1,))["top1"],
+        "asr": attack_success_rate(triggered, labels, t),
+        "ra": robust_accuracy(triggered, labels, t),
+        **redirect(triggered, clean, labels, t, list(categories)),
+    }
+
+
 def backdoor_metrics(
     model, tokenizer, world, trigger_hook, target: str, device, split: str = "heldout", templates=None
 ) -> dict:
     """CA, ASR, RA (%) and the redirect on the world's `split` objects, from one encoding of the
     clean and one of the triggered images (`trigger_hook(x, idx)`, see poison.triggered_hook)."""
-    from ubtlib.world.pocket import object_vocabulary
-
-    templates = templates or pocket_templates(object_vocabulary())
-    idx = world.indices(split, "object")
-    labels = torch.from_numpy(world.label[idx])
-    w = classifier(model, tokenizer, world.categories, templates, device)
-    clean = encode_images(model, world.images[idx], device) @ w
-    triggered = encode_images(model, world.images[idx], device, image_hook=trigger_hook) @ w
-    t = list(world.categories).index(target)
-    return {
-        "ca": topk_accuracy(clean, labels, ks=(1,))["top1"],
-        "asr": attack_success_rate(triggered, labels, t),
-        "ra": robust_accuracy(triggered, labels, t),
-        **redirect(triggered, clean, labels, t, list(world.categories)),
-    }
+    encodings = backdoor_encodings(model, tokenizer, world, trigger_hook, device, split, templates)
+    return metrics_from_encodings(encodings, world.categories, target)
 
 
 def verdict(ca: float, asr: float, ra: float, planted: bool = True) -> str:
