@@ -469,16 +469,28 @@ def test_table1_readings_ssba_left_and_both_not_planted():
 def test_restore_reading_says_why():
     asr = {a: clean_removal() | {"ubt_restore": (0.5, 0.5)} for a in ("badnet", "sig")}
     agg = ur.table1_aggregate(ur.table1_rows(table1(asr, ra={(a, "ubt_restore"): 30.0 for a in asr})))
-    wrong = [{"attack": a, "poisons_pulled": 100, "true_class_share": 20.0} for a in asr]
-    text = ur.restore_reading(agg, wrong)
+    pulled = [{"attack": a, "poisons_pulled": 100, "true_class_share": 20.0} for a in asr]
+    text = ur.restore_reading(agg, pulled)
     assert text.startswith(
         "Over the planted attacks the restoring variant's RA is 30.0 % on average (UBT's: 58.0 %)"
     )
-    assert "is the object's true class for 20.0 % of them, below even the clean model's CA (60.0 %)" in text
-    right = [{"attack": a, "poisons_pulled": 100, "true_class_share": 70.0} for a in asr]
-    assert "its targets are mostly right" in ur.restore_reading(agg, right)
+    assert "gives 20.0 % of the pulled poisons their true class" in text
+    assert text.endswith(
+        "How strongly it pulls is `ubt_restore_weight`, ablated in chapter 4."
+    )  # no ceiling known
+    # the clean model reaches RA 55 on the triggered images: the variant stays far below it
+    clean = {a: {"ca": 60.0, "ra": 55.0} for a in asr}
+    assert "stays up to 25.0 points below it: it pulls too weakly" in ur.restore_reading(agg, pulled, clean)
+    # the variant at the clean model's RA, which the trigger itself keeps 12 points below CA on SIG
+    at_ceiling = ur.table1_aggregate(ur.table1_rows(table1(asr, ra={(a, "ubt_restore"): 47.0 for a in asr})))
+    clean = {"badnet": {"ca": 60.0, "ra": 47.0}, "sig": {"ca": 60.0, "ra": 48.0}}
+    text = ur.restore_reading(at_ceiling, pulled, clean)
+    assert "comes within 1.0 points of it on every planted attack" in text
+    assert "(BadNet, SIG lose that much even on the clean model), not a backdoor left in the model." in text
     fine = ur.table1_aggregate(ur.table1_rows(table1(asr)))  # RA 2 below CA
-    assert ur.restore_reading(fine, right).endswith("enough to give the images back their class.")
+    assert ur.restore_reading(fine, pulled, clean).endswith(
+        "That is enough to give the images back their class."
+    )
     assert ur.restore_reading(ur.table1_aggregate(ur.table1_rows(table1({"sig": clean_removal()}))), []) == (
         "The restoring variant was not run."
     )

@@ -360,10 +360,10 @@ def defense_row(profile: Profile, attack: str, defense: str, progress: bool = Tr
 
 def ablation(profile: Profile, attack: str, field: str, values, seeds=None, progress: bool = True) -> list:
     """UBT with `ubt_<field>` set to each of `values` (everything else as in `profile`), once
-    per seed of `seeds` (None: the profile's own seed); `restore_weight` runs the restoring
-    variant. A value that is invalid with the others (a top-k larger than D_susp) is skipped,
+    per seed of `seeds` (None: the profile's own seed); a `restore_*` field runs the
+    restoring variant. A value that is invalid with the others (a top-k larger than D_susp) is skipped,
     with a note."""
-    defense = "ubt_restore" if field == "restore_weight" else "ubt"
+    defense = "ubt_restore" if field.startswith("restore_") else "ubt"
     rows = []
     for seed in (profile.seed,) if seeds is None else seeds:
         for v in values:
@@ -395,7 +395,9 @@ def ablation_grid(base) -> dict:
         "skip_function_words": [False, True],  # False: the paper's rule
         "max_token_captions": sorted({1, base.max_token_captions, 8}),
         "unlearn_floor": sorted({-1.0, base.unlearn_floor}),  # -1: the paper's eq. 3
-        "restore_weight": sorted({0.5, base.restore_weight, 2.0}),  # the book's variant
+        # the book's variant: how strongly, and to what, it pulls
+        "restore_weight": sorted({1.0, base.restore_weight, 8.0}),
+        "restore_to": ["class", "clean_image"],
     }
 
 

@@ -905,11 +905,13 @@ def table1_readings(agg: pd.DataFrame) -> dict:
     }
 
 
-def restore_reading(agg: pd.DataFrame, targets: Sequence[dict]) -> str:
+def restore_reading(agg: pd.DataFrame, targets: Sequence[dict], clean: Mapping | None = None) -> str:
     """Why the restoring variant does or does not give the images back their class: its RA
-    against UBT's and CA over the planted attacks, and how often the class it pulls a detected
-    poison towards is that object's true class (targets: `experiments.restore_targets` rows,
-    one per seed and attack)."""
+    against UBT's and CA over the planted attacks, against the clean pre-trained model's own RA
+    on the same triggered images (`clean`: attack -> its `experiments.base_rates` row), the
+    most a defense can give back where the trigger hides part of the object; and how often the
+    clean model's class of a pulled poison is the object's true class (targets:
+    `experiments.restore_targets` rows, one per seed and attack)."""
     restore = DEFENSE_NAMES["ubt_restore"]
     if not (agg.defense == restore).any():
         return "The restoring variant was not run."
@@ -919,29 +921,47 @@ def restore_reading(agg: pd.DataFrame, targets: Sequence[dict]) -> str:
         return "No backdoor was planted, so the restoring variant had nothing to restore."
     r, u = _by_attack(agg, restore).reindex(fired), _by_attack(agg, "UBT").reindex(fired)
     gap = float((r.CA - r.RA).max())
-    rows = [t for t in targets if t["attack"] in fired and t["poisons_pulled"]]
-    share = sum(t["true_class_share"] * t["poisons_pulled"] for t in rows) / max(
-        1, sum(t["poisons_pulled"] for t in rows)
-    )
     text = (
         f"Over the planted attacks the restoring variant's RA is {r.RA.mean():.1f} % on average "
         f"(UBT's: {u.RA.mean():.1f} %), at most {gap:.1f} points below its CA. "
     )
-    if not rows:
-        return text + "It pulled no detected poison towards a class."
-    text += (
-        f"The class it pulls a detected poison towards, the clean pre-trained model's zero-shot "
-        f"class of the triggered image, is the object's true class for {share:.1f} % of them"
-    )
+    rows = [t for t in targets if t["attack"] in fired and t["poisons_pulled"]]
+    if rows:
+        share = sum(t["true_class_share"] * t["poisons_pulled"] for t in rows) / sum(
+            t["poisons_pulled"] for t in rows
+        )
+        text += (
+            f"The clean pre-trained model, whose view of each detected image the variant pulls "
+            f"towards, gives {share:.1f} % of the pulled poisons their true class. "
+        )
     if gap <= RA_MARGIN:
-        return text + ", enough to give the images back their class."
-    mean_ca = float(r.CA.mean())
-    if share < mean_ca - RA_MARGIN:
+        return text + "That is enough to give the images back their class."
+    if not clean or any(a not in clean for a in fired):
+        return text + "How strongly it pulls is `ubt_restore_weight`, ablated in chapter 4."
+    ceiling = pd.Series({a: clean[a]["ra"] for a in fired})
+    own_gap = pd.Series({a: clean[a]["ca"] - clean[a]["ra"] for a in fired})
+    short = float((ceiling - r.RA).max())
+    hidden = [ATTACK_NAMES.get(a, a) for a in fired if own_gap[a] > RA_MARGIN]
+    text += (
+        f"The clean pre-trained model itself, which never saw a poison, reaches RA "
+        f"{ceiling.mean():.1f} % on the same triggered images on average, up to {own_gap.max():.1f} "
+        "points below its own CA: the trigger covers part of the object, so that RA is about the "
+        "most a defense can give back. "
+    )
+    if short <= RA_MARGIN / 2:
         return text + (
-            f", below even the clean model's CA ({mean_ca:.1f} %): the trigger misleads the clean "
-            "model too, so the variant teaches many images a wrong class."
+            f"The variant comes within {max(short, 0.0):.1f} points of it on every planted attack: "
+            + (
+                f"what keeps RA more than {RA_MARGIN:.0f} points below CA is the trigger itself "
+                f"({', '.join(hidden)} {'loses' if len(hidden) == 1 else 'lose'} that much even on "
+                "the clean model), not a backdoor "
+                "left in the model."
+                if hidden
+                else "the rest of the gap is clean accuracy the variant keeps from the fine-tuning, "
+                "which the triggered images do not share."
+            )
         )
     return text + (
-        ": its targets are mostly right, so the shortfall lies elsewhere (how strongly it pulls: "
-        "`ubt_restore_weight`, ablated in chapter 4)."
+        f"The variant stays up to {short:.1f} points below it: it pulls too weakly or reaches too "
+        "few of the triggered images (`ubt_restore_weight`, ablated in chapter 4)."
     )

@@ -103,14 +103,13 @@ class UBTConfig:
     # class names, so the paper's two variants never do).
     # Eq. 3 only pushes the detected images away from the target's captions, and a triggered
     # image can then land on another class. This weight adds, per detected image,
-    # 1 - cos(image, "a photo of a {c}.") with c the class the clean pre-trained model (the one
-    # the split already uses) gives the image; an image whose c is named in its unlearning
-    # caption (the target) is left out.
-    restore_weight: float = 1.0
-    # what a detected image is pulled to: "class", the caption above; "clean_image", the clean
-    # pre-trained model's embedding of the same (triggered) image, which carries what that
-    # model sees in it beyond its top class (same images left out)
-    restore_to: str = "class"
+    # 1 - cos(image, its restoring target), the target being (`restore_to`) the clean
+    # pre-trained model's embedding of the same triggered image ("clean_image": that model
+    # never learnt the trigger, and the split already uses it), or the caption "a photo of a
+    # {c}." of the class c that model gives the image ("class"). An image whose c is named in
+    # its unlearning caption (the target) is left out.
+    restore_weight: float = 4.0
+    restore_to: str = "clean_image"
 
     def validate(self, n_pairs: Optional[int] = None) -> None:
         if not 0 < self.susp_fraction < 1:
