@@ -131,3 +131,37 @@ def test_redirect_anatomy_reads_the_same_metrics_as_the_table_from_one_encoding(
         assert {k: anatomy[d][k] for k in ("ca", "asr", "ra")} == {k: row[k] for k in ("ca", "asr", "ra")}
         assert 0 < sum(anatomy[d]["nearest"].values()) <= 100.0 + 1e-9
         assert -1.0 <= anatomy[d]["cos_to_clean"] <= 1.0
+
+
+def test_kernel_spread_skips_a_setting_the_cpu_cannot_run(smoke, tmp_path, monkeypatch):
+    import signal
+    import subprocess
+
+    monkeypatch.setenv("UBT_CACHE_DIR", str(tmp_path))
+    settings = (
+        ("book kernels, 1 thread", {}, 1, 0),
+        ("AVX-512 kernels", {"ATEN_CPU_CAPABILITY": "avx512"}, 1, 0),
+    )
+    monkeypatch.setattr(experiments, "KERNEL_SETTINGS", settings)
+    probe = '{"top1": 40.0, "weights": "ab", "cpu_capability": "AVX2", "mkl_branch": "AUTO", "seconds": 1.0}'
+
+    def fake_run(argv, env, **kw):
+        died = env.get("ATEN_CPU_CAPABILITY") == "avx512"
+        return subprocess.CompletedProcess(
+            argv, -signal.SIGILL if died else 0, "" if died else probe + "\n", ""
+        )
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    rows = experiments.kernel_spread(smoke, epochs=0.1, progress=False)
+    assert rows[0]["skipped"] is None and rows[0]["top1"] == 40.0
+    assert rows[1]["setting"] == "AVX-512 kernels" and "illegal instruction" in rows[1]["skipped"]
+
+    # any other failure, and a failure of the book's own kernels, stops the build with the probe's error
+    monkeypatch.setenv("UBT_CACHE_DIR", str(tmp_path / "other"))
+    monkeypatch.setattr(
+        subprocess,
+        "run",
+        lambda argv, env, **kw: subprocess.CompletedProcess(argv, -signal.SIGILL, "", "boom"),
+    )
+    with pytest.raises(RuntimeError, match="kernel probe 'book kernels, 1 thread' failed"):
+        experiments.kernel_spread(smoke, epochs=0.1, progress=False)
