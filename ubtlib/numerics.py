@@ -12,9 +12,11 @@ reproducible mode, whose products do not depend on the thread count. AVX2 is on 
 CPU made since about 2015; on an older CPU or on ARM the kernels differ and `settings()`
 records which ones ran. MKL honours its AVX2 branch on Intel CPUs only: on AMD it runs its own
 AUTO branch, so an Intel and an AMD machine agree to float rounding, not bit for bit
-(`mkl_branch`, part of every cache key). `MKL_CBWR=COMPATIBLE`, exported before the build, is
-the branch that is the same on both, at about a third less speed in training (chapter 1
-measures it).
+(`mkl_branch`, part of every cache key). MKL's vendor-neutral `MKL_CBWR=COMPATIBLE` branch does
+not close the gap: measured, one epoch of pre-training with it gave different weights on an
+Intel Xeon and an AMD EPYC (something besides MKL's branch differs between the two; the book
+has not isolated which kernel), at a third to three fifths less training speed, so the book
+leaves it off; chapter 1 runs it for comparison.
 """
 
 from __future__ import annotations
@@ -59,10 +61,13 @@ def settings() -> dict:
 
 def mkl_branch() -> str:
     """The MKL code path that runs. MKL honours only AUTO and COMPATIBLE on non-Intel CPUs
-    and takes AUTO for anything else there, which follows the CPU model; COMPATIBLE is the one
-    branch that is the same on every x86 CPU (and slower, see the module doc)."""
+    and takes AUTO for anything else there, which follows the CPU model. COMPATIBLE is named
+    with the CPU's maker: with it an Intel and an AMD build still gave different weights
+    (see the module doc), so their results must not share a key."""
     requested = (os.environ.get("MKL_CBWR") or "AUTO").split(",")[0].strip().upper()
-    if requested == "COMPATIBLE" or (requested != "AUTO" and cpu_vendor() == "GenuineIntel"):
+    if requested == "COMPATIBLE":
+        return f"COMPATIBLE on {cpu_vendor()}"
+    if requested != "AUTO" and cpu_vendor() == "GenuineIntel":
         return requested
     return f"AUTO on {cpu_model()}"
 

@@ -476,7 +476,7 @@ KERNEL_SETTINGS = (
         2,
         0,
     ),
-    ("MKL's vendor-neutral branch", {"MKL_CBWR": "COMPATIBLE"}, 2, 0),
+    ("MKL's COMPATIBLE branch", {"MKL_CBWR": "COMPATIBLE"}, 2, 0),
     ("book kernels, seed 1", {}, 2, 1),
     ("book kernels, seed 2", {}, 2, 2),
 )
