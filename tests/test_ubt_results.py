@@ -534,9 +534,9 @@ def test_spread_reading_for_each_outcome():
     assert s["threads_identical"] and s["thread_counts"] == [1, 2, 4] and s["n_seeds"] == 3
     assert s["kernel_top1_range"] == 1.5 and s["seed_top1_range"] == 4.0
     assert ur.spread_reading(s) == (
-        "With the book's kernels, 1, 2 and 4 threads gave bit-identical weights. The other kernels (torch's "
-        "own choice, MKL's other branch) move the top-1 by up to 1.50 points, less than the 4.00 points "
-        "between 3 training seeds."
+        "With the book's kernels, 1, 2 and 4 threads gave bit-identical weights. The other settings that "
+        "ran (kernels 0, kernels 1) moved the one-epoch top-1 by up to 1.50 points, less than the 4.00 "
+        "points between 3 training seeds."
     )
     s = ur.spread_summary(spread_rows(book_weights=("a", "b", "a"), kernel_top1=(30.0, 45.0)))
     assert not s["threads_identical"]
@@ -546,7 +546,11 @@ def test_spread_reading_for_each_outcome():
     assert "more than the 4.00 points" in ur.spread_reading(s)
     s = ur.spread_summary(spread_rows(kernel_top1=(40.0, 40.0)))
     assert ur.spread_reading(s).endswith(
-        "left the top-1 where it was here, against the 4.00 points between 3 training seeds."
+        "left the one-epoch top-1 where it was here, against the 4.00 points between 3 training seeds."
+    )
+    only_book = [r for r in spread_rows() if r["setting"].startswith("book kernels")]
+    assert ur.spread_reading(ur.spread_summary(only_book)) == (
+        "With the book's kernels, 1, 2 and 4 threads gave bit-identical weights (after one epoch each)."
     )
     # a setting the CPU could not run has no numbers: left out of the ranges, named in the reading
     rows = spread_rows() + [

@@ -67,6 +67,7 @@ def spread_summary(rows: Sequence[dict]) -> dict:
         "seed_top1_range": spread(seeds),
         "n_seeds": len({r["seed"] for r in seeds}),
         "skipped": skipped,
+        "others": [r["setting"] for r in seed0 if not r["setting"].startswith("book kernels")],
     }
 
 
@@ -83,13 +84,16 @@ def spread_reading(summary: Mapping) -> str:
     seeds = f"the {s:.2f} points between {summary['n_seeds']} training seeds"
     skipped = summary.get("skipped") or []
     not_run = f" ({' and '.join(skipped)}: not run, this CPU lacks their instructions.)" if skipped else ""
+    others = summary.get("others") or []
+    if not others:
+        return f"{threads} (after one epoch each).{not_run}"
+    named = f"The other setting{'s' if len(others) > 1 else ''} that ran ({', '.join(others)})"
     if k == 0:
-        return f"{threads}. The other kernels left the top-1 where it was here, against {seeds}.{not_run}"
+        return f"{threads}. {named} left the one-epoch top-1 where it was here, against {seeds}.{not_run}"
     compare = "less than" if k < s else ("as much as" if k == s else "more than")
-    moved = (
-        f"The other kernels (torch's own choice, MKL's other branch) move the top-1 by up to {k:.2f} points"
+    return (
+        f"{threads}. {named} moved the one-epoch top-1 by up to {k:.2f} points, {compare} {seeds}.{not_run}"
     )
-    return f"{threads}. {moved}, {compare} {seeds}.{not_run}"
 
 
 # ------------------------------------------------------------------ chapter 2: backdoor attacks
