@@ -483,9 +483,15 @@ def test_restore_reading_says_why():
     assert "stays up to 25.0 points below it: it pulls too weakly" in ur.restore_reading(agg, pulled, clean)
     # the variant at the clean model's RA, which the trigger itself keeps 12 points below CA on SIG
     at_ceiling = ur.table1_aggregate(ur.table1_rows(table1(asr, ra={(a, "ubt_restore"): 47.0 for a in asr})))
-    clean = {"badnet": {"ca": 60.0, "ra": 47.0}, "sig": {"ca": 60.0, "ra": 48.0}}
+    clean = {"badnet": {"ca": 62.0, "ra": 47.0}, "sig": {"ca": 62.0, "ra": 48.0}}
     text = ur.restore_reading(at_ceiling, pulled, clean)
     assert "comes within 1.0 points of it on every planted attack" in text
+    assert "Its CA" not in text  # the clean model's CA (62) is above the poisoned model's (61) here
+    clean = {"badnet": {"ca": 59.5, "ra": 47.0}, "sig": {"ca": 59.5, "ra": 48.0}}
+    assert (
+        "Its CA (60.0 % on average) lies between the clean model's (59.5 %) and the poisoned model's (61.0 %)"
+        in ur.restore_reading(at_ceiling, pulled, clean)
+    )
     assert "(BadNet, SIG lose that much even on the clean model), not a backdoor left in the model." in text
     fine = ur.table1_aggregate(ur.table1_rows(table1(asr)))  # RA 2 below CA
     assert ur.restore_reading(fine, pulled, clean).endswith(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from ubtlib.book.paper import UBT_TABLE1
@@ -946,6 +947,15 @@ def restore_reading(agg: pd.DataFrame, targets: Sequence[dict], clean: Mapping |
     own_gap = pd.Series({a: clean[a]["ca"] - clean[a]["ra"] for a in fired})
     short = float((ceiling - r.RA).max())
     hidden = [ATTACK_NAMES.get(a, a) for a in fired if own_gap[a] > RA_MARGIN]
+    clean_ca = float(np.mean([clean[a]["ca"] for a in fired]))
+    poisoned_ca = float(_by_attack(agg, "No defense").reindex(fired).CA.mean())
+    if clean_ca < poisoned_ca and clean_ca - 0.5 <= r.CA.mean() < poisoned_ca:
+        text += (
+            f"Its CA ({r.CA.mean():.1f} % on average) lies between the clean model's "
+            f"({clean_ca:.1f} %) and the poisoned model's ({poisoned_ca:.1f} %): pulling towards the "
+            "clean model's view also takes back part of the clean accuracy the poisoned fine-tuning "
+            "had added. "
+        )
     text += (
         f"The clean pre-trained model itself, which never saw a poison, reaches RA "
         f"{ceiling.mean():.1f} % on the same triggered images on average, up to {own_gap.max():.1f} "
