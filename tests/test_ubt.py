@@ -374,44 +374,27 @@ def test_restoring_targets_leave_out_images_whose_class_the_unlearning_caption_n
     clip = pipeline.pretrained(smoke, progress=False)
     data = pipeline.poisoned_data(pipeline.with_attack(smoke, "badnet"), progress=False)
     world = pipeline.world(smoke)
-    pairs = {"images": torch.arange(4)}
-    _, classes, left_out = ubt.restoring_targets(
-        clip.model,
-        clip.tokenizer,
-        data,
-        pairs,
-        ["a photo of a banana."] * 4,
-        world.categories,
-        ["a photo of a {}."],
-        "cpu",
-    )
-    named = [f"a photo of a {c}." for c in classes]
-    assert left_out.tolist() == [c == "banana" for c in classes]  # only a pull to the target is left out
-    for restore_to in ubt.RESTORE_TARGETS:
-        targets, again, left_out = ubt.restoring_targets(
+
+    def targets_for(captions, restore_to="class"):
+        return ubt.restoring_targets(
             clip.model,
             clip.tokenizer,
             data,
-            pairs,
-            named,
+            {"images": torch.arange(4)},
+            captions,
             world.categories,
             ["a photo of a {}."],
             "cpu",
             restore_to,
         )
+
+    _, classes, left_out = targets_for(["a photo of a banana."] * 4)
+    assert left_out.tolist() == [c == "banana" for c in classes]  # only a pull to the target is left out
+    named = [f"a photo of a {c}." for c in classes]
+    for restore_to in ubt.RESTORE_TARGETS:
+        targets, again, left_out = targets_for(named, restore_to)
         # every caption names its own class: all left out
         assert again == classes and left_out.all() and not targets.any()
-    embeddings, _, _ = ubt.restoring_targets(
-        clip.model,
-        clip.tokenizer,
-        data,
-        pairs,
-        ["a photo of a banana."] * 4,
-        world.categories,
-        ["a photo of a {}."],
-        "cpu",
-        "clean_image",
-    )
-    assert embeddings.dtype == torch.float32 and torch.allclose(
-        embeddings.norm(dim=1), torch.ones(4), atol=1e-5
-    )
+    embeddings, _, left_out = targets_for(["a photo of a banana."] * 4, "clean_image")
+    expected = (~left_out).float()  # unit embeddings, zero rows for the images left out
+    assert embeddings.dtype == torch.float32 and torch.allclose(embeddings.norm(dim=1), expected, atol=1e-5)
