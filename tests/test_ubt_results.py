@@ -164,13 +164,13 @@ def test_every_attack_found_better_than_abl():
     rows = {a: detection() for a in FIVE}
     assert ur.missed_attacks(rows) == []
     assert ur.detection_verdict(rows, PLANTED) == (
-        "For every planted backdoor (BadNet, Blended, SIG, WaNet, SSBA-style), UBT's top k is at "
-        "least 90 % poisoned, and more precise than ABL's isolation, as the paper's Fig. 2 shows."
+        "For every planted backdoor (BadNet, Blended, SIG, WaNet, SSBA-style), UBT's top k is 98 % "
+        "poisoned, and more precise than ABL's isolation, as the separation in the paper's Fig. 2 suggests."
     )
     rows["sig"] = detection(abl_precision=98.0)
     assert ur.detection_verdict(rows, PLANTED) == (
-        "For every planted backdoor (BadNet, Blended, SIG, WaNet, SSBA-style), UBT's top k is at "
-        "least 90 % poisoned. ABL isolates at least as precisely as UBT's top k for SIG."
+        "For every planted backdoor (BadNet, Blended, SIG, WaNet, SSBA-style), UBT's top k is 98 % "
+        "poisoned. ABL isolates at least as precisely as UBT's top k for SIG."
     )
 
 
@@ -202,7 +202,7 @@ def test_planted_but_missed_and_worse_than_random():
         "SSBA-style was planted (No-defense ASR 95.0 %), but its top k is only 5.0 % poisoned, below a "
         "random draw from D_susp (20.0 % poisoned; AUROC 0.35: the overfitted model ranks these "
         "poisons behind the clean pairs): the overfitting did not single its poisons out. For the "
-        "other planted backdoors (BadNet, Blended, SIG, WaNet) the top k is at least 90 % poisoned."
+        "other planted backdoors (BadNet, Blended, SIG, WaNet) the top k is 98 % poisoned."
     )
     assert "about what a random draw" in ur.against_random_draw(detection(precision=22.0))
 
@@ -222,7 +222,7 @@ def test_abl_reading_directions():
     assert behind.startswith(
         "ABL's loss ranks the poisons *behind* the clean pairs for every attack (AUROC "
         "0.20 to 0.40, where 0.5 is chance), so isolating the lowest-loss 1 % finds "
-        "almost none."
+        "few of them (at most 5.0 % of what it isolates)."
     )
     assert "AUROC at least 0.90" in behind
     ahead = ur.abl_reading({"a": detection(abl_auroc=0.6), "b": detection(abl_auroc=0.8)}, 0.01)
@@ -242,8 +242,19 @@ def test_detection_results_and_summary():
     assert res["split_missed_min"] == 1.0 and res["split_missed_max"] == 4.5
     assert res["susp_percent"] == 10.0 and res["top_k"] == 500 and res["retain_pairs"] == 400
     assert "susp" not in res["attacks"]["badnet"]  # per-pair lists are not published
+    assert res["planted_min_topk_precision"] == 80.0  # no ASR given: every attack counts
+    planted = ur.detection_results(rows, 500, 4096, 0.1, {"badnet": 99.0, "sig": 1.0})
+    assert planted["planted_min_topk_precision"] == 98.0 and planted["min_topk_precision"] == 80.0
+    assert math.isnan(
+        ur.detection_results(rows, 500, 4096, 0.1, {"badnet": 1.0, "sig": 1.0})["planted_max_retain_poisons"]
+    )
     summary = ur.detection_summary(rows)
-    assert summary.loc["sig", "top-k precision (%)"] == 80.0 and summary.loc["badnet", "|D_susp|"] == 250
+    assert (
+        summary.loc["SIG", "top-k precision (%)"] == 80.0 and summary.loc["BadNet", "|D_susp| (pairs)"] == 250
+    )
+    assert summary["poisons"].dtype.kind == "i"
+    none = ur.abl_reading({"a": detection(abl_auroc=0.2, abl_precision=0.0)}, 0.01)
+    assert "finds none of them." in none
 
 
 # ------------------------------------------------------------------ chapter 4

@@ -312,37 +312,52 @@ def backdoor_readings(
 
 
 def detection_summary(rows: Mapping[str, dict]) -> pd.DataFrame:
-    """One row per attack (the index): the split's, the overfitted top k's and ABL's separation
-    of the poisons, and the poisons left in the retain pool (rows: `experiments.finding_the_poison`)."""
-    return pd.DataFrame(
+    """One row per attack (the index, by display name): the split's, the overfitted top k's and
+    ABL's separation of the poisons, and the poisons left in the retain pool (rows:
+    `experiments.finding_the_poison`). Counts are integers."""
+    table = pd.DataFrame.from_dict(
         {
-            a: {
+            ATTACK_NAMES.get(a, a): {
                 "poisons": r["poisons"],
                 "in D_susp": r["susp_poisons"],
-                "|D_susp|": r["d_susp"],
+                "|D_susp| (pairs)": r["d_susp"],
                 "split recall (%)": r["split_recall"],
                 "split AUROC": r["split_auroc"],
                 "top-k precision (%)": r["topk_precision"],
-                "top-k recall (%)": r["topk_recall"],
+                "top-k recall in D_susp (%)": r["topk_recall"],
                 "overfitted AUROC in D_susp": r["topk_auroc"],
                 "poisons in the retain pool": r["retain_poisons"],
-                "retain pool": r["retain_pairs"],
+                "retain pool (pairs)": r["retain_pairs"],
                 "ABL precision (%)": r["abl_precision"],
                 "ABL recall (%)": r["abl_recall"],
                 "ABL AUROC": r["abl_auroc"],
             }
             for a, r in rows.items()
-        }
-    ).T
+        },
+        orient="index",
+    )
+    counts = ["poisons", "in D_susp", "|D_susp| (pairs)", "poisons in the retain pool", "retain pool (pairs)"]
+    return table.astype({c: int for c in counts})
 
 
 def detection_results(
-    rows: Mapping[str, dict], top_k: int, retain_candidates: int, susp_fraction: float
+    rows: Mapping[str, dict],
+    top_k: int,
+    retain_candidates: int,
+    susp_fraction: float,
+    asr: Mapping[str, float] | None = None,
 ) -> dict:
     """Chapter 3's published results: each attack's scalar detection measures (per-pair lists
-    apart) and the extremes over the attacks that its text quotes."""
+    apart) and the extremes over the attacks that its text quotes, over all attacks and
+    ("planted_*") over those whose No-defense ASR (`asr`) planted a backdoor (NaN: none did)."""
     r = list(rows.values())
+    took = [rows[a] for a in rows if asr is None or asr[a] >= PLANTED_ASR]
+    extreme = lambda f, key: f(x[key] for x in took) if took else float("nan")  # noqa: E731
     return {
+        "planted_min_topk_precision": extreme(min, "topk_precision"),
+        "planted_max_topk_precision": extreme(max, "topk_precision"),
+        "planted_max_abl_precision": extreme(max, "abl_precision"),
+        "planted_max_retain_poisons": extreme(max, "retain_poisons"),
         "attacks": {a: {k: v for k, v in row.items() if not isinstance(v, list)} for a, row in rows.items()},
         "min_topk_precision": min(x["topk_precision"] for x in r),
         "max_topk_precision": max(x["topk_precision"] for x in r),
@@ -396,10 +411,10 @@ def detection_verdict(rows: Mapping[str, dict], asr: Mapping[str, float]) -> str
         )
     elif not missed:
         parts.append(
-            f"For every planted backdoor ({names(took)}), UBT's top k is at least "
-            f"{DETECTED_PRECISION:.0f} % poisoned"
+            f"For every planted backdoor ({names(took)}), UBT's top k is "
+            f"{_precision_range([rows[a] for a in took])} poisoned"
             + (
-                ", and more precise than ABL's isolation, as the paper's Fig. 2 shows"
+                ", and more precise than ABL's isolation, as the separation in the paper's Fig. 2 suggests"
                 if not abl_level
                 else ""
             )
@@ -415,8 +430,8 @@ def detection_verdict(rows: Mapping[str, dict], asr: Mapping[str, float]) -> str
         found = [a for a in took if a not in missed]
         if found:
             parts.append(
-                f"For the other planted backdoors ({names(found)}) the top k is at least "
-                f"{DETECTED_PRECISION:.0f} % poisoned"
+                f"For the other planted backdoors ({names(found)}) the top k is "
+                f"{_precision_range([rows[a] for a in found])} poisoned"
             )
     if abl_level:
         parts.append(f"ABL isolates at least as precisely as UBT's top k for {names(abl_level)}")
@@ -435,6 +450,12 @@ def detection_verdict(rows: Mapping[str, dict], asr: Mapping[str, float]) -> str
     return ". ".join(parts) + "."
 
 
+def _precision_range(rows: Sequence[Mapping]) -> str:
+    """ "98 %" or "92 to 100 %": the top k's precision over `rows`."""
+    lo, hi = (f(r["topk_precision"] for r in rows) for f in (min, max))
+    return f"{lo:.0f} %" if round(lo) == round(hi) else f"{lo:.0f} to {hi:.0f} %"
+
+
 def abl_reading(rows: Mapping[str, dict], isolation_ratio: float) -> str:
     """Which way ABL's loss ranks the poisons over the attacks (AUROC 0.5 is chance; below it,
     poisons last), and why it ranks them last when that is so."""
@@ -445,7 +466,7 @@ def abl_reading(rows: Mapping[str, dict], isolation_ratio: float) -> str:
         return (
             f"ABL's loss ranks the poisons *behind* the clean pairs for every attack (AUROC {lo:.2f} "
             f"to {hi:.2f}, where 0.5 is chance), so isolating the lowest-loss "
-            f"{100 * isolation_ratio:g} % finds almost none. Its isolation training starts "
+            f"{100 * isolation_ratio:g} % finds {_abl_finds(rows)}. Its isolation training starts "
             "from the clean pre-trained CLIP, to which a triggered image under a caption naming "
             f"another class is a mismatched pair (the split above ranks them with AUROC at least "
             f"{split_auroc:.2f}), harder to fit than a clean one. ABL assumes the opposite, that a "
@@ -460,6 +481,11 @@ def abl_reading(rows: Mapping[str, dict], isolation_ratio: float) -> str:
         f"ABL's loss ranks the poisons ahead of the clean pairs for some attacks and behind them "
         f"for others (AUROC {lo:.2f} to {hi:.2f}, where 0.5 is chance)."
     )
+
+
+def _abl_finds(rows: Mapping[str, dict]) -> str:
+    best = max(r["abl_precision"] for r in rows.values())
+    return "none of them" if best == 0 else f"few of them (at most {best:.1f} % of what it isolates)"
 
 
 def detection_readings(rows: Mapping[str, dict], asr: Mapping[str, float], isolation_ratio: float) -> dict:
