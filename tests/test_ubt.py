@@ -109,6 +109,10 @@ def test_token_captions_pass_over_function_words(smoke):
     assert ubt.token_captions(tokens, rel, tok, 1) == ["the"]
     assert ubt.token_captions(tokens, rel, tok, 1, ubt.FUNCTION_WORDS) == ["banana"]
     assert ubt.token_captions(tokens, rel, tok, 3, ubt.FUNCTION_WORDS) == ["banana"]
+    # a punctuation mark as the most relevant token ("a photo of a .." unlearns nothing)
+    tok, tokens, rel = _relevance(smoke, "a photo of a banana.", {-1: 0.6, -2: 0.3})  # ., banana
+    assert ubt.token_captions(tokens, rel, tok, 1) == ["."]
+    assert ubt.token_captions(tokens, rel, tok, 1, ubt.FUNCTION_WORDS) == ["banana"]
 
 
 def test_cartesian_pairs_every_image_with_every_distinct_caption():

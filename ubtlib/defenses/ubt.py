@@ -94,9 +94,10 @@ class UBTConfig:
     # a cap, a top k of mostly clean pairs (an attack that planted nothing) has all different
     # tokens, and the product, hence the unlearning time, grows with k squared
     max_token_captions: int = 1
-    # relevance may keep a function word ("the", "of", ...) as a caption's most relevant token;
-    # a caption "a photo of a the." then unlearns nothing (pocket, Blended, one seed in two of
-    # Table 1). Function words are passed over for the next most relevant token; False keeps
+    # relevance may keep a function word ("the", "of", ...) or a punctuation mark as a
+    # caption's most relevant token; a caption "a photo of a the." or "a photo of a .." then
+    # unlearns nothing (pocket, Blended, one seed in two of Table 1 on one machine; BadNet,
+    # seed 0 on another). Both are passed over for the next most relevant token; False keeps
     # the paper's literal rule
     skip_function_words: bool = True
     # The book's restoring variant (defense "ubt_restore"; `run_ubt` applies it when given the
@@ -383,13 +384,15 @@ FUNCTION_WORDS = frozenset(
 def token_captions(
     tokens: torch.Tensor, relevance: torch.Tensor, tokenizer, n_tokens: int, skip: frozenset = frozenset()
 ) -> list:
-    """Each caption's `n_tokens` most relevant tokens, in their original order, as text; tokens
-    whose text is in `skip` are passed over."""
+    """Each caption's `n_tokens` most relevant tokens, in their original order, as text; with a
+    `skip` set, tokens whose text is in it, or has no letter or digit (punctuation), are passed
+    over."""
     decoder = tokenizer.tokenizer if hasattr(tokenizer, "tokenizer") else tokenizer
     if skip:
         relevance = relevance.clone()
         for token in tokens.unique().tolist():
-            if decoder.decode([token]).strip().lower() in skip:
+            text = decoder.decode([token]).strip().lower()
+            if text in skip or not any(ch.isalnum() for ch in text):
                 relevance[tokens == token] = 0
     out = []
     for t, r in zip(tokens, relevance):
