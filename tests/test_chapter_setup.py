@@ -113,3 +113,6 @@ def test_the_book_says_where_it_is_and_what_the_last_build_took(tmp_path, monkey
     assert json.loads(cli.book_timings_file().read_text()) == {"smoke": first}
     cli.execute_book({"profile": "smoke"})
     assert "the last smoke build took 0 s for this chapter and the rest" in capsys.readouterr().out
+    cli.book_timings_file().write_text("{not json")  # a damaged file costs the estimate only
+    cli.execute_book({"profile": "smoke"})
+    assert "the last" not in capsys.readouterr().out

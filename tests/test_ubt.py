@@ -113,6 +113,8 @@ def test_token_captions_pass_over_function_words(smoke):
     tok, tokens, rel = _relevance(smoke, "a photo of a banana.", {-1: 0.6, -2: 0.3})  # ., banana
     assert ubt.token_captions(tokens, rel, tok, 1) == ["."]
     assert ubt.token_captions(tokens, rel, tok, 1, ubt.FUNCTION_WORDS) == ["banana"]
+    tok, tokens, rel = _relevance(smoke, "a photo of a banana.", {-1: 0.6})  # all on the "."
+    assert ubt.token_captions(tokens, rel, tok, 1, ubt.FUNCTION_WORDS) == ["."]  # never an empty caption
 
 
 def test_cartesian_pairs_every_image_with_every_distinct_caption():

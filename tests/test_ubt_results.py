@@ -222,7 +222,7 @@ def test_abl_reading_directions():
     assert behind.startswith(
         "ABL's loss ranks the poisons *behind* the clean pairs for every attack (AUROC "
         "0.20 to 0.40, where 0.5 is chance), so isolating the lowest-loss 1 % finds "
-        "few of them (at most 5.0 % of what it isolates)."
+        "few of them (what it isolates is at most 5.0 % poisons)."
     )
     assert "AUROC at least 0.90" in behind
     ahead = ur.abl_reading({"a": detection(abl_auroc=0.6), "b": detection(abl_auroc=0.8)}, 0.01)
@@ -567,7 +567,8 @@ def test_spread_reading_for_each_outcome():
     )
     only_book = [r for r in spread_rows() if r["setting"].startswith("book kernels")]
     assert ur.spread_reading(ur.spread_summary(only_book)) == (
-        "With the book's kernels, 1, 2 and 4 threads gave bit-identical weights (after one epoch each)."
+        "With the book's kernels, 1, 2 and 4 threads gave bit-identical weights (after one epoch each), "
+        "against the 4.00 points between 3 training seeds."
     )
     # a setting the CPU could not run has no numbers: left out of the ranges, named in the reading
     rows = spread_rows() + [

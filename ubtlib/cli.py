@@ -358,7 +358,11 @@ def execute_book(params: dict) -> dict:
 
     profile = params.get("profile", "pocket")
     path = book_timings_file()
-    saved = json.loads(path.read_text()) if path.exists() else {}
+    try:  # a damaged timings file costs the estimate, never the build
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        saved = {}
+    saved = saved if isinstance(saved, dict) else {}
     last = saved.get(profile, {})
     names, timings, begun = chapters(), {}, time.perf_counter()
     for i, c in enumerate(names, 1):

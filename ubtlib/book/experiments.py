@@ -464,8 +464,8 @@ def caption_alignment(profile: Profile, attack: str) -> dict:
 
 # The settings `kernel_spread` compares: (label, environment, threads, training seed). The
 # first three use the book's portable kernels; the next are what torch picks by itself on an
-# AVX-512 machine, and MKL's branch that is the same on Intel and AMD CPUs; the last two change
-# only the seed.
+# AVX-512 machine, and MKL's COMPATIBLE branch (documented as vendor-neutral; measured not to
+# make Intel and AMD agree, see ubtlib.numerics); the last two change only the seed.
 KERNEL_SETTINGS = (
     ("book kernels, 2 threads", {}, 2, 0),
     ("book kernels, 1 thread", {}, 1, 0),
@@ -570,9 +570,9 @@ def redirect_anatomy(profile: Profile, attack: str, defenses=("none", "ubt", "ub
 
 
 def restore_targets(profile: Profile, attack: str) -> dict:
-    """What the restoring variant pulled its detected images towards (from its cached run):
-    of the detected poisons it pulled, the share whose pull class (the clean pre-trained
-    model's zero-shot class of the triggered image) is the object's true class, and how many
+    """Whom the restoring variant pulled (from its cached run): of the detected poisons it
+    pulled, the share whose clean class (the clean pre-trained model's zero-shot class of the
+    triggered image, which its pull target carries) is the object's true class, and how many
     detected images it left out (called by the target's name)."""
     prof = pipeline.with_attack(profile, attack)
     rec = pipeline.defended(prof, None, "ubt_restore", progress=False).record
@@ -582,14 +582,17 @@ def restore_targets(profile: Profile, attack: str) -> dict:
     top = np.asarray(rec["top_k"])
     if rec["restore_classes"] is None:  # restore_weight 0: nothing was pulled
         return {"detected": len(top), "left_out": 0, "poisons_pulled": 0, "true_class_share": float("nan")}
-    # one unlearning pair per token-level caption of an image, all with the image's pull class
-    pull = dict(zip(rec["unlearning_images"], zip(rec["restore_classes"], rec["restore_left_out"])))
-    pulled = [(i, c) for i, (c, left_out) in pull.items() if not left_out]
+    # one unlearning pair per token-level caption of an image, each with the image's clean
+    # class; a pair is left out where its caption names that class, so an image counts as
+    # pulled when any of its pairs is
+    classes_of = dict(zip(rec["unlearning_images"], rec["restore_classes"]))
+    kept = {i for i, left_out in zip(rec["unlearning_images"], rec["restore_left_out"]) if not left_out}
+    pulled = [(i, classes_of[i]) for i in classes_of if i in kept]
     poisons = [(i, c) for i, c in pulled if data.is_backdoor[i] and labels[i] >= 0]
     right = sum(c == w.categories[labels[i]] for i, c in poisons)
     return {
         "detected": len(top),
-        "left_out": len(pull) - len(pulled),
+        "left_out": len(classes_of) - len(pulled),
         "poisons_pulled": len(poisons),
         "true_class_share": 100 * right / len(poisons) if poisons else float("nan"),
     }

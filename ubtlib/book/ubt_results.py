@@ -87,7 +87,7 @@ def spread_reading(summary: Mapping) -> str:
     not_run = f" ({' and '.join(skipped)}: not run, this CPU lacks their instructions.)" if skipped else ""
     others = summary.get("others") or []
     if not others:
-        return f"{threads} (after one epoch each).{not_run}"
+        return f"{threads} (after one epoch each), against {seeds}.{not_run}"
     named = f"The other setting{'s' if len(others) > 1 else ''} that ran ({', '.join(others)})"
     if k == 0:
         return f"{threads}. {named} left the one-epoch top-1 where it was here, against {seeds}.{not_run}"
@@ -351,7 +351,7 @@ def detection_results(
     apart) and the extremes over the attacks that its text quotes, over all attacks and
     ("planted_*") over those whose No-defense ASR (`asr`) planted a backdoor (NaN: none did)."""
     r = list(rows.values())
-    took = [rows[a] for a in rows if asr is None or asr[a] >= PLANTED_ASR]
+    took = [rows[a] for a in rows if asr is None or asr.get(a, float("nan")) >= PLANTED_ASR]
     extreme = lambda f, key: f(x[key] for x in took) if took else float("nan")  # noqa: E731
     return {
         "planted_min_topk_precision": extreme(min, "topk_precision"),
@@ -485,7 +485,7 @@ def abl_reading(rows: Mapping[str, dict], isolation_ratio: float) -> str:
 
 def _abl_finds(rows: Mapping[str, dict]) -> str:
     best = max(r["abl_precision"] for r in rows.values())
-    return "none of them" if best == 0 else f"few of them (at most {best:.1f} % of what it isolates)"
+    return "none of them" if best == 0 else f"few of them (what it isolates is at most {best:.1f} % poisons)"
 
 
 def detection_readings(rows: Mapping[str, dict], asr: Mapping[str, float], isolation_ratio: float) -> dict:

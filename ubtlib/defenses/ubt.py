@@ -386,16 +386,19 @@ def token_captions(
 ) -> list:
     """Each caption's `n_tokens` most relevant tokens, in their original order, as text; with a
     `skip` set, tokens whose text is in it, or has no letter or digit (punctuation), are passed
-    over."""
+    over, unless no other token of the caption has any relevance."""
     decoder = tokenizer.tokenizer if hasattr(tokenizer, "tokenizer") else tokenizer
+    kept_relevance = relevance
     if skip:
-        relevance = relevance.clone()
+        kept_relevance = relevance.clone()
         for token in tokens.unique().tolist():
             text = decoder.decode([token]).strip().lower()
             if text in skip or not any(ch.isalnum() for ch in text):
-                relevance[tokens == token] = 0
+                kept_relevance[tokens == token] = 0
     out = []
-    for t, r in zip(tokens, relevance):
+    for t, r, r_all in zip(tokens, kept_relevance, relevance):
+        if not (r > 0).any():  # every relevant token is skipped: keep the paper's choice, not nothing
+            r = r_all
         keep = torch.argsort(r, descending=True)[:n_tokens]
         keep = keep[r[keep] > 0].sort().values
         out.append(decoder.decode(t[keep].tolist()).strip())
@@ -672,8 +675,9 @@ def run_ubt(
     for both variants; its seconds count in the record's wall time either way (the token
     relevance only in token-level UBT's). `on_step` goes to `unlearn`. Given `classes` = (class
     names, templates), the book's restoring variant runs (weight `cfg.restore_weight`): each
-    detected image is also pulled to the caption of the class the clean model gives it
-    (`restoring_targets`); without, the paper's UBT. Neither model is changed.
+    detected image is also pulled towards its target (`cfg.restore_to`: the clean model's
+    embedding of the image, or the caption of the class that model gives it;
+    `restoring_targets`); without, the paper's UBT. Neither model is changed.
     """
     n = len(data.images)
     cfg.validate(n)
