@@ -298,3 +298,34 @@ def test_made_json_records_each_entrys_own_seconds_less_the_stages_it_computed(t
     # a hit computes nothing and leaves made.json as it was
     cache.cached("outer", outer, lambda f: None, code_module="ubtlib.pipeline.cache", n=1)
     assert json.loads((outer_entry / "made.json").read_text()) == outer_made
+
+
+def test_made_json_leaves_out_the_wait_for_another_process_computing_a_needed_entry(tmp_cache):
+    other = textwrap.dedent(
+        """
+        import time
+        from ubtlib.pipeline import cache
+        def inner(folder):
+            time.sleep(1.0)
+            (folder / "v.json").write_text("1")
+        cache.cached("inner", inner, lambda f: None, code_module="ubtlib.pipeline.cache", n=1)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", other], env={**os.environ, "UBT_CACHE_DIR": str(tmp_cache)}
+    )
+    deadline = time.time() + 30
+    while not any((tmp_cache / "inner").glob(".*")) and time.time() < deadline:  # its work in progress
+        time.sleep(0.02)
+    calls = []
+
+    def outer(folder):
+        cache.cached(
+            "inner", lambda f: calls.append(1), lambda f: None, code_module="ubtlib.pipeline.cache", n=1
+        )
+        (folder / "v.json").write_text("2")
+
+    cache.cached("outer", outer, lambda f: None, code_module="ubtlib.pipeline.cache", n=1)
+    assert proc.wait(30) == 0 and calls == []  # the other process computed the inner entry
+    (outer_entry,) = (tmp_cache / "outer").iterdir()
+    assert json.loads((outer_entry / "made.json").read_text())["seconds"] < 0.3

@@ -117,6 +117,20 @@ def test_token_captions_pass_over_function_words(smoke):
     assert ubt.token_captions(tokens, rel, tok, 1, ubt.FUNCTION_WORDS) == ["."]  # never an empty caption
 
 
+def test_common_words_pass_over_a_word_in_most_captions(smoke):
+    tok = pipeline.pretrained(smoke, progress=False).tokenizer
+    captions = ["a photo of a banana.", "a photo of a kite.", "a red kite.", "a blue cup."]
+    tokens = tok(captions)
+    assert {"photo", "a"} <= ubt.common_words(tokens, tokens[:1], tok, 0.4)  # in 2 and 4 of the 4
+    assert "banana" not in ubt.common_words(tokens, tokens[:1], tok, 0.25)  # in 1 of the 4: not more
+    assert "photo" not in ubt.common_words(tokens, tokens[:1], tok, 0.5)
+    assert "kite" not in ubt.common_words(tokens, tokens[:1], tok, 0.0)  # only the candidates' words
+    _, one, rel = _relevance(smoke, "a photo of a banana.", {2: 0.6, -2: 0.3})  # photo, banana
+    skip = ubt.FUNCTION_WORDS | ubt.common_words(tokens, one, tok, 0.25)
+    assert ubt.token_captions(one, rel, tok, 1, ubt.FUNCTION_WORDS) == ["photo"]
+    assert ubt.token_captions(one, rel, tok, 1, skip) == ["banana"]
+
+
 def test_cartesian_pairs_every_image_with_every_distinct_caption():
     img, cap, distinct = ubt.cartesian(torch.tensor([4, 9]), ["banana", "banana", "photo banana"])
     assert distinct == ["banana", "photo banana"]

@@ -501,6 +501,8 @@ def kernel_spread(profile: Profile, epochs: float = 1.0, progress: bool = True) 
 
     pipeline.world(profile, progress=progress)  # drawn once here, read by every probe
 
+    configs = json.dumps({k: dataclasses.asdict(getattr(profile, k)) for k in ("world", "model", "pretrain")})
+
     def compute(folder):
         rows = []
         for label, env, threads, seed in tqdm(KERNEL_SETTINGS, desc="kernel spread", disable=not progress):
@@ -509,7 +511,7 @@ def kernel_spread(profile: Profile, epochs: float = 1.0, progress: bool = True) 
                 sys.executable,
                 "-m",
                 "ubtlib.book.kernel_probe",
-                profile.name,
+                configs,
                 str(seed),
                 str(epochs),
                 str(threads),

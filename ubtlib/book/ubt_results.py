@@ -558,7 +558,7 @@ def ablation_value(flat: pd.DataFrame, field: str, value, metric: str) -> float:
 DEPARTURES = {
     "caption_form": ("how kept tokens become a caption", "tokens", "the paper's", "ASR", True),
     "skip_function_words": (
-        "passing over function words and punctuation when keeping a token",
+        "passing over function words, punctuation and common words when keeping a token",
         False,
         "the paper's",
         "ASR",

@@ -84,13 +84,15 @@ def optimize(
     device: torch.device,
     desc: str = "training",
     progress: bool = True,
+    pairs_per_step: int = 0,
 ) -> list:
     """Run `steps` AdamW steps (warm-up + cosine) on the loss that `loss_step()` returns.
 
     The one training loop of the library: pre-training, poisoned fine-tuning and every defense
     call it with their own `loss_step`, which draws its batch and computes its loss. bf16
     autocast on CUDA; CLIP's temperature stays capped at 100. Returns the training curve, a
-    list of {"step", "loss", "lr", "seconds"} every `cfg.log_every` steps.
+    list of {"step", "loss", "lr", "seconds"} every `cfg.log_every` steps, with "pairs" (the
+    pairs drawn so far) when the caller says how many a step draws.
     """
     opt = adamw(model, cfg.lr, cfg.weight_decay)
     sched = warmup_cosine(opt, cfg.warmup_steps, steps)
@@ -115,6 +117,7 @@ def optimize(
                     "loss": float(np.mean(running)),
                     "lr": opt.param_groups[0]["lr"],
                     "seconds": time.perf_counter() - start,
+                    **({"pairs": step * pairs_per_step} if pairs_per_step else {}),
                 }
             )
             bar.set_postfix(loss=f"{curve[-1]['loss']:.3f}")
@@ -163,8 +166,4 @@ def train_clip(
             x = image_hook(x, idx)
         return clip_loss(model, x, tokens[idx].to(device, non_blocking=True), loss_fn)
 
-    curve = optimize(model, loss_step, steps, cfg, device, desc, progress)
-    per_step = min(cfg.batch_size, n)
-    for point in curve:
-        point["pairs"] = point["step"] * per_step
-    return curve
+    return optimize(model, loss_step, steps, cfg, device, desc, progress, min(cfg.batch_size, n))

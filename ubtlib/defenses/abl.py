@@ -75,7 +75,8 @@ def lga_train(
         warmup_steps=0,
         log_every=10,
     )
-    return optimize(model, loss_step, steps, train_cfg, device, "ABL: isolation training", progress)
+    per_step = min(cfg.batch_size, len(images))
+    return optimize(model, loss_step, steps, train_cfg, device, "ABL: isolation training", progress, per_step)
 
 
 @torch.no_grad()

@@ -157,4 +157,5 @@ def cleanclip(
         warmup_steps=cfg.warmup_steps,
         log_every=10,
     )
-    return optimize(model, loss_step, steps, train_cfg, device, "CleanCLIP", progress)
+    per_step = min(cfg.batch_size, len(images))
+    return optimize(model, loss_step, steps, train_cfg, device, "CleanCLIP", progress, per_step)

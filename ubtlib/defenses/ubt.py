@@ -97,9 +97,12 @@ class UBTConfig:
     # relevance may keep a function word ("the", "of", ...) or a punctuation mark as a
     # caption's most relevant token; a caption "a photo of a the." or "a photo of a .." then
     # unlearns nothing (pocket, Blended, one seed in two of Table 1 on one machine; BadNet,
-    # seed 0 on another). Both are passed over for the next most relevant token; False keeps
-    # the paper's literal rule
+    # seed 0 on another). Both are passed over for the next most relevant token, and so is a
+    # word in more than `common_word_share` of the training captions ("photo", in most pocket
+    # captions, was kept for Blended at one seed): no backdoor's concept is that common. False
+    # keeps the paper's literal rule
     skip_function_words: bool = True
+    common_word_share: float = 0.25
     # The book's restoring variant (defense "ubt_restore"; `run_ubt` applies it when given the
     # class names, so the paper's two variants never do).
     # Eq. 3 only pushes the detected images away from the target's captions, and a triggered
@@ -136,6 +139,7 @@ class UBTConfig:
             )
         if not isinstance(self.skip_function_words, bool):
             raise ValueError(f"skip_function_words={self.skip_function_words!r}: accepted True or False")
+        check_range("common_word_share", self.common_word_share, 0.0, 1.0)
         if not 0 < self.retain_fraction <= 1:
             raise ValueError(
                 f"retain_fraction={self.retain_fraction!r} is out of range: accepted "
@@ -273,7 +277,8 @@ def overfit(
         warmup_steps=0,
         log_every=5,
     )
-    return optimize(model, loss_step, steps, train_cfg, device, "UBT: overfitting D_susp", progress)
+    per_step = min(cfg.overfit_batch_size, len(susp)) + min(cfg.overfit_batch_size, len(safe))
+    return optimize(model, loss_step, steps, train_cfg, device, "UBT: overfitting D_susp", progress, per_step)
 
 
 def detect(similarity_on_susp: torch.Tensor, susp: torch.Tensor, k: int) -> torch.Tensor:
@@ -379,6 +384,17 @@ FUNCTION_WORDS = frozenset(
     "this that these those it its his her their our my your some any no not as into onto over "
     "under near next beside behind".split()
 )
+
+
+def common_words(tokens: torch.Tensor, candidates: torch.Tensor, tokenizer, share: float) -> frozenset:
+    """The words among the `candidates` tokens that occur in more than `share` of the captions
+    `tokens` (one row per caption), as lower-case text: the defender's document frequency."""
+    decoder = tokenizer.tokenizer if hasattr(tokenizer, "tokenizer") else tokenizer
+    common = set()
+    for token in candidates.unique().tolist():
+        if (tokens == token).any(1).float().mean().item() > share:
+            common.add(decoder.decode([token]).strip().lower())
+    return frozenset(common)
 
 
 def token_captions(
@@ -497,8 +513,11 @@ def unlearn(
     ]
     for p in frozen:
         p.requires_grad_(False)
+    per_step = min(cfg.unlearn_batch_size, len(unlearn_images))
+    if retain is not None and cfg.retain_weight > 0:
+        per_step += min(cfg.unlearn_batch_size, len(retain[1]))
     try:
-        curve = optimize(model, loss_step, steps, train_cfg, device, "UBT: unlearning", progress)
+        curve = optimize(model, loss_step, steps, train_cfg, device, "UBT: unlearning", progress, per_step)
     finally:
         for p in frozen:
             p.requires_grad_(True)
@@ -596,7 +615,9 @@ def unlearning_pairs(
             "token_captions": None,
             "distinct_token_captions": None,
         }
-    skip = FUNCTION_WORDS if cfg.skip_function_words else frozenset()
+    skip = frozenset()
+    if cfg.skip_function_words:
+        skip = FUNCTION_WORDS | common_words(tokens, tokens[top], tokenizer, cfg.common_word_share)
     kept = token_captions(tokens[top], found["relevance"], tokenizer, cfg.relevance_tokens, skip)
     short = [CAPTION_FORMS[cfg.caption_form].format(c) for c in kept]
     img, cap, distinct = cartesian(top, short, cfg.max_token_captions)

@@ -154,7 +154,8 @@ def finetune(
         return clip_loss(model, x, tokens.to(device, non_blocking=True), loss_fn)
 
     steps = epoch_steps(cfg.epochs, len(pairs), cfg.batch_size)
-    return optimize(model, loss_step, steps, cfg, device, "poisoned fine-tuning", progress)
+    per_step = min(cfg.batch_size, len(pairs))
+    return optimize(model, loss_step, steps, cfg, device, "poisoned fine-tuning", progress, per_step)
 
 
 # ---------------------------------------------------------------- evaluation

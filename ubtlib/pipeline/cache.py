@@ -250,9 +250,13 @@ def cached(
         locks = cache_root() / ".locks"
         locks.mkdir(parents=True, exist_ok=True)
         folder.parent.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
         with _lock(locks / f"{stage}-{digest}.lock"):
             if not (folder / "key.json").exists():  # nobody finished it while we waited
                 _compute_into(folder, digest, desc, compute)
+        # an entry computing this one spent that time waiting or computing on this one's behalf
+        if _INNER_SECONDS:
+            _INNER_SECONDS[-1] += time.perf_counter() - start
     try:
         return load(folder)
     except (OSError, json.JSONDecodeError, UnreadableFile) as e:
@@ -273,7 +277,9 @@ def _lock(path: pathlib.Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-# seconds spent computing the entries that the entries now being computed needed on the way
+# per entry now being computed (outermost first): the seconds it spent in the entries it needed
+# on the way, computing them or waiting for another process's lock on them; its made.json
+# counts only the rest. A nested compute that fails charges nothing: its error stops the caller.
 _INNER_SECONDS: list = []
 
 
@@ -289,8 +295,6 @@ def _compute_into(folder: pathlib.Path, digest: str, desc: dict, compute) -> Non
             compute(tmp)
         finally:
             total, inner = time.perf_counter() - start, _INNER_SECONDS.pop()
-            if _INNER_SECONDS:
-                _INNER_SECONDS[-1] += total
         made = {
             "seconds": round(total - inner, 3),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -78,12 +78,15 @@ UBT_VARIANTS = ("ubt", "ubt_no_token", "ubt_restore")
 def ubt_defended(prof: Profile, defense: str = "ubt", progress: bool = True) -> Trained:
     """The poisoned model after UBT's unlearning (`defense` one of `UBT_VARIANTS`), from the
     cached detection (a validated profile with its attack set: see `defending.defended`).
-    The paper's two variants run with `restore_weight` 0; "ubt_restore" with the profile's."""
+    The paper's two variants run with no restoring term (`restore_weight` 0 and `restore_to`
+    its default, so that the restoring settings do not enter their keys); "ubt_restore" with the
+    profile's."""
     device = modellib.pick_device(prof.device)
     attacked = poisoned(prof, progress=progress)
     data = poisoned_data(prof, progress=progress)
     restoring = defense == "ubt_restore"
-    cfg = prof.ubt if restoring else dataclasses.replace(prof.ubt, restore_weight=0.0)
+    paper = dataclasses.replace(prof.ubt, restore_weight=0.0, restore_to=type(prof.ubt)().restore_to)
+    cfg = prof.ubt if restoring else paper
 
     def compute(folder):
         found = ubt_detection(prof, progress=progress)  # shared by every UBT variant

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from ubtlib.checks import read_tensors
 from ubtlib.pipeline.cache import cached, write_json
-from ubtlib.world.pocket import Identity, World, make_world
+from ubtlib.world.pocket import Identity, World, WorldConfig, make_world
 
 if TYPE_CHECKING:
     from ubtlib.pipeline.profiles import Profile
@@ -23,7 +23,12 @@ def world(profile: Profile, progress: bool = True) -> World:
             f"profile {profile.name!r} has no pocket world: it reads real data sets "
             "by path (see the 'Scaling up' page)"
         )
-    cfg = profile.world
+    return drawn_world(profile.world, progress)
+
+
+def drawn_world(cfg: WorldConfig, progress: bool = True) -> World:
+    """The pocket world `cfg` describes, drawn once, then read from the cache (for code that has
+    the world's config and no profile, such as the kernel probe)."""
 
     def compute(folder):
         w = make_world(cfg, progress=progress)
