@@ -110,7 +110,9 @@ def test_the_book_says_where_it_is_and_what_the_last_build_took(tmp_path, monkey
     out = capsys.readouterr().out
     assert "[book 1/2] 01_a: 0 s so far\n" in out and "[book 2/2] 02_b" in out
     assert "the last" not in out  # no earlier build: no estimate
-    assert json.loads(cli.book_timings_file().read_text()) == {"smoke": first}
+    assert json.loads(cli.book_timings_file().read_text()) == {"smoke other=1": first}
+    cli.execute_book({"profile": "smoke"})  # other parameters: no estimate from that build
+    assert "the last" not in capsys.readouterr().out
     cli.execute_book({"profile": "smoke"})
     assert "the last smoke build took 0 s for this chapter and the rest" in capsys.readouterr().out
     cli.book_timings_file().write_text("{not json")  # a damaged file costs the estimate only

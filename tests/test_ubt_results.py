@@ -595,12 +595,12 @@ def test_redirect_reading_removed_redirected_untouched():
         "ubt_restore": row(61.0, 0.5, 55.0, 0.90, {"cup": 8.0, "clock": 7.0, "apple": 6.0}),
     }
     text = ur.redirect_reading(anatomy, "banana")
-    assert text.startswith("after UBT the backdoor is redirected, not removed: ASR 0.0 %, but RA 10.8 %")
+    assert text.startswith("After UBT the backdoor is redirected, not removed: ASR 0.0 %, but RA 10.8 %")
     assert "38 % of them go to clock" in text and "(poisoned model: 0.40)" in text
-    assert "after UBT + restore (book) the backdoor is removed: ASR 0.5 %, RA 55.0 %" in text
+    assert ". After UBT + restore (book) the backdoor is removed: ASR 0.5 %, RA 55.0 %" in text
     untouched = {"ubt": row(62.0, 90.0, 5.0, 0.4, {"banana": 90.0})}
     assert ur.redirect_reading(untouched, "banana") == (
-        "after UBT the backdoor is not removed: ASR 90.0 %; "
+        "After UBT the backdoor is not removed: ASR 90.0 %; "
         "triggered images sit at cosine 0.40 from their clean selves."
     )
     table = ur.redirect_table(anatomy)

@@ -343,8 +343,8 @@ def main(argv=None) -> None:
 
 
 def book_timings_file() -> pathlib.Path:
-    """Where `book` keeps each chapter's seconds from the builds so far, per profile (beside
-    the cache, whose entries decide how long the next build takes)."""
+    """Where `book` keeps each chapter's seconds from the builds so far, per profile and other
+    parameters (beside the cache, whose entries decide how long the next build takes)."""
     from ubtlib.pipeline.cache import cache_root
 
     return cache_root() / "book-timings.json"
@@ -356,20 +356,23 @@ def execute_book(params: dict) -> dict:
     returns {chapter: seconds}, also saved in `book_timings_file`."""
     from ubtlib.pipeline.cache import write_json
 
-    profile = params.get("profile", "pocket")
+    # a build with other parameters (more seeds, another attack) takes its own time
+    build = " ".join(
+        [params.get("profile", "pocket")] + [f"{k}={v}" for k, v in sorted(params.items()) if k != "profile"]
+    )
     path = book_timings_file()
     try:  # a damaged timings file costs the estimate, never the build
         saved = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         saved = {}
     saved = saved if isinstance(saved, dict) else {}
-    last = saved.get(profile, {})
+    last = saved.get(build, {})
     names, timings, begun = chapters(), {}, time.perf_counter()
     for i, c in enumerate(names, 1):
         so_far = time.perf_counter() - begun
         left = [last.get(n) for n in names[i - 1 :]]
         hint = (
-            f"; the last {profile} build took {_minutes(sum(left))} for this chapter and the rest "
+            f"; the last {build} build took {_minutes(sum(left))} for this chapter and the rest "
             "(less where its stages are cached)"
             if all(t is not None for t in left)
             else ""
@@ -380,7 +383,7 @@ def execute_book(params: dict) -> dict:
         run_chapter(c, {k: v for k, v in params.items() if k in known})
         timings[c] = round(time.perf_counter() - start, 1)
         # saved after each chapter, so a build stopped half-way still informs the next one
-        write_json(path, {**saved, profile: {**last, **timings}})
+        write_json(path, {**saved, build: {**last, **timings}})
     print(f"[book] every chapter executed in {_minutes(time.perf_counter() - begun)}:", json.dumps(timings))
     return timings
 

@@ -8,8 +8,14 @@ import textwrap
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
+from matplotlib.patches import Patch
 
 from ubtlib.book.report import stamp
+from ubtlib.book.ubt_results import ATTACK_NAMES
+
+
+def _attack_names(attacks) -> list:
+    return [ATTACK_NAMES.get(a, a) for a in attacks]
 
 
 def gallery(images, captions, prov: dict, ncols: int = 8, title: str | None = None, width: float = 1.6):
@@ -48,9 +54,19 @@ def per_class_accuracy(per_class: dict, prov: dict, highlight: str = "banana", t
     colours = ["C3" if n == highlight else "C0" for n in names]
     fig, ax = plt.subplots(figsize=(8, 3))
     sns.barplot(x=names, y=[per_class[n] for n in names], hue=names, palette=colours, legend=False, ax=ax)
+    ax.set_xlabel("class (sorted by accuracy)")
     ax.set_ylabel("zero-shot top-1 (%)")
     ax.set_ylim(0, 100)
     ax.tick_params(axis="x", rotation=60, labelsize=8)
+    if highlight in per_class:
+        ax.legend(
+            handles=[
+                Patch(color="C3", label=f"{highlight} (the attacks' target)"),
+                Patch(color="C0", label="other classes"),
+            ],
+            fontsize=8,
+            loc="upper right",
+        )
     ax.set_title(title)
     fig.tight_layout()
     stamp(fig, prov)
@@ -114,28 +130,33 @@ def trigger_gallery(rows: dict, prov: dict, amplify: bool = True):
 
 def visibility_bars(vis: dict, prov: dict, psnr_bar: float | None = 27.0):
     """PSNR and L-infinity per attack (mean with std error bars)."""
-    attacks = list(vis)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3))
+    attacks = _attack_names(vis)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
     a1.bar(
         attacks,
-        [vis[a]["psnr_mean"] for a in attacks],
-        yerr=[vis[a]["psnr_std"] for a in attacks],
+        [v["psnr_mean"] for v in vis.values()],
+        yerr=[v["psnr_std"] for v in vis.values()],
         color="C0",
         capsize=3,
     )
     if psnr_bar:
         a1.axhline(psnr_bar, color="C3", ls="--", lw=1, label=f"{psnr_bar:.0f} dB")
-        a1.legend(fontsize=8)
-    a1.set_ylabel("PSNR vs clean (dB, higher = less visible)")
+        top = max([v["psnr_mean"] + v["psnr_std"] for v in vis.values()] + [psnr_bar])
+        a1.set_ylim(0, top * 1.3)  # headroom for the legend above the bars
+        a1.legend(fontsize=8, loc="upper right")
+    a1.set_title("PSNR against the clean image (higher: less visible)", fontsize=9)
+    a1.set_ylabel("PSNR (dB)")
     a2.bar(
         attacks,
-        [vis[a]["linf_mean"] for a in attacks],
-        yerr=[vis[a]["linf_std"] for a in attacks],
+        [v["linf_mean"] for v in vis.values()],
+        yerr=[v["linf_std"] for v in vis.values()],
         color="C1",
         capsize=3,
     )
-    a2.set_ylabel("L-infinity (0..255)")
+    a2.set_title("largest change of any pixel", fontsize=9)
+    a2.set_ylabel("L-infinity (0 to 255)")
     for ax in (a1, a2):
+        ax.set_xlabel("attack")
         ax.tick_params(axis="x", rotation=30)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -155,16 +176,18 @@ def ca_asr_bars(ours: dict, paper: dict, prov: dict, pretrained_ca: float | None
         for xi, v in zip(x, pv):
             if np.isnan(v):
                 ax.text(xi + 0.2, 2, "n/a", ha="center", va="bottom", fontsize=7, color="0.4", rotation=90)
-        ax.set_xticks(x, attacks)
+        ax.set_xticks(x, _attack_names(attacks))
         ax.set_xlabel("attack")
         ax.set_ylabel(label)
         ax.set_ylim(0, 105)
         ax.grid(axis="y", alpha=0.3)
     if pretrained_ca is not None:
         axes[0].axhline(pretrained_ca, color="C0", ls="--", lw=1, label="pocket, pre-trained")
-    axes[0].legend(fontsize=8, loc="lower left")
+    # one legend for both panels, under the title: inside a panel it hides bars
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="upper center", ncol=len(labels), bbox_to_anchor=(0.5, 0.93))
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.86))
     stamp(fig, prov)
     return fig
 
@@ -241,26 +264,40 @@ def separation(rows: dict, prov: dict, with_abl: bool = True):
     model (the split), the overfitted model (within D_susp) and ABL (per-pair loss)."""
     attacks = list(rows)
     ncols = 3 if with_abl else 2
-    fig, axes = plt.subplots(len(attacks), ncols, figsize=(4 * ncols, 2.1 * len(attacks)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(attacks), ncols, figsize=(4 * ncols, 2.1 * len(attacks) + 0.4), squeeze=False
+    )
     for r, a in enumerate(attacks):
         row = rows[a]
         bd = np.array(row["is_backdoor"], bool)
         susp = np.array(row["susp"])
         panels = [
-            (np.array(row["clean_similarity"]), bd, "clean model: S(I, T), all pairs"),
-            (np.array(row["op_similarity"]), bd[susp], "overfitted model: S(I, T), D_susp"),
+            (
+                np.array(row["clean_similarity"]),
+                bd,
+                "clean model, all pairs",
+                "S(I, T) under the clean model",
+            ),
+            (
+                np.array(row["op_similarity"]),
+                bd[susp],
+                "overfitted model, D_susp",
+                "S(I, T) after overfitting",
+            ),
         ]
         if with_abl:
-            panels.append((np.array(row["abl_losses"]), bd, "ABL: per-pair loss after LGA"))
-        for c, (values, truth, title) in enumerate(panels):
+            panels.append((np.array(row["abl_losses"]), bd, "ABL, all pairs", "per-pair loss after LGA"))
+        for c, (values, truth, title, xlabel) in enumerate(panels):
             ax = axes[r, c]
             bins = np.linspace(values.min(), values.max(), 40)
             ax.hist(values[~truth], bins=bins, color="C0", alpha=0.6, density=True, label="clean")
             ax.hist(values[truth], bins=bins, color="C3", alpha=0.7, density=True, label="poisoned")
             if r == 0:
                 ax.set_title(title, fontsize=9)
+            if r == len(attacks) - 1:
+                ax.set_xlabel(xlabel, fontsize=8)
             if c == 0:
-                ax.set_ylabel(a)
+                ax.set_ylabel(f"{ATTACK_NAMES.get(a, a)}\ndensity", fontsize=8)
             ax.tick_params(labelsize=7)
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
@@ -325,12 +362,13 @@ def ablation_bars(summary, prov: dict):
             err = sub[f"{metric} std"].fillna(0).to_numpy()
             ax.bar(x + (i - 1) * 0.27, sub[metric], 0.27, yerr=err, capsize=2, label=metric, color=color)
         ax.set_xticks(x, labels, fontsize=7)
-        ax.set_title(p, fontsize=9)
+        ax.set_title(f"{p.replace('_', ' ')}\n(-p ubt_{p})", fontsize=8)
         ax.set_xlabel("value", fontsize=7)
         ax.set_ylabel("%", fontsize=7)
         ax.set_ylim(0, 100)
-    axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="upper center", ncol=3)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     stamp(fig, prov)
     return fig
 
@@ -341,7 +379,12 @@ def table1_bars(agg, prov: dict):
     defenses = list(dict.fromkeys(agg["defense"]))
     x = np.arange(len(attacks))
     w = 0.8 / len(defenses)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    titles = {
+        "CA": "CA: clean images' own class",
+        "ASR": "ASR: triggered images to the target",
+        "RA": "RA: triggered images' own class",
+    }
     for ax, key in zip(axes, ("CA", "ASR", "RA")):
         for i, d in enumerate(defenses):
             sub = agg[agg["defense"] == d].set_index("attack").reindex(attacks)
@@ -354,11 +397,15 @@ def table1_bars(agg, prov: dict):
                 label=d,
                 color=f"C{i}",
             )
-        ax.set_xticks(x, attacks)
-        ax.set_ylabel(f"{key} (%)" if key != "RA" else "RA: triggered images' own class (%)")
+        ax.set_xticks(x, _attack_names(attacks))
+        ax.set_xlabel("attack")
+        ax.set_title(titles[key], fontsize=9)
+        ax.set_ylabel(f"{key} (%)")
         ax.set_ylim(0, 105)
         ax.grid(axis="y", alpha=0.3)
-    axes[1].legend(fontsize=7)
-    fig.tight_layout()
+    # one legend above the panels: inside one it hides bars
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="upper center", ncol=len(labels))
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
     stamp(fig, prov)
     return fig

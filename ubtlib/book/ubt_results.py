@@ -181,7 +181,13 @@ def clean_accuracy_reading(pretrained_ca: float, table: Mapping[str, dict]) -> s
 
 def planted_attacks(table: Mapping[str, dict]) -> list:
     """The attacks whose No-defense ASR reaches `PLANTED_ASR`, the book's one threshold."""
-    return [a for a in table if table[a]["asr"] >= PLANTED_ASR]
+    return planted_among(table, {a: row["asr"] for a, row in table.items()})
+
+
+def planted_among(attacks, asr: Mapping[str, float]) -> list:
+    """The `attacks`, in their order, whose No-defense ASR in `asr` reaches `PLANTED_ASR` (an
+    attack `asr` lacks counts as not planted)."""
+    return [a for a in attacks if asr.get(a, float("nan")) >= PLANTED_ASR]
 
 
 def unplanted_attacks(table: Mapping[str, dict]) -> list:
@@ -351,7 +357,7 @@ def detection_results(
     apart) and the extremes over the attacks that its text quotes, over all attacks and
     ("planted_*") over those whose No-defense ASR (`asr`) planted a backdoor (NaN: none did)."""
     r = list(rows.values())
-    took = [rows[a] for a in rows if asr is None or asr.get(a, float("nan")) >= PLANTED_ASR]
+    took = [rows[a] for a in (rows if asr is None else planted_among(rows, asr))]
     extreme = lambda f, key: f(x[key] for x in took) if took else float("nan")  # noqa: E731
     return {
         "planted_min_topk_precision": extreme(min, "topk_precision"),
@@ -400,7 +406,7 @@ def detection_verdict(rows: Mapping[str, dict], asr: Mapping[str, float]) -> str
     ABL; why a planted one was missed; what the top k holds for each backdoor that was not
     planted (asr: every attack's No-defense ASR)."""
     names = lambda attacks: ", ".join(ATTACK_NAMES.get(a, a) for a in attacks)  # noqa: E731
-    took = [a for a in rows if asr[a] >= PLANTED_ASR]
+    took = planted_among(rows, asr)
     missed = [a for a in missed_attacks(rows) if a in took]
     abl_level = [a for a in took if rows[a]["abl_precision"] >= rows[a]["topk_precision"]]
     parts = []
@@ -693,6 +699,20 @@ def token_verdict(ubt_asr: float, no_token_asr: float) -> str:
     return "token-level and full captions end within a point of each other"
 
 
+def quoted_settings(cfg) -> dict:
+    """The settings chapter 4's text quotes, under the names it glues them by: the verdict's
+    thresholds and the values of the pocket departures (`cfg`: the run's UBTConfig)."""
+    return {
+        "planted_asr": PLANTED_ASR,
+        "removed_asr": REMOVED_ASR,
+        "ra_margin": RA_MARGIN,
+        "restore_weight": cfg.restore_weight,
+        "overfit_epochs": cfg.overfit_epochs,
+        "retain_pct": 100 * cfg.retain_fraction,
+        "common_word_pct": 100 * cfg.common_word_share,
+    }
+
+
 def unlearning_readings(results: dict) -> dict:
     """Chapter 4's glued readings, from its published results: {"token_verdict"} -> Markdown text."""
     return {"token_verdict": token_verdict(results["ubt_asr"], results["no_token_asr"])}
@@ -734,19 +754,19 @@ def redirect_reading(anatomy: Mapping[str, dict], target: str) -> str:
         )
         if v == "redirected":
             parts.append(
-                f"after {name} the backdoor is redirected, not removed: ASR {r['asr']:.1f} %, but RA "
+                f"After {name} the backdoor is redirected, not removed: ASR {r['asr']:.1f} %, but RA "
                 f"{r['ra']:.1f} % against CA {r['ca']:.1f} %; {moved}, and {share:.0f} % of them go to "
                 f"{first}. Eq. 3 only pushes them away from the {target} captions, and the trigger still "
                 "moves them, now towards whichever class lay nearest"
             )
         elif v == "removed":
             parts.append(
-                f"after {name} the backdoor is removed: ASR {r['asr']:.1f} %, RA {r['ra']:.1f} % against "
+                f"After {name} the backdoor is removed: ASR {r['asr']:.1f} %, RA {r['ra']:.1f} % against "
                 f"CA {r['ca']:.1f} %; {moved}"
             )
         else:
-            parts.append(f"after {name} the backdoor is not removed: ASR {r['asr']:.1f} %; {moved}")
-    return "; ".join(parts) + "." if parts else ""
+            parts.append(f"After {name} the backdoor is not removed: ASR {r['asr']:.1f} %; {moved}")
+    return " ".join(f"{p}." for p in parts)  # a paragraph or a bullet of its own: sentences
 
 
 # ------------------------------------------------------------------ chapter 5: Table 1
