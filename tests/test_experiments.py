@@ -1,3 +1,4 @@
+import dataclasses
 import math
 import types
 
@@ -165,3 +166,22 @@ def test_kernel_spread_skips_a_setting_the_cpu_cannot_run(smoke, tmp_path, monke
     )
     with pytest.raises(RuntimeError, match="kernel probe 'book kernels, 1 thread' failed"):
         experiments.kernel_spread(smoke, epochs=0.1, progress=False)
+
+
+def test_unlearning_curve_is_a_cached_stage_of_the_paper_variant(smoke, monkeypatch):
+    from ubtlib.pipeline import curves
+
+    runs = []
+
+    def fake_run_ubt(model, clean_model, data, tokenizer, cfg, device, token_level, **kw):
+        runs.append((cfg.restore_weight, token_level))
+        for step in range(3):
+            kw["on_step"](model, step)
+
+    monkeypatch.setattr(curves, "run_ubt", fake_run_ubt)
+    restoring = dataclasses.replace(smoke, ubt=dataclasses.replace(smoke.ubt, restore_weight=2.0))
+    points = experiments.unlearning_curve(restoring, "badnet", token_level=False)
+    assert [p["step"] for p in points] == [0, 1, 2] and {"ca", "asr", "ra"} <= set(points[0])
+    assert runs == [(0.0, False)]  # the paper's variant, without the restoring term
+    assert experiments.unlearning_curve(smoke, "badnet", token_level=False) == points  # one entry for both
+    assert runs == [(0.0, False)]  # read back, not run again

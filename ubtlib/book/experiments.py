@@ -16,6 +16,7 @@ from ubtlib.attacks.poison import triggered_hook
 from ubtlib.attacks.triggers import ATTACKS, at_strength, linf, make_trigger, psnr
 from ubtlib.clip import model as modellib
 from ubtlib.evaluation.robustness import backdoor_metrics
+from ubtlib.pipeline.curves import unlearning_curve  # noqa: F401  (chapter 4 calls it from here)
 from ubtlib.pipeline.profiles import Profile
 
 
@@ -302,42 +303,6 @@ def _ubt_run(profile: Profile, attack: str) -> tuple:
         pipeline.poisoned(prof),
         pipeline.world(prof),
     )
-
-
-def unlearning_curve(profile: Profile, attack: str, token_level: bool = True) -> list:
-    """CA and ASR after each unlearning step, re-running UBT's last stage from the cached
-    detection (same top-k, token captions and seed as the cached defense)."""
-    from ubtlib.defenses import ubt
-
-    prof = pipeline.with_attack(profile, attack)
-    device = modellib.pick_device(prof.device)
-    found = pipeline.ubt_detection(prof)
-    data, attacked, world = pipeline.poisoned_data(prof), pipeline.poisoned(prof), pipeline.world(prof)
-    hook = triggered_hook(pipeline.trigger(prof), prof.seed)
-    points = []
-
-    def on_step(model, step):
-        points.append(
-            {
-                "step": step,
-                **backdoor_metrics(model, attacked.tokenizer, world, hook, prof.poison.target, device),
-            }
-        )
-
-    ubt.run_ubt(
-        attacked.model,
-        None,
-        data,
-        attacked.tokenizer,
-        prof.ubt,
-        device,
-        token_level,
-        seed=prof.seed,
-        progress=False,
-        found=found,
-        on_step=on_step,
-    )
-    return points
 
 
 def defense_row(profile: Profile, attack: str, defense: str, progress: bool = True) -> dict:
