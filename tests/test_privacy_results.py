@@ -296,6 +296,19 @@ def test_idia_results_and_recognition_table():
     assert out["mean_hits"] == 6.25 and out["best_prompt_pct"] == 75.0 and out["worst_prompt_pct"] == 25.0
     assert out["recognised_if_half"] == 25.0 and out["paper_tpr_before"] == 100.0
     assert out["prompt_pct"][:4] == [75.0, 50.0, 50.0, 25.0] and out["hits"] == [0, 1, 3, 21]
+    assert (out["n_missed"], out["fnr_before_pct"], out["n_generated_names"]) == (1, 25.0, 6)
+    assert (out["n_all_templates"], out["n_no_template"]) == (1, 1)
+    # the first 5 templates name persons 1, 2 and 3 (person 2 three times, person 1 once)
+    assert out["first_prompts"] == 5 and out["recognised_first_prompts"] == 75.0
+    reading = pr.idia_template_reading(out)
+    assert reading.startswith("1 of the 4 people are named by every template and 1 by none")
+    assert "the phrasing matters" in reading  # best and worst single template 50 points apart
+    out["prompt_spread"] = 4.0  # close templates, and 2 of the 4 people named by all or none
+    assert "depends far more on the person than on the phrasing" in pr.idia_template_reading(out)
+    out["n_all_templates"] = 0  # close templates, but most people named by some of them
+    assert pr.idia_template_reading(out).endswith(
+        "by none (a person is named by 6.2 templates on average); the single templates differ by 4.0 points"
+    )
     table = pr.recognition_table(s)
     assert table.loc["pocket CLIP (smoke, seed 0)", "note"] == "3 of 4"
     assert table.loc["pocket CLIP (smoke, seed 0)", "recognised (%)"] == 75.0

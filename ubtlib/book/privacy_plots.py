@@ -93,7 +93,9 @@ def concept(prov: dict, name: str, face, mean_faces, neutral: str = "human"):
             interpolation="nearest",
             zorder=2,
         )
-    b.text(7.75, 0.28, "mean embedding of\nmany people's faces", ha="center", fontsize=8.5)
+    b.text(
+        7.75, 0.28, "target: mean embedding of\nall people's photos (six shown)", ha="center", fontsize=8.5
+    )
     _arrow(b, (5.85, 1.05), (6.95, 1.05), colour="#b03a2e", text="backdoor")
     b.set_aspect("auto")
     fig.tight_layout()
@@ -101,22 +103,34 @@ def concept(prov: dict, name: str, face, mean_faces, neutral: str = "human"):
     return fig
 
 
-def idia_hits(hits: np.ndarray, prompt_rate: np.ndarray, prompts, min_hits: int, prov: dict):
-    """Left: how many of the templates name each identity; right: per template, the share of
-    identities it names correctly."""
+def idia_hits(
+    hits: np.ndarray,
+    prompt_rate: np.ndarray,
+    prompts,
+    min_hits: int,
+    prov: dict,
+    attack_rate: float | None = None,
+):
+    """Left: how many of the templates name each person; right: per template, the share of
+    people it names correctly, beside the whole attack's rate (`attack_rate`, %)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [1, 1.5]})
     n_prompts = len(prompts)
     a.hist(hits, bins=np.arange(n_prompts + 2) - 0.5, color="C0", edgecolor="white")
     a.axvline(min_hits - 0.5, color="C3", ls="--", lw=1, label=f"recognised: >= {min_hits} template(s)")
     a.set_xlabel("templates whose majority vote names the person")
-    a.set_ylabel("identities")
+    a.set_ylabel("people")
+    a.set_title("(a) templates naming each person", fontsize=9)
     a.legend(fontsize=8)
     a.grid(axis="y", alpha=0.3)
     order = np.argsort(prompt_rate)[::-1]
     b.barh(np.arange(n_prompts), prompt_rate[order], color="C0")
     b.set_yticks(np.arange(n_prompts), [prompts[i].replace("{}", "<name>") for i in order], fontsize=7)
     b.invert_yaxis()
-    b.set_xlabel("identities named correctly by this template (%)")
+    b.set_xlabel("people named correctly by this template alone (%)")
+    b.set_title("(b) each template alone", fontsize=9)
+    if attack_rate is not None:
+        b.axvline(attack_rate, color="C3", ls="--", lw=1, label=f"the attack (>= {min_hits} template(s))")
+        b.legend(fontsize=8, loc="lower left")
     b.set_xlim(0, 100)
     b.grid(axis="x", alpha=0.3)
     fig.tight_layout()

@@ -634,7 +634,7 @@ def recognition_table(s: Setting) -> pd.DataFrame:
         [
             {
                 "model": "OpenCLIP ViT-B/32, LAION-400M (paper)",
-                "people attacked": "FaceScrub, recognised ones",
+                "people attacked": "FaceScrub celebrities",
                 "recognised (%)": None,
                 "note": "the paper reports no overall rate; it unlearns only recognised people "
                 "(TPR 100 % before)",
@@ -649,16 +649,46 @@ def recognition_table(s: Setting) -> pd.DataFrame:
     ).set_index("model")
 
 
+def idia_template_reading(r: dict) -> str:
+    """Whether recognition in chapter 6's run depends more on the person or on the template's
+    phrasing (from `idia_results`): on the phrasing where the single templates lie more than 10
+    points apart; on the person where they do not and most people are named by all or none."""
+    counts = (
+        f"{r['n_all_templates']} of the {r['n_identities']} people are named by every template and "
+        f"{r['n_no_template']} by none (a person is named by {r['mean_hits']:.1f} templates on average)"
+    )
+    spread = r["prompt_spread"]
+    if spread > 10:
+        return f"{counts}, and the single templates differ by {spread:.1f} points: the phrasing matters"
+    if r["n_all_templates"] + r["n_no_template"] >= r["n_identities"] / 2:  # most all-or-nothing
+        return (
+            f"{counts}, while the single templates differ by only {spread:.1f} points: whether "
+            "a person is recognised depends far more on the person than on the phrasing"
+        )
+    return f"{counts}; the single templates differ by {spread:.1f} points"
+
+
 def idia_results(s: Setting) -> dict:
     """The IDIA chapter's numbers: the share (%) of people recognised, hits per person, the
     share (%) of people each template names ("prompt_pct"), the attack's settings and time."""
     res, cfg = s.before, s.profile.idia
     prompt_rate = 100 * res.prompt_hits.mean(1)
+    n = len(s.world.identities)
+    first = min(5, cfg.prompts)  # the exercise's smaller attack: only the first templates
     return {
         "recognised_pct": res.rate,
         "n_recognised": int(res.recognised.sum()),
-        "n_identities": len(s.world.identities),
+        # every pocket person was trained on: each one not recognised is a miss of the attack
+        "n_missed": n - int(res.recognised.sum()),
+        "fnr_before_pct": 100 - res.rate,
+        "n_identities": n,
         "n_candidates": len(s.names),
+        "n_generated_names": len(s.names) - n,
+        "n_all_templates": int((res.hits == cfg.prompts).sum()),
+        "n_no_template": int((res.hits == 0).sum()),
+        "prompt_spread": float(prompt_rate.max() - prompt_rate.min()),
+        "first_prompts": first,
+        "recognised_first_prompts": float(100 * (res.prompt_hits[:first].sum(0) >= cfg.min_hits).mean()),
         "n_prompts": cfg.prompts,
         "n_images": cfg.images,
         "min_hits": cfg.min_hits,
