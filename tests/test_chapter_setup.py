@@ -118,3 +118,11 @@ def test_the_book_says_where_it_is_and_what_the_last_build_took(tmp_path, monkey
     cli.book_timings_file().write_text("{not json")  # a damaged file costs the estimate only
     cli.execute_book({"profile": "smoke"})
     assert "the last" not in capsys.readouterr().out
+
+
+def test_cli_parameters_read_as_yaml_with_exponents_as_numbers():
+    from ubtlib import cli
+
+    parsed = cli._parse_params([("names_lr", "1e-4"), ("seed", "3"), ("seeds", "[0, 1]"), ("attack", "sig")])
+    assert parsed == {"names_lr": 1e-4, "seed": 3, "seeds": [0, 1], "attack": "sig"}
+    assert cli._parse_params([("token_level", "false")]) == {"token_level": False}

@@ -114,8 +114,18 @@ def build_book(root: pathlib.Path = ROOT, student: bool = False) -> pathlib.Path
 
 
 def _parse_params(pairs) -> dict:
-    # values are YAML, so -p seed 3 is an int and -p token_level false a boolean
-    return {name: yaml.safe_load(value) for name, value in (pairs or [])}
+    # values are YAML, so -p seed 3 is an int and -p token_level false a boolean; YAML 1.1 reads
+    # 1e-4 (no dot) as a string, so a string that is a number is taken as the number
+    return {name: _number_or_value(yaml.safe_load(value)) for name, value in (pairs or [])}
+
+
+def _number_or_value(value):
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def _paper_parser(sub) -> None:

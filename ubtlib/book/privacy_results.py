@@ -9,6 +9,7 @@ reading or a new table here keeps every run's cache key.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -385,6 +386,20 @@ def names_table(by_reg: pd.DataFrame, zero_shot: dict, big: int) -> pd.DataFrame
     return table
 
 
+def similarity_reading(r: Mapping, paper_floor: float = 0.99) -> str:
+    """Which of the name sweep's three similarity minima (from `names_results`) stay
+    above the paper's stated floor, and which do not."""
+    names = {
+        "Sim_Backdoor": "min_sim_backdoor",
+        "Sim_Clean": "min_sim_clean",
+        "Sim_Targets": "min_sim_targets",
+    }
+    below = [f"{n} ({r[k]:.3f})" for n, k in names.items() if r[k] < paper_floor]
+    if not below:
+        return f"all three stay above the paper's {paper_floor:g} here too"
+    return f"here {', '.join(below)} {'falls' if len(below) == 1 else 'fall'} below it"
+
+
 def names_results(
     s: Setting,
     rows: pd.DataFrame,
@@ -446,6 +461,10 @@ def names_results(
         "max_top1_drop_reg": float(reg.top1_drop.max()),
         "max_wrongly_unlearned": int(rows.wrongly_unlearned.max()),
         "max_newly_recalled": int(rows.newly_recalled.max()),
+        # the same counts with one name removed: how much the attack's votes shift at all
+        "max_wrongly_unlearned_one": int(rows[rows["size"] == rows["size"].min()].wrongly_unlearned.max()),
+        "max_newly_recalled_one": int(rows[rows["size"] == rows["size"].min()].newly_recalled.max()),
+        "n_other_terms": int(rows.neutral.nunique()) - 1,
         "big": big,
         "top1_drop_big_reg": zs["top1"] - _at(t, "with", "top1"),
         "top1_drop_big_noreg": zs["top1"] - _at(t, "without", "top1"),
