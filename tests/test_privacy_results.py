@@ -244,11 +244,18 @@ def test_faces_results_over_a_hand_built_sweep():
     rows = _face_rows()
     small = pd.DataFrame(
         [
-            {"people": 1, "recipe": "pocket recipe", "tpr": 0.0, "wrongly_unlearned": 1},
-            {"people": 1, "recipe": "paper's augmentation", "tpr": 100.0, "wrongly_unlearned": 5},
+            {"people": 1, "recipe": "pocket recipe", "tpr": 0.0, "wrongly_unlearned": 1, "top1_drop": 2.0},
+            {
+                "people": 1,
+                "recipe": "paper's augmentation",
+                "tpr": 100.0,
+                "wrongly_unlearned": 5,
+                "top1_drop": 3.0,
+            },
         ]
     ).set_index(["people", "recipe"])
-    s = SimpleNamespace(profile=PROFILE)
+    small["sim_faces"] = [0.8, 0.5]
+    s = SimpleNamespace(profile=PROFILE, recognised=list(range(12)))
     out = pr.faces_results(s, rows, small, {"to_target": 0.3, "between_people": 0.1}, sweep_seconds=9.0)
     assert (out["big"], out["n_models"], out["n_trigger"]) == (2, 6, PROFILE.world.faces_trigger)
     assert (out["image_tpr_1"], out["image_tpr_2"], out["image_max_tpr"]) == (0.0, 40.0, 40.0)
@@ -262,9 +269,27 @@ def test_faces_results_over_a_hand_built_sweep():
     assert out["people_share_text"] == "as sampled" and out["size_max_pct"] == 50.0
     assert out["tpr_by_size"] == {"1": 0.0, "2": 40.0} and out["faces_to_target"] == 0.3
     assert "defence" not in out["rows"][0] and out["small"][1]["recipe"] == "paper's augmentation"
+    # of the 11 (size 1) and 10 (size 2) other recognised people, 2 and 3, then 4 and 6 are lost
+    assert out["image_wrongly_share_max"] == 60.0 and out["image_others_kept_big_reg"] == 60.0
+    assert round(out["image_wrongly_share_one_min"], 2) == 18.18 and out["both_zero_up_to"] == 1
+    assert (out["paper_aug_top1_drop_1"], out["pocket_sim_faces_1"]) == (3.0, 0.8)
+    assert pr.selectivity_reading(out).endswith("the defence picks out its targets")
+    assert pr.selectivity_reading({**out, "image_others_kept_big_reg": 25.0}).endswith(
+        "hardly picks out its targets"
+    )
+    assert pr.regularisation_reading(out).startswith(
+        "no measurable difference: the paired runs differ by -20.0 to 0.0"
+    )
+    assert pr.regularisation_reading({**out, "fnr_cost_of_reg_max": -5.0}).startswith(
+        "-10.00 points on average"
+    )
+    assert pr.both_reading(out) == "keeps the TPR at 0 for sets of up to 1 person, and at most 10.0 % beyond"
+    assert pr.both_reading({**out, "both_max_tpr": 0.0}) == "keeps the attack's TPR at 0 at every set size"
     shared = dataclasses.replace(PROFILE, faces=dataclasses.replace(PROFILE.faces, people_share=0.25))
     spread = {"to_target": 0.0, "between_people": 0.0}
-    out = pr.faces_results(SimpleNamespace(profile=shared), rows, small, spread, 1.0)
+    out = pr.faces_results(
+        SimpleNamespace(profile=shared, recognised=list(range(12))), rows, small, spread, 1.0
+    )
     assert out["people_share_text"] == "25 %"
 
 
@@ -312,3 +337,13 @@ def test_idia_results_and_recognition_table():
     table = pr.recognition_table(s)
     assert table.loc["pocket CLIP (smoke, seed 0)", "note"] == "3 of 4"
     assert table.loc["pocket CLIP (smoke, seed 0)", "recognised (%)"] == 75.0
+
+
+def test_face_geometry_reading_follows_the_cosines():
+    far_apart = pr.face_geometry_reading({"faces_to_target": 0.3, "faces_between_people": 0.1})
+    assert (
+        far_apart.startswith("the target is far from a person's photos")
+        and "not close on average" in far_apart
+    )
+    near_close = pr.face_geometry_reading({"faces_to_target": 0.9, "faces_between_people": 0.9})
+    assert near_close.startswith("the target is near") and "sit close together" in near_close

@@ -577,6 +577,64 @@ def both_template_results(row, again: dict) -> dict:
     }
 
 
+def selectivity_reading(r: Mapping) -> str:
+    """Whether chapter 8's image defence picks out the people it removes (from `faces_results`):
+    at the largest set, the removed people's TPR against the share of the other recognised
+    people the attack still recognises; within 10 points: about as often."""
+    tpr, kept, big = r["image_tpr_big_reg"], r["image_others_kept_big_reg"], r["big"]
+    if kept - tpr < 10:
+        return (
+            f"at {big} people the attack recognises the removed ({tpr:.1f} %) about as often as the other "
+            f"people it recognised before ({kept:.1f} %): the defence hardly picks out its targets"
+        )
+    return (
+        f"at {big} people the attack recognises {tpr:.1f} % of the removed and still {kept:.1f} % of "
+        "the other people it recognised before: the defence picks out its targets"
+    )
+
+
+def regularisation_reading(r: Mapping) -> str:
+    """The image defence's FNR with the weight regularisation against without, per paired run
+    (from `faces_results`): a difference only where every pair moves the same way."""
+    lo, hi, mean = r["fnr_cost_of_reg_min"], r["fnr_cost_of_reg_max"], r["fnr_cost_of_reg"]
+    if not (lo > 0 or hi < 0):
+        return (
+            f"no measurable difference: the paired runs differ by {lo:.1f} to {hi:.1f} points "
+            f"({mean:.2f} on average)"
+        )
+    return f"{mean:.2f} points on average, every paired run moving the same way ({lo:.1f} to {hi:.1f})"
+
+
+def both_reading(r: Mapping) -> str:
+    """How far defending both encoders takes the attack in chapter 8's sweep (`faces_results`)."""
+    zero, worst = r["both_zero_up_to"], r["both_max_tpr"]
+    if worst == 0:
+        return "keeps the attack's TPR at 0 at every set size"
+    if zero:
+        people = "person" if zero == 1 else "people"
+        return f"keeps the TPR at 0 for sets of up to {zero} {people}, and at most {worst:.1f} % beyond"
+    return f"brings the TPR to at most {worst:.1f} %"
+
+
+def face_geometry_reading(r: Mapping) -> str:
+    """What chapter 8's two face cosines say (from `faces_results`): how far the target lies
+    from a person's photos, and whether people's mean embeddings sit close together (the
+    paper's second hypothesis) or not; 0.5 divides near from far."""
+    far = r["faces_to_target"] < 0.5
+    close = r["faces_between_people"] >= 0.5
+    step = (
+        "the target is far from a person's photos, so each removed person's photos must travel far"
+        if far
+        else "the target is near a person's photos already"
+    )
+    if close:
+        return f"{step}, and people's mean embeddings sit close together, as in the paper's second hypothesis"
+    return (
+        f"{step}, while people's mean embeddings are not close on average: the drag is more likely the "
+        "shared features (skin, hair, glasses, beard) that the step moves than faces sitting together"
+    )
+
+
 def faces_results(
     s: Setting, rows: pd.DataFrame, small: pd.DataFrame, spread: dict, sweep_seconds: float
 ) -> dict:
@@ -588,6 +646,15 @@ def faces_results(
     at_big = img[img["size"] == big]
     by_run = ["size", "repeat"]
     reg_gap = img[~img.reg].set_index(by_run).fnr - img[img.reg].set_index(by_run).fnr
+    # the other people the attack recognised before, still recognised after a run (%): a
+    # defence that picks out its targets keeps these near 100 while the removed fall to 0
+    others = len(s.recognised) - img["size"]
+    others_kept = 100 * (others - img.wrongly_unlearned) / others
+    wrongly_share = 100 * img.wrongly_unlearned / others
+    one = img["size"] == img["size"].min()
+    both_tpr = both.groupby("size").tpr.max() if len(both) else pd.Series(dtype=float)
+    zero_sizes = [int(k) for k in both_tpr.index if (both_tpr.loc[:k] == 0).all()]  # sizes sorted
+    r = lambda recipe, k: float(small.loc[(1, recipe), k])  # noqa: E731
     return {
         **{
             k: getattr(cfg, k)
@@ -627,6 +694,25 @@ def faces_results(
         "image_min_wrongly": int(img.wrongly_unlearned.min()),
         "both_max_top1_drop": float(both.top1_drop.max()) if len(both) else NAN,
         "fnr_cost_of_reg": float(reg_gap.mean()) if len(reg_gap) else NAN,
+        "fnr_cost_of_reg_min": float(reg_gap.min()) if len(reg_gap) else NAN,
+        "fnr_cost_of_reg_max": float(reg_gap.max()) if len(reg_gap) else NAN,
+        "image_others_kept_big_reg": float(others_kept[(img["size"] == big) & img.reg].mean()),
+        "image_wrongly_share_max": float(wrongly_share.max()),
+        "image_wrongly_share_one_min": float(wrongly_share[one].min()),
+        "image_wrongly_share_one_max": float(wrongly_share[one].max()),
+        "n_recognised": len(s.recognised),
+        # the largest set size up to which every two-encoder run left the attack at TPR 0
+        "both_zero_up_to": max(zero_sizes, default=0),
+        "paper_aug_top1_drop_1": r("paper's augmentation", "top1_drop"),
+        "pocket_top1_drop_1": r("pocket recipe", "top1_drop"),
+        "paper_aug_sim_faces_1": r("paper's augmentation", "sim_faces"),
+        "pocket_sim_faces_1": r("pocket recipe", "sim_faces"),
+        "object_share_pct": 100
+        * prof.world.n_categories
+        * prof.world.objects_train
+        / prof.world.n_train_pairs
+        if prof.world
+        else NAN,
         "paper_fnr_cost_of_reg": paper.PRIVACY_IMAGE["fnr_cost_of_reg"],
         "paper_top1_drop_reg": paper.PRIVACY_IMAGE["top1_drop_64"]["reg"],
         "paper_top1_drop_noreg": paper.PRIVACY_IMAGE["top1_drop_64"]["no_reg"],
