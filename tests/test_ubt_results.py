@@ -232,7 +232,9 @@ def test_abl_reading_directions():
     )
     mixed = ur.abl_reading({"a": detection(abl_auroc=0.3), "b": detection(abl_auroc=0.8)}, 0.01)
     assert mixed.startswith("ABL's loss ranks the poisons ahead of the clean pairs for some attacks and")
-    assert set(ur.detection_readings({"a": detection()}, {"a": 90.0}, 0.01)) == {"verdict", "abl_reading"}
+    readings = ur.detection_readings({"a": detection(), "b": detection(40.0)}, {"a": 90.0, "b": 1.0}, 0.01)
+    assert set(readings) == {"verdict", "abl_reading", "planted_precision", "all_precision"}
+    assert (readings["planted_precision"], readings["all_precision"]) == ("98 %", "40 to 98 %")
 
 
 def test_detection_results_and_summary():

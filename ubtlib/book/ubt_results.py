@@ -495,8 +495,15 @@ def _abl_finds(rows: Mapping[str, dict]) -> str:
 
 
 def detection_readings(rows: Mapping[str, dict], asr: Mapping[str, float], isolation_ratio: float) -> dict:
-    """Chapter 3's glued readings: {"verdict", "abl_reading"} -> Markdown text."""
-    return {"verdict": detection_verdict(rows, asr), "abl_reading": abl_reading(rows, isolation_ratio)}
+    """Chapter 3's glued readings: {"verdict", "abl_reading", "planted_precision",
+    "all_precision"} -> Markdown text (a precision range reads "100 %" where it is one value)."""
+    planted = [rows[a] for a in planted_among(rows, asr)]
+    return {
+        "verdict": detection_verdict(rows, asr),
+        "abl_reading": abl_reading(rows, isolation_ratio),
+        "planted_precision": _precision_range(planted) if planted else "n/a (none planted)",
+        "all_precision": _precision_range(list(rows.values())),
+    }
 
 
 # ------------------------------------------------------------------ chapter 4: unlearning
