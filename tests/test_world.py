@@ -70,3 +70,53 @@ def test_pocket_world_is_big_enough():
 def test_bad_world_config_is_refused(field, value):
     with pytest.raises(ValueError, match=field):
         make_world(dataclasses.replace(TINY, **{field: value}), progress=False)
+
+
+def test_label_map_is_what_was_drawn(monkeypatch):
+    """On a black background without noise or light, the object's pixels are the lit ones."""
+    import random
+
+    import numpy as np
+    from PIL import Image
+
+    from ubtlib.world import pocket
+
+    monkeypatch.setattr(pocket, "_background", lambda rng, size: (Image.new("RGB", (size, size)), "plain"))
+    monkeypatch.setattr(pocket, "_noise_and_light", lambda img, rng, noise, size: np.asarray(img))
+    cfg = dataclasses.replace(TINY, clutter_max=0)
+    for i, category in enumerate(("banana", "house", "key", "umbrella")):
+        pixels, _, shape = pocket.draw_object(random.Random(i), category, cfg)
+        lit, bright = pixels.max(axis=2) > 0, pixels.max(axis=2) > 40
+        assert shape.any() and (shape & ~lit).sum() == 0  # nothing labelled that was not drawn
+        # what is left unlabelled is faint: edges the shape covers less than half, or blur
+        assert (bright & ~shape).sum() <= 0.15 * bright.sum()
+
+
+def test_clutter_in_front_is_background_in_the_label_map():
+    import random
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from ubtlib.world import pocket
+
+    image, labels = Image.new("RGB", (64, 64)), Image.new("L", (64, 64), 255)
+    rng = random.Random(5)
+    pocket._clutter(ImageDraw.Draw(image), rng, 64, 6, labels=ImageDraw.Draw(labels))
+    again = Image.new("RGB", (64, 64))
+    pocket._clutter(ImageDraw.Draw(again), random.Random(5), 64, 6)  # the labels take no draws
+    assert np.array_equal(np.asarray(image), np.asarray(again))
+    drawn = np.asarray(image).max(axis=2) > 0
+    assert drawn.any() and np.array_equal(np.asarray(labels) == 0, drawn)
+
+
+def test_world_label_maps():
+    w = make_world(TINY, progress=False)
+    from ubtlib.world.pocket import segment_names
+
+    names = segment_names(w.categories)
+    assert w.segments.shape == (len(w), 32, 32) and names[0] == "background" and names[-1] == "person"
+    for i in range(len(w)):
+        present = set(w.segments[i].unique().tolist()) - {0}
+        expected = names.index("person") if w.kind[i] == "person" else 1 + w.label[i]
+        assert present == {expected}, (i, present, expected)

@@ -32,7 +32,7 @@ def drawn_world(cfg: WorldConfig, progress: bool = True) -> World:
 
     def compute(folder):
         w = make_world(cfg, progress=progress)
-        save_file({"images": w.images}, str(folder / "images.safetensors"))
+        save_file({"images": w.images, "segments": w.segments}, str(folder / "images.safetensors"))
         write_json(
             folder / "meta.json",
             {
@@ -49,9 +49,11 @@ def drawn_world(cfg: WorldConfig, progress: bool = True) -> World:
 
     def load(folder):
         meta = json.loads((folder / "meta.json").read_text())
+        tensors = read_tensors(folder / "images.safetensors")
         return World(
             config=cfg,
-            images=read_tensors(folder / "images.safetensors")["images"],
+            images=tensors["images"],
+            segments=tensors["segments"],
             captions=meta["captions"],
             kind=np.array(meta["kind"]),
             label=np.array(meta["label"], np.int64),

@@ -297,7 +297,9 @@ class World:
     ``kind`` is "object" or "person"; ``label`` is the category index for objects and -1 for
     people; ``identity`` is the identity index for people and -1 for objects. ``split`` is one
     of "train" (pre-training pairs), "heldout" (zero-shot objects), "eval" (IDIA faces) and
-    "trigger" (faces reserved for unlearning triggers).
+    "trigger" (faces reserved for unlearning triggers). ``segments`` is the exact label map of
+    what was drawn: 0 background (clutter included), 1 + c the category c, and the last value a
+    person.
     """
 
     config: WorldConfig
@@ -307,6 +309,7 @@ class World:
     label: np.ndarray
     identity: np.ndarray
     split: np.ndarray
+    segments: torch.Tensor  # N x H x W uint8, what each pixel shows: see `segment_names`
     categories: tuple
     identities: list
     distractor_names: list
@@ -397,23 +400,27 @@ def _background(rng, size):
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), kind
 
 
-def _clutter(draw, rng, size, n):
+def _clutter(draw, rng, size, n, labels=None):
+    """Draw `n` distractor shapes; `labels`, when given, gets the same shapes as background
+    (label 0), so a shape in front of an object hides it in the label map too."""
     for _ in range(n):
         colour = _random_rgb(rng)
         x, y, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(size * 0.04, size * 0.1)
         shape = rng.choice(CLUTTER_SHAPES)
-        if shape == "dot":
-            draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
-        elif shape == "box":
-            draw.rectangle((x - r, y - r, x + r, y + r), fill=colour)
-        elif shape == "line":
-            draw.line(
-                (x, y, x + rng.uniform(-3, 3) * r, y + rng.uniform(-3, 3) * r),
-                fill=colour,
-                width=max(1, int(r / 2)),
-            )
-        else:
-            draw.ellipse((x - r, y - r, x + r, y + r), outline=colour, width=max(1, int(r / 2)))
+        box, width = (x - r, y - r, x + r, y + r), max(1, int(r / 2))
+        if shape == "line":
+            box = (x, y, x + rng.uniform(-3, 3) * r, y + rng.uniform(-3, 3) * r)
+        for target, fill in ((draw, colour), (labels, 0)):
+            if target is None:
+                continue
+            if shape == "dot":
+                target.ellipse(box, fill=fill)
+            elif shape == "box":
+                target.rectangle(box, fill=fill)
+            elif shape == "line":
+                target.line(box, fill=fill, width=width)
+            else:
+                target.ellipse(box, outline=fill, width=width)
 
 
 def _sprite(fn, rng, colour, size):
@@ -614,8 +621,15 @@ def _noise_and_light(img, rng, noise_max, size):
     return np.clip(arr * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
+def _coverage(mask: Image.Image, size: int) -> np.ndarray:
+    """A drawn-size 0/255 mask as an H x W bool map at the image size: a pixel belongs to the
+    shape when the shape covers at least half of it (the same box filter as the pixels)."""
+    return np.asarray(mask.resize((size, size), Image.Resampling.BOX)) >= 128
+
+
 def draw_object(rng: random.Random, category: str, cfg: WorldConfig):
-    """One object image (H x W x 3 uint8) and its caption fields."""
+    """One object image (H x W x 3 uint8), its caption fields and the object's pixels (H x W
+    bool: the object where it is visible, not the clutter in front of it)."""
     big = cfg.image_size * 2
     bg, bg_word = _background(rng, big)
     draw = ImageDraw.Draw(bg)
@@ -633,8 +647,11 @@ def draw_object(rng: random.Random, category: str, cfg: WorldConfig):
     x = rng.randint(-sprite_px // 8, big - sprite_px + sprite_px // 8)
     y = rng.randint(-sprite_px // 8, big - sprite_px + sprite_px // 8)
     bg.paste(sprite, (x, y), sprite)
+    drawn = Image.new("L", (big, big), 0)
+    drawn.paste(255, (x, y, x + sprite_px, y + sprite_px), sprite.getchannel("A").point(_opaque))
     if cfg.clutter_max and rng.random() < 0.3:
-        _clutter(draw, rng, big, 1)  # one shape in front, partly occluding the object
+        # one shape in front, partly occluding the object
+        _clutter(draw, rng, big, 1, labels=ImageDraw.Draw(drawn))
     if rng.random() < 0.2:
         bg = bg.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.5)))
     img = bg.resize((cfg.image_size, cfg.image_size), Image.Resampling.BOX)
@@ -645,11 +662,17 @@ def draw_object(rng: random.Random, category: str, cfg: WorldConfig):
         size="small" if scale < 0.7 else "large",
         clutter=rng.choice(CLUTTER_SHAPES),
     )
-    return _noise_and_light(img, rng, cfg.noise_max, cfg.image_size), fields
+    pixels = _noise_and_light(img, rng, cfg.noise_max, cfg.image_size)
+    return pixels, fields, _coverage(drawn, cfg.image_size)
+
+
+def _opaque(alpha: int) -> int:
+    return 255 if alpha >= 128 else 0
 
 
 def draw_face(rng: random.Random, person: Identity, cfg: WorldConfig):
-    """One face image of `person` under fresh nuisance, and its caption fields."""
+    """One face image of `person` under fresh nuisance, its caption fields and the person's
+    pixels (H x W bool: head, hair and shoulders)."""
     big = cfg.image_size * 2
     bg, _ = _background(rng, big)
     draw = ImageDraw.Draw(bg)
@@ -738,9 +761,9 @@ def draw_face(rng: random.Random, person: Identity, cfg: WorldConfig):
     canvas = Image.fromarray(rgba.astype(np.uint8), "RGBA")
     bg.paste(canvas, (0, 0), canvas)
     img = bg.resize((cfg.image_size, cfg.image_size), Image.Resampling.BOX)
-    return _noise_and_light(img, rng, cfg.noise_max, cfg.image_size), dict(
-        name=person.name, shirt=shirt_word, expression=expression
-    )
+    pixels = _noise_and_light(img, rng, cfg.noise_max, cfg.image_size)
+    fields = dict(name=person.name, shirt=shirt_word, expression=expression)
+    return pixels, fields, _coverage(canvas.getchannel("A").point(_opaque), cfg.image_size)
 
 
 def _caption(rng, templates, fields):
@@ -748,6 +771,11 @@ def _caption(rng, templates, fields):
 
 
 # ---------------------------------------------------------------- the world
+
+
+def segment_names(categories) -> tuple:
+    """The label-map classes of a world with these categories: background, each category, person."""
+    return ("background", *categories, "person")
 
 
 def make_world(cfg: WorldConfig, progress: bool = True) -> World:
@@ -772,19 +800,21 @@ def make_world(cfg: WorldConfig, progress: bool = True) -> World:
     captions, kind = [], np.empty(n, object)
     label, identity = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
     split = np.empty(n, object)
+    segments = np.zeros((n, s, s), np.uint8)
+    person_segment = segment_names(categories).index("person")
     # each image gets its own RNG, seeded from (world seed, index): reproducible and order-free
     for i, (k, j, sp) in enumerate(
         tqdm(jobs, desc="drawing the pocket world", disable=not progress, mininterval=1.0)
     ):
         r = random.Random((cfg.seed << 32) + i)
         if k == "object":
-            images[i], fields = draw_object(r, categories[j], cfg)
+            images[i], fields, shape = draw_object(r, categories[j], cfg)
             captions.append(_caption(r, OBJECT_TEMPLATES, fields))
-            label[i] = j
+            label[i], segments[i][shape] = j, 1 + j
         else:
-            images[i], fields = draw_face(r, identities[j], cfg)
+            images[i], fields, shape = draw_face(r, identities[j], cfg)
             captions.append(_caption(r, PERSON_TEMPLATES, fields))
-            identity[i] = j
+            identity[i], segments[i][shape] = j, person_segment
         kind[i], split[i] = k, sp
     return World(
         config=cfg,
@@ -794,6 +824,7 @@ def make_world(cfg: WorldConfig, progress: bool = True) -> World:
         label=label,
         identity=identity,
         split=split.astype(str),
+        segments=torch.from_numpy(segments),
         categories=categories,
         identities=identities,
         distractor_names=all_names[cfg.n_identities :],
