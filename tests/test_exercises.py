@@ -61,6 +61,18 @@ def accuracy_not_asr(logits, labels, target):
             lambda c, term, p: " ".join(c.split(" ")[:p] + [term] + c.split(" ")[p + 1 :]).rstrip("."),
             "keep the word's trailing punctuation",
         ),
+        (
+            exercises.check_affected_label,
+            lambda c, o, n: int(torch.bincount(c, minlength=n).argmax()),
+            "not CLIP's counts alone",
+        ),
+        (
+            exercises.check_affected_label,
+            lambda c, o, n: int(
+                (torch.bincount(c, minlength=n) - torch.bincount(o.clamp(min=0), minlength=n)).argmax()
+            ),
+            "leave it out of the oracle's counts",
+        ),
     ],
 )
 def test_a_known_mistake_is_named(check, wrong, words):

@@ -444,7 +444,7 @@ def test_defense_names_are_the_pocket_pipelines(tmp_path, tiny_paper):
     from ubtlib import cli
     from ubtlib.pipeline.defending import DEFENSES
 
-    assert DEFENSES == ("cleanclip", "ubt", "ubt_no_token", "ubt_restore")
+    assert DEFENSES == ("cleanclip", "ubt", "ubt_no_token", "ubt_restore", "oracle")
     accepted = r"choose one of 'cleanclip', 'ubt', 'ubt_no_token'$"  # ubt_restore: pocket only
     with pytest.raises(
         SystemExit,

@@ -345,6 +345,37 @@ def check_name_caption(name_caption: Callable) -> str:
     )
 
 
+@_guarded
+def check_affected_label(affected_label: Callable) -> str:
+    """`affected_label(clip_labels, oracle_labels, n_categories)`: the category whose count
+    among CLIP's labels exceeds its count among the oracle's by the most (-1: the oracle names
+    no object, which counts for no category)."""
+    t = torch.tensor
+    return _run(
+        "check_affected_label",
+        [
+            (
+                "CLIP sends three images of other things to category 0",
+                int(affected_label(t([0, 0, 0, 0, 1, 2]), t([0, 1, 2, 1, 1, 2]), 3)),
+                0,
+                {1: "that label is under-assigned; take CLIP's count minus the oracle's"},
+            ),
+            (
+                "the most frequent CLIP label is not the most over-assigned",
+                int(affected_label(t([1, 1, 1, 1, 2, 2]), t([1, 1, 1, 1, 0, 0]), 3)),
+                2,
+                {1: "compare CLIP's count of each category with the oracle's, not CLIP's counts alone"},
+            ),
+            (
+                "images the oracle names no object in (-1)",
+                int(affected_label(t([0, 0, 0, 1, 1]), t([-1, -1, -1, 1, 0]), 3)),
+                0,
+                {1: "-1 is no category: leave it out of the oracle's counts rather than counting it as one"},
+            ),
+        ],
+    )
+
+
 CHECKS = {
     "asr": check_asr,
     "robust_accuracy": check_robust_accuracy,
@@ -355,4 +386,5 @@ CHECKS = {
     "psnr": check_psnr,
     "majority_vote": check_majority_vote,
     "name_caption": check_name_caption,
+    "affected_label": check_affected_label,
 }  # solution name in `ubtlib.solutions` -> its check

@@ -64,3 +64,10 @@ def name_caption(caption: str, term: str, position: int) -> str:
     stripped = word.rstrip(".,;:!?")
     words[position] = term + word[len(stripped) :]
     return " ".join(words)
+
+
+def affected_label(clip_labels: torch.Tensor, oracle_labels: torch.Tensor, n_categories: int) -> int:
+    """The label CLIP over-assigns against the oracle, as `ubtlib.defenses.oracle.affected_label`."""
+    clip_counts = torch.bincount(clip_labels[clip_labels >= 0], minlength=n_categories)
+    oracle_counts = torch.bincount(oracle_labels[oracle_labels >= 0], minlength=n_categories)
+    return int((clip_counts - oracle_counts).argmax())

@@ -382,7 +382,7 @@ def ablations(
     }
 
 
-TABLE1_DEFENSES = ("none", "cleanclip", "ubt_no_token", "ubt", "ubt_restore")
+TABLE1_DEFENSES = ("none", "cleanclip", "ubt_no_token", "ubt", "ubt_restore", "oracle")
 
 
 def table1(
@@ -563,3 +563,89 @@ def restore_targets(profile: Profile, attack: str) -> dict:
         "poisons_pulled": len(poisons),
         "true_class_share": 100 * right / len(poisons) if poisons else float("nan"),
     }
+
+
+# ---------------------------------------------------------------- the oracle-guided defense (chapter 9)
+
+
+def oracle_scans(profile: Profile, attacks=ATTACKS, progress: bool = True) -> dict:
+    """attack -> the oracle scan's record of its poisoned model (affected label, victims, trigger
+    estimate; `pipeline.oracle_runs.oracle_scan`)."""
+    from ubtlib.pipeline import oracle_runs
+
+    return {a: oracle_runs.oracle_scan(pipeline.with_attack(profile, a), progress)["record"] for a in attacks}
+
+
+def disagreement_examples(profile: Profile, attack: str, n: int = 4) -> dict:
+    """A few disagreeing training images of `attack`'s scan, as the defender holds them, with
+    CLIP's and the oracle's labels, the oracle's maps, the attribution maps and the trigger
+    estimate (its region, and a clean held-out image carrying it)."""
+    from ubtlib.defenses.oracle import apply_estimate
+    from ubtlib.pipeline import oracle_runs
+
+    prof = pipeline.with_attack(profile, attack)
+    scan = oracle_runs.oracle_scan(prof, progress=False)
+    pos = scan["example_positions"][:n]
+    view = oracle_runs.defender_view(prof, progress=False)
+    w = pipeline.world(prof, progress=False)
+    clean = w.images[torch.from_numpy(w.indices("heldout")[:n])].float() / 255
+    name = lambda c: w.categories[int(c)] if int(c) >= 0 else "no object"  # noqa: E731
+    return {
+        "images": view[pos],
+        "clip_labels": [name(scan["clip_labels"][i]) for i in pos],
+        "oracle_labels": [name(scan["oracle_labels"][i]) for i in pos],
+        "oracle_maps": scan["example_maps"][:n],
+        "attributions": scan["example_attributions"][:n],
+        "region": scan["region"],
+        "footprint": scan["footprint"],
+        "pasted": (apply_estimate(clean, oracle_runs.oracle_estimate(scan)) * 255).round().to(torch.uint8),
+        "record": scan["record"],
+    }
+
+
+def segmenter_examples(profile: Profile, n: int = 6) -> dict:
+    """Held-out images with their exact and learned label maps, and the learned oracle's record."""
+    from ubtlib.defenses.oracle import segment
+    from ubtlib.pipeline import oracle_runs
+
+    w = pipeline.world(profile, progress=False)
+    oracle = oracle_runs.segmenter(profile, progress=False)
+    held = w.indices("heldout")
+    idx = torch.from_numpy(held[np.linspace(0, len(held) - 1, n).astype(int)])
+    return {
+        "images": w.images[idx],
+        "exact": w.segments[idx],
+        "learned": segment(oracle.model, w.images[idx], modellib.pick_device(profile.device)),
+        "record": oracle.record,
+    }
+
+
+def oracle_ablation_grid(profile: Profile) -> dict:
+    """Chapter 9's ablations: setting -> the values tried (the profile's own among them)."""
+    size, pairs = profile.rectify.set_size, profile.world.n_train_pairs
+    return {
+        "oracle_kind": ["learned", "exact"],  # exact: the drawn maps, the oracle's upper bound
+        "oracle_attribution": ["occlusion", "gradient"],
+        "oracle_victim_rule": ["caption", "image"],
+        "rectify_set_size": sorted({max(1, size // 3), size, min(2 * size, pairs)}),
+    }
+
+
+def oracle_ablation(profile: Profile, attack: str, setting: str, values, progress: bool = True) -> list:
+    """The oracle-guided defense with `setting` (an `oracle_*` or `rectify_*` override, e.g.
+    ``oracle_kind``) set to each of `values`: per value, its scan's record and its defended row."""
+    from ubtlib.pipeline import oracle_runs
+    from ubtlib.pipeline.profiles import STAGES
+
+    stage, _, field = setting.partition("_")
+    if stage not in ("oracle", "rectify") or field not in {f.name for f in dataclasses.fields(STAGES[stage])}:
+        raise ValueError(f"setting={setting!r} is not an oracle_* or rectify_* parameter")
+    rows = []
+    for v in values:
+        prof = dataclasses.replace(
+            profile, **{stage: dataclasses.replace(getattr(profile, stage), **{field: v})}
+        )
+        prof.validate()
+        scan = oracle_runs.oracle_scan(pipeline.with_attack(prof, attack), progress)["record"]
+        rows.append({setting: v, "scan": scan, **defense_row(prof, attack, "oracle", progress)})
+    return rows

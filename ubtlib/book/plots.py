@@ -409,3 +409,119 @@ def table1_bars(agg, prov: dict):
     fig.tight_layout(rect=(0, 0, 1, 0.9))
     stamp(fig, prov)
     return fig
+
+
+def oracle_framework(prov: dict | None = None):
+    """The oracle-guided defense as the book reads the abstract: a box-and-arrow diagram."""
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    fig, ax = plt.subplots(figsize=(11, 2.9))
+    ax.set_xlim(0, 11)
+    ax.set_ylim(0.2, 3.2)
+    ax.axis("off")
+    boxes = (
+        ("training pairs\nas the defender\nholds them", "0.85"),
+        ("label every image twice:\nCLIP zero-shot and the\nsegmentation oracle", "#cfe2f3"),
+        (
+            "1. affected label: the one\nCLIP over-assigns;\nattribute the disagreements\n→ trigger estimate",
+            "#cfe2f3",
+        ),
+        ("2. victims: pairs tied to\nthe label in which the\noracle does not see it", "#cfe2f3"),
+        (
+            "compact set: victims\nre-captioned, estimate\npasted on clean, clean\n→ fine-tune: rectified",
+            "#d9ead3",
+        ),
+    )
+    width, step = 1.95, 2.2
+    for k, (text, colour) in enumerate(boxes):
+        x = 0.05 + k * step
+        ax.add_patch(FancyBboxPatch((x, 1.2), width, 1.3, boxstyle="round,pad=0.05", fc=colour, ec="0.3"))
+        ax.text(x + width / 2, 1.85, text, ha="center", va="center", fontsize=7.5)
+        if k:
+            ax.add_patch(
+                FancyArrowPatch((x - 0.2, 1.85), (x - 0.05, 1.85), arrowstyle="-|>", mutation_scale=12)
+            )
+    ax.text(
+        1.3 + step,
+        3.0,
+        "segmentation oracle (learned, or the exact maps)",
+        ha="center",
+        fontsize=8,
+        color="C2",
+    )
+    ax.add_patch(
+        FancyArrowPatch((1.0 + step, 2.9), (1.0 + step, 2.6), arrowstyle="-|>", mutation_scale=10, color="C2")
+    )
+    ax.text(5.5, 0.45, "poisoned CLIP (the attacker's)", ha="center", fontsize=8, color="C3")
+    for k in (1, 2, 4):
+        ax.add_patch(
+            FancyArrowPatch(
+                (5.5, 0.65),
+                (0.05 + k * step + width / 2, 1.15),
+                arrowstyle="-|>",
+                mutation_scale=10,
+                color="C3",
+            )
+        )
+    if prov:
+        stamp(fig, prov)
+    return fig
+
+
+def _label_map(ax, segments, n_classes: int):
+    ax.imshow(segments.numpy(), cmap="tab20", vmin=0, vmax=max(n_classes - 1, 1), interpolation="nearest")
+
+
+def segmenter_examples(ex: dict, classes, prov: dict):
+    """Held-out images (top), their exact label maps and the learned oracle's (below)."""
+    n = len(ex["images"])
+    fig, axes = plt.subplots(3, n, figsize=(1.5 * n, 4.9), squeeze=False)
+    for j in range(n):
+        axes[0, j].imshow(ex["images"][j].permute(1, 2, 0).numpy(), interpolation="nearest")
+        _label_map(axes[1, j], ex["exact"][j], len(classes))
+        _label_map(axes[2, j], ex["learned"][j], len(classes))
+        shown = [int(c) for c in ex["exact"][j].unique() if int(c) != 0]
+        axes[0, j].set_title(", ".join(classes[c] for c in shown) or "background", fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax, name in zip(axes[:, 0], ("image", "exact map", "learned oracle")):
+        ax.set_ylabel(name, fontsize=8)
+    fig.tight_layout()
+    stamp(fig, prov)
+    return fig
+
+
+def disagreement_examples(examples: dict, classes, prov: dict):
+    """Per attack (a row): disagreeing training images with CLIP's and the oracle's labels, the
+    oracle's map of one, the attribution of one, the trigger estimate's region (true footprint
+    in outline) and a clean image carrying the estimate."""
+    attacks = list(examples)
+    n = min(len(e["images"]) for e in examples.values())
+    cols = n + 4
+    fig, axes = plt.subplots(len(attacks), cols, figsize=(1.45 * cols, 1.75 * len(attacks)), squeeze=False)
+    for i, a in enumerate(attacks):
+        e = examples[a]
+        for j in range(n):
+            axes[i, j].imshow(e["images"][j].permute(1, 2, 0).numpy(), interpolation="nearest")
+            axes[i, j].set_title(
+                f"CLIP: {e['clip_labels'][j]}\noracle: {e['oracle_labels'][j]}", fontsize=6.5
+            )
+        _label_map(axes[i, n], e["oracle_maps"][0], len(classes))
+        axes[i, n].set_title("oracle's map (1st)", fontsize=6.5)
+        axes[i, n + 1].imshow(e["attributions"][0].numpy(), cmap="magma", interpolation="nearest")
+        axes[i, n + 1].set_title("attribution (1st)", fontsize=6.5)
+        axes[i, n + 2].imshow(e["region"].numpy(), cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
+        axes[i, n + 2].contour(
+            e["footprint"].numpy().astype(float), levels=[0.5], colors="C3", linewidths=0.8
+        )
+        axes[i, n + 2].set_title(f"estimate (IoU {e['record']['trigger_iou']:.2f})", fontsize=6.5)
+        axes[i, n + 3].imshow(e["pasted"][0].permute(1, 2, 0).numpy(), interpolation="nearest")
+        axes[i, n + 3].set_title("clean + estimate", fontsize=6.5)
+        axes[i, 0].set_ylabel(ATTACK_NAMES.get(a, a), fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    stamp(fig, prov)
+    return fig

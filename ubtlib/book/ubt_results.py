@@ -23,7 +23,8 @@ DEFENSE_NAMES = {
     "ubt_no_token": "UBT w/o token-level",
     "ubt": "UBT",
     "ubt_restore": "UBT + restore (book)",
-}  # the experiments' defense keys -> the paper's Table 1 row names (the last is the book's own)
+    "oracle": "Oracle-guided (book's reading)",
+}  # the experiments' defense keys -> the paper's Table 1 row names (the last two are the book's)
 ATTACK_NAMES = {
     "badnet": "BadNet",
     "blended": "Blended",

@@ -64,8 +64,9 @@ from ubtlib.privacy import unlearning as privacy
 
 PAPER_ATTACKS = ATTACKS
 # the pocket pipeline's names; the book's restoring variant ("ubt_restore") runs in the pocket
-# chapters only (it needs the clean model's zero-shot classes of the detected images)
-PAPER_DEFENSES = tuple(d for d in DEFENSES if d != "ubt_restore")
+# chapters only (it needs the clean model's zero-shot classes of the detected images), and so, for
+# now, does the oracle-guided defense (it reads the pocket world's label maps)
+PAPER_DEFENSES = tuple(d for d in DEFENSES if d not in ("ubt_restore", "oracle"))
 SSBA_SUFFIX = ".ssba-encoder.safetensors"  # beside the poisoned weights: the attacker's encoder
 IDIA_CANDIDATES = 1000  # the privacy paper's candidate names: the people, then distractors
 

@@ -146,3 +146,80 @@ def open_clip_state(model, state: dict) -> dict:
     resize_pos_embed(state, model)
     resize_text_pos_embed(state, model)
     return state
+
+
+# torchvision's segmentation models, built with no download; their published weights are trained
+# on a COCO subset with the 21 Pascal VOC labels (background + 20)
+SEGMENTERS = (
+    "deeplabv3_resnet50",
+    "deeplabv3_mobilenet_v3_large",
+    "fcn_resnet50",
+    "lraspp_mobilenet_v3_large",
+)
+VOC_CLASSES = 21
+
+
+class TorchvisionSegmenter(torch.nn.Module):
+    """A torchvision segmentation model as the oracle reads it: [0, 1] images in, N x classes x
+    H x W logits out (ImageNet normalisation inside, the "out" head only)."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)["out"]
+
+
+def _segmentation_state(path: pathlib.Path) -> dict:
+    """The tensors of a safetensors file, or of a torch file read with `weights_only=True`
+    (torch's restricted unpickler: tensors and plain containers, never code)."""
+    from ubtlib.checks import UnreadableFile
+
+    if path.suffix == ".safetensors":
+        return read_tensors(path)
+    if not path.is_file():
+        raise UnreadableFile(f"{path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for pickled objects, RuntimeError for a damaged file
+        raise UnreadableFile(
+            f"{path}: not readable as tensors with torch.load(weights_only=True) ({type(e).__name__}: "
+            f"{str(e).splitlines()[0]}); save its state_dict alone, or convert it to .safetensors"
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):  # torchvision's training checkpoints
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UnreadableFile(f"{path}: holds no state dict of tensors")
+    return state
+
+
+def load_segmenter(arch: str, path: str | os.PathLike, n_classes: int = VOC_CLASSES, device="cpu"):
+    """torchvision segmentation model `arch` (one of `SEGMENTERS`) with the weights in `path`
+    (.safetensors, or torchvision's .pth read with `torch.load(weights_only=True)`), in eval
+    mode, wrapped as a `TorchvisionSegmenter`. The file is read before the model is built, and
+    a state dict of another architecture fails naming both."""
+    from torchvision.models import segmentation
+
+    if arch not in SEGMENTERS:
+        raise ValueError(
+            f"segmenter={arch!r} is not accepted: choose one of {', '.join(map(repr, SEGMENTERS))}"
+        )
+    path = pathlib.Path(path).expanduser()
+    state = _segmentation_state(path)
+    aux = any(k.startswith("aux_classifier.") for k in state)
+    net = getattr(segmentation, arch)(
+        weights=None, weights_backbone=None, num_classes=n_classes, **({"aux_loss": True} if aux else {})
+    )
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0] + (
+            " " + str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else ""
+        )
+        raise ValueError(
+            f"{path}: not weights of torchvision's {arch} with {n_classes} classes ({first[:300]})"
+        ) from None
+    return TorchvisionSegmenter(net).to(device).eval()

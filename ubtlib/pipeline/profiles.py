@@ -18,6 +18,7 @@ from ubtlib.clip.model import ModelConfig
 from ubtlib.clip.train import TrainConfig
 from ubtlib.defenses.abl import ABLConfig
 from ubtlib.defenses.cleanclip import CleanCLIPConfig
+from ubtlib.defenses.oracle import OracleConfig, RectifyConfig, SegmenterConfig
 from ubtlib.defenses.ubt import UBTConfig
 from ubtlib.privacy.idia import IdiaConfig
 from ubtlib.privacy.unlearning import FacesConfig, NamesConfig
@@ -34,6 +35,9 @@ STAGES = {
     "ubt": UBTConfig,
     "cleanclip": CleanCLIPConfig,
     "abl": ABLConfig,
+    "segmenter": SegmenterConfig,
+    "oracle": OracleConfig,
+    "rectify": RectifyConfig,
     "idia": IdiaConfig,
     "names": NamesConfig,
     "faces": FacesConfig,
@@ -53,6 +57,10 @@ class Profile:
     ubt: UBTConfig = UBTConfig()
     cleanclip: CleanCLIPConfig = CleanCLIPConfig()
     abl: ABLConfig = ABLConfig()
+    # the oracle-guided defense: its learned oracle, its scan and its rectification (chapter 9)
+    segmenter: SegmenterConfig = SegmenterConfig()
+    oracle: OracleConfig = OracleConfig()
+    rectify: RectifyConfig = RectifyConfig()
     table_seeds: tuple = (0, 1, 2)  # repeats behind the mean +/- std of Table 1
     idia: IdiaConfig = IdiaConfig()  # identity inference attack (privacy chapters)
     names: NamesConfig = NamesConfig()  # unlearning names from the text encoder
@@ -82,6 +90,9 @@ class Profile:
                 self.poison.validate(self.world.n_train_pairs, self.world.categories)
             self.ubt.validate(self.world.n_train_pairs)
             self.cleanclip.validate(self.world.n_train_pairs)
+            self.segmenter.validate(self.world.n_train_pairs)
+            self.rectify.validate(self.world.n_train_pairs)
+        self.oracle.validate()
         self.abl.validate()
         for cfg in (self.idia, self.names, self.faces):
             cfg.validate()
@@ -117,6 +128,9 @@ PROFILES = {
         ubt=UBTConfig(susp_fraction=0.1, overfit_epochs=2, top_k=10, unlearn_epochs=1),
         cleanclip=CleanCLIPConfig(clean_pairs=64, epochs=1, batch_size=32, warmup_steps=2),
         abl=ABLConfig(epochs=0.2, batch_size=64),
+        segmenter=SegmenterConfig(width=8, images=128, epochs=1, batch_size=32),
+        oracle=OracleConfig(attribution_images=8, reference_images=64),
+        rectify=RectifyConfig(set_size=64, epochs=1, batch_size=32, warmup_steps=2),
         table_seeds=(0,),
         idia=IdiaConfig(images=4),
         names=NamesConfig(

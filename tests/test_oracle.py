@@ -1,0 +1,319 @@
+import pytest
+import torch
+
+from ubtlib.defenses.oracle import image_labels, mean_iou
+from ubtlib.world.pocket import WorldConfig, make_world, segment_names
+
+
+def test_image_labels_read_the_largest_object():
+    maps = torch.zeros(3, 10, 10, dtype=torch.uint8)
+    maps[0, :5, :5] = 1 + 2  # category 2 on 25 % of the image
+    maps[0, 8:, 8:] = 1 + 0  # a smaller banana-coloured corner does not win
+    maps[1, :, :] = 1 + 3 + 1  # a person (n_categories = 4): no object
+    maps[2, 0, 0] = 1 + 1  # one pixel: below min_share
+    assert image_labels(maps, n_categories=4, min_share=0.02).tolist() == [2, -1, -1]
+    with pytest.raises(ValueError, match="min_share=2"):
+        image_labels(maps, 4, min_share=2)
+
+
+def test_the_exact_map_labels_every_drawn_object():
+    w = make_world(
+        WorldConfig(
+            objects_train=3,
+            objects_heldout=1,
+            n_identities=2,
+            faces_train=2,
+            faces_eval=1,
+            faces_trigger=1,
+            n_distractor_names=2,
+        ),
+        progress=False,
+    )
+    labels = image_labels(w.segments, len(w.categories))
+    objects = w.kind == "object"
+    assert labels[torch.from_numpy(objects)].tolist() == w.label[objects].tolist()
+    assert (labels[torch.from_numpy(~objects)] == -1).all()
+    assert len(segment_names(w.categories)) == len(w.categories) + 2
+
+
+def test_mean_iou():
+    truth = torch.tensor([[0, 0, 1, 1]])
+    assert mean_iou(truth, truth, 3)["miou"] == 1.0
+    half = mean_iou(torch.tensor([[0, 1, 1, 1]]), truth, 3)
+    assert half["per_class"][0] == pytest.approx(0.5) and half["per_class"][1] == pytest.approx(2 / 3)
+    assert half["miou"] == pytest.approx((0.5 + 2 / 3) / 2)  # class 2 is absent from both
+    with pytest.raises(ValueError, match="differ"):
+        mean_iou(torch.zeros(1, 3), truth, 3)
+
+
+# ---------------------------------------------------------------- the learned oracle
+
+
+def toy_world(n: int, seed: int = 0):
+    """Images of one or two coloured squares on grey noise, and their exact label maps
+    (0 background, 1 a red square, 2 a blue one)."""
+    g = torch.Generator().manual_seed(seed)
+    images = (torch.rand(n, 3, 16, 16, generator=g) * 60 + 100).to(torch.uint8)
+    maps = torch.zeros(n, 16, 16, dtype=torch.uint8)
+    for i in range(n):
+        for cls, colour in ((1, (220, 30, 30)), (2, (30, 30, 220))):
+            if torch.rand(1, generator=g) < 0.7:
+                t, left = torch.randint(0, 10, (2,), generator=g).tolist()
+                s = int(torch.randint(4, 7, (1,), generator=g))
+                images[i, :, t : t + s, left : left + s] = torch.tensor(colour, dtype=torch.uint8)[
+                    :, None, None
+                ]
+                maps[i, t : t + s, left : left + s] = cls
+    return images, maps
+
+
+def test_the_segmenter_learns_a_toy_world():
+    from ubtlib.defenses.oracle import SegmenterConfig, segment, train_segmenter
+
+    images, maps = toy_world(256)
+    cfg = SegmenterConfig(width=8, images=256, epochs=12, lr=1e-2, batch_size=32)
+    model, curve = train_segmenter(images, maps, 3, cfg, torch.device("cpu"), seed=0, progress=False)
+    assert curve[-1]["loss"] < curve[0]["loss"]
+    held_images, held_maps = toy_world(64, seed=1)
+    assert mean_iou(segment(model, held_images, "cpu"), held_maps, 3)["miou"] > 0.8
+    with pytest.raises(ValueError, match="do not fit"):
+        train_segmenter(images, maps[:, :8], 3, cfg, torch.device("cpu"), progress=False)
+
+
+# ---------------------------------------------------------------- algorithm 1 on a tiny model
+
+
+class TinyCLIP(torch.nn.Module):
+    """A linear image encoder: enough to learn that a corner patch means class 1."""
+
+    def __init__(self, size: int = 16, dim: int = 2):
+        super().__init__()
+        self.proj = torch.nn.Linear(3 * size * size, dim)
+
+    def encode_image(self, x):
+        return self.proj(x.flatten(1))
+
+
+def patched(x):
+    """A BadNet-like trigger: a white 3 x 3 patch in the bottom-right corner."""
+    x = x.clone()
+    x[:, :, -3:, -3:] = 1.0
+    return x
+
+
+def trained_tiny_clip():
+    """A TinyCLIP whose class 1 is the patch, trained on random images with and without it."""
+    from ubtlib.clip.model import normalize
+
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = TinyCLIP()
+    weights = torch.eye(2)  # the embedding's coordinates are the two classes' logits
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        x = torch.rand(64, 3, 16, 16, generator=g) * 0.8
+        y = (torch.rand(64, generator=g) < 0.5).long()
+        x = torch.where(y[:, None, None, None].bool(), patched(x), x)
+        loss = torch.nn.functional.cross_entropy(model.encode_image(normalize(x)), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model, weights
+
+
+@pytest.mark.parametrize("method", ["occlusion", "gradient"])
+def test_attribution_finds_a_planted_patch(method):
+    from ubtlib.defenses.oracle import (
+        attribution_maps,
+        class_scorer,
+        region_iou,
+        trigger_estimate,
+        true_footprint,
+    )
+
+    model, weights = trained_tiny_clip()
+    g = torch.Generator().manual_seed(1)
+    suspects = patched(torch.rand(32, 3, 16, 16, generator=g) * 0.8)
+    reference = torch.rand(128, 3, 16, 16, generator=g) * 0.8
+    with torch.no_grad():  # the tiny model learned the patch: it labels the suspects 1
+        assert (model.encode_image(suspects).argmax(1) == 1).float().mean() > 0.9
+    maps = attribution_maps(class_scorer(model, weights, 1), suspects, method, patch=4)
+    assert maps.shape == (32, 16, 16)
+    estimate = trigger_estimate(suspects, maps, reference)
+    truth = true_footprint(lambda x, g: patched(x), reference)
+    assert truth.sum() == 9
+    assert estimate["compact"] and region_iou(estimate["region"], truth) >= 0.5
+    # the pattern pasted where the estimate says is the trigger itself
+    assert torch.allclose(estimate["pattern"][:, -3:, -3:], torch.ones(3, 3, 3))
+    with pytest.raises(ValueError, match="attribution='saliency'"):
+        attribution_maps(class_scorer(model, weights, 1), suspects, "saliency")
+
+
+def test_a_whole_image_trigger_is_estimated_as_spread_and_added():
+    from ubtlib.defenses.oracle import apply_estimate, trigger_estimate
+
+    g = torch.Generator().manual_seed(0)
+    blend = torch.rand(3, 16, 16, generator=g)
+    clean = torch.rand(200, 3, 16, 16, generator=g)
+    suspects = 0.8 * torch.rand(64, 3, 16, 16, generator=g) + 0.2 * blend
+    maps = torch.ones(64, 16, 16)  # CLIP's decision rests on the whole image
+    estimate = trigger_estimate(suspects, maps, clean)
+    assert not estimate["compact"] and estimate["extent"] > 0.25
+    moved = apply_estimate(clean, estimate) - clean
+    assert moved.abs().mean() > 0.01 and torch.equal(apply_estimate(clean, estimate), (clean + moved))
+
+
+# ---------------------------------------------------------------- algorithm 2 on hand-built cases
+
+
+def test_affected_label_and_victims_on_a_hand_built_case():
+    import numpy as np
+
+    from ubtlib.defenses.oracle import affected_label, find_victims, precision_recall, shows_label
+
+    # 10 pairs, 3 categories (0 banana); pairs 0-1 are bananas; 5-8 are poisons CLIP calls banana
+    oracle = torch.tensor([0, 0, 1, 1, 2, 1, 2, -1, 1, 2])
+    clip = torch.tensor([0, 0, 1, 2, 2, 0, 0, 0, 0, 1])
+    captions = ["a banana.", "my banana!", "a cup.", "a cup.", "a key.", "a photo of a banana.",
+                "the banana.", "a banana.", "bananas and a banana.", "a key."]  # fmt: skip
+    found = affected_label(clip, oracle, 3)
+    assert found["label"] == 0 and found["excess"] == [4, -2, -1]
+    sees = oracle == 0  # the oracle sees a banana in pairs 0-1 only
+    truth = np.zeros(10, bool)
+    truth[5:9] = True
+    by_caption = find_victims("caption", 0, "banana", captions, clip, sees)
+    assert by_caption.tolist() == [5, 6, 7, 8]
+    assert precision_recall(by_caption, truth) == {"precision": 100.0, "recall": 100.0, "found": 4}
+    by_image = find_victims("image", 0, "banana", captions, clip, sees)
+    assert by_image.tolist() == [5, 6, 7, 8]
+    clip[9] = 0  # CLIP now also errs on a clean key: the image rule takes it, the caption rule not
+    assert find_victims("image", 0, "banana", captions, clip, sees).tolist() == [5, 6, 7, 8, 9]
+    assert find_victims("caption", 0, "banana", captions, clip, sees).tolist() == [5, 6, 7, 8]
+    # a banana the oracle sees, though another object covers more of the image, is no victim
+    maps = torch.zeros(2, 10, 10, dtype=torch.uint8)
+    maps[:, :6] = 1 + 2  # a key over 60 % of both images
+    maps[0, 8:, :3] = 1 + 0  # and a banana over 6 % of the first
+    assert shows_label(maps, 0, 0.02).tolist() == [True, False]
+    with pytest.raises(ValueError, match="victim_rule='clip'"):
+        find_victims("clip", 0, "banana", captions, clip, sees)
+
+
+def test_the_compact_set_has_the_stated_composition():
+    import numpy as np
+
+    from ubtlib.defenses.oracle import RectifyConfig, compact_set
+
+    victims = np.arange(0, 400, 2)  # 200 victims, the oracle names an object in 150 of them
+    ok = np.arange(200) < 150
+    cfg = RectifyConfig(set_size=300, victim_share=0.4, pasted_share=0.3)
+    parts = compact_set(1000, victims, ok, cfg, seed=0)
+    assert [len(parts[p]) for p in ("victim", "pasted", "clean")] == [120, 90, 90]
+    assert set(parts["victim"]) <= set(victims[ok])
+    everything = np.concatenate(list(parts.values()))
+    assert len(set(everything)) == 300 and not set(parts["pasted"]) & set(victims)
+    assert not set(parts["clean"]) & set(victims)
+    few = compact_set(1000, victims, ok, RectifyConfig(set_size=300, victim_share=0.9, pasted_share=0.1))
+    assert len(few["victim"]) == 150 and sum(len(p) for p in few.values()) == 300  # clean pairs fill in
+    for size in (0, 1001):
+        with pytest.raises(ValueError, match=f"set_size={size} is out of range"):
+            compact_set(1000, victims, ok, RectifyConfig(set_size=size))
+
+
+def test_bad_oracle_settings_fail_before_any_compute():
+    import ubtlib
+
+    with pytest.raises(ValueError, match="oracle_attribution='lime'.*'occlusion', 'gradient'"):
+        ubtlib.configure("smoke", oracle_attribution="lime")
+    with pytest.raises(ValueError, match="rectify_set_size=0 is out of range"):
+        ubtlib.configure("smoke", rectify_set_size=0)
+    with pytest.raises(ValueError, match="rectify_set_size=100000 is out of range"):
+        ubtlib.configure("smoke", rectify_set_size=100_000)
+    with pytest.raises(ValueError, match="oracle_kind='perfect'"):
+        ubtlib.configure("smoke", oracle_kind="perfect")
+
+
+def test_the_defense_runs_through_the_pipeline(smoke):
+    """The smoke profile's oracle-guided defense end to end: a record with its cost and scan."""
+    from ubtlib import pipeline
+
+    m = pipeline.defended(smoke, "badnet", "oracle", progress=False)
+    record = m.record
+    assert record["pairs_trained"] == smoke.rectify.set_size == sum(record["set"].values())
+    assert record["seconds"] >= record["rectify_seconds"] > 0
+    assert record["scan"]["pairs_scored"] == smoke.world.n_train_pairs
+    assert 0.0 <= record["scan"]["footprint_share"] <= 1.0
+
+
+# ---------------------------------------------------------------- chapter 9's readings
+
+
+def scan_record(
+    label="banana", precision=95.0, recall=99.0, extent=0.01, compact=True, iou=0.7, footprint=0.009
+):
+    return {
+        "affected_label": label,
+        "excess": {"banana": 1400, "key": 80, "car": -20},
+        "disagreeing": 1500,
+        "victims": {"found": 1550, "precision": precision, "recall": recall},
+        "extent": extent,
+        "compact": compact,
+        "trigger_iou": iou,
+        "footprint_share": footprint,
+    }
+
+
+def test_scan_readings_follow_the_run():
+    from ubtlib.book.oracle_results import scan_readings, scan_table
+
+    scans = {
+        "badnet": scan_record(),
+        "blended": scan_record(precision=70.0, extent=0.9, compact=False, iou=0.9, footprint=1.0),
+        "wanet": scan_record(label="key"),
+    }
+    asr = {"badnet": 99.0, "blended": 95.0, "wanet": 1.0}  # WaNet was not planted: not judged
+    r = scan_readings(scans, asr, "banana")
+    assert r["labels_reading"] == "The affected label is `banana` for every planted attack (BadNet, Blended)."
+    assert (
+        "at least 70.0 % (Blended)" in r["victims_reading"]
+        and "Blended (70.0 %, 99.0 %)" in r["victims_reading"]
+    )
+    assert "IoU 0.70 against the true patch (meets the bar of 0.5)" in r["trigger_reading"]
+    assert "Blended's estimate is spread over the image (90.0 % of it)" in r["trigger_reading"]
+    scans["badnet"] = scan_record(label="car", iou=0.2)
+    r = scan_readings(scans, asr, "banana")
+    assert r["labels_reading"].startswith("The affected label is not the target for BadNet (`car`)")
+    assert "misses the bar" in r["trigger_reading"]
+    table = scan_table(scans, asr)
+    assert (
+        table.loc["Blended", "estimate"] == "whole image (added)"
+        and table.loc["BadNet", "runner-up"] == "key (+80)"
+    )
+    none = scan_readings(scans, {a: 0.0 for a in asr}, "banana")
+    assert none["labels_reading"].startswith("No backdoor was planted")
+
+
+def test_defense_readings_judge_against_the_bars():
+    import pandas as pd
+
+    from ubtlib.book.oracle_results import defense_readings
+
+    def row(attack, defense, ca, asr, ra, seconds, pairs):
+        return dict(
+            attack=attack, defense=defense, CA=ca, ASR=asr, RA=ra, seconds=seconds, pairs_trained=pairs
+        )
+
+    agg = pd.DataFrame(
+        [
+            row("badnet", "No defense", 60.0, 99.0, 0.0, 0.0, 0),
+            row("badnet", "CleanCLIP", 58.0, 10.0, 50.0, 500.0, 5000),
+            row("badnet", "Oracle-guided (book's reading)", 59.0, 0.5, 57.0, 50.0, 3000),
+            row("sig", "No defense", 60.0, 99.0, 0.0, 0.0, 0),
+            row("sig", "CleanCLIP", 58.0, 10.0, 50.0, 500.0, 5000),
+            row("sig", "Oracle-guided (book's reading)", 55.0, 2.0, 50.0, 150.0, 3000),
+        ]
+    )
+    r = defense_readings(agg, oracle_seconds=100.0)
+    assert "BadNet: ASR 0.50 %, RA 57.0 %, CA 59.0 % (-1.0 points), removed" in r["defense_reading"]
+    assert r["defense_reading"].endswith("CA within 2 points of No defense): SIG.")  # ASR 2 % and CA -5
+    assert "0.20 of CleanCLIP's 500 s (within the bar of 0.2)" in r["cost_reading"]
+    assert "took 100 s more" in r["cost_reading"]

@@ -1,0 +1,176 @@
+"""Chapter 9's tables and computed readings: the oracle-guided defense's scans and defended rows."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ubtlib.book.ubt_results import ATTACK_NAMES, DEFENSE_NAMES
+from ubtlib.evaluation.robustness import PLANTED_ASR, verdict
+
+# the issue's bars for the pocket profile, which the readings check the run against
+VICTIM_PRECISION, VICTIM_RECALL = 90.0, 80.0  # % of the victims found / of the poisons
+PATCH_IOU = 0.5  # the BadNet trigger estimate's IoU with the patch
+MAX_ASR, MAX_ASR_SSBA = 1.0, 3.0  # after rectification (%)
+CA_MARGIN = 2.0  # points of CA the rectification may cost against No defense
+TIME_SHARE = 0.2  # of CleanCLIP's wall time
+
+
+def _name(a: str) -> str:
+    return ATTACK_NAMES.get(a, a)
+
+
+def scan_table(scans: Mapping[str, dict], asr: Mapping[str, float]) -> pd.DataFrame:
+    """Per attack: its No-defense ASR, the affected label with its excess and the runner-up's,
+    the victims' count, precision and recall against the poisons, and the trigger estimate
+    (extent, patch or whole image, IoU with the pixels the trigger really changes)."""
+    rows = []
+    for a, r in scans.items():
+        ranked = sorted(r["excess"].items(), key=lambda kv: -kv[1])
+        rows.append(
+            {
+                "attack": _name(a),
+                "No-defense ASR": asr[a],
+                "affected label": r["affected_label"],
+                "its excess": ranked[0][1],
+                "runner-up": f"{ranked[1][0]} ({ranked[1][1]:+d})",
+                "disagreeing": r["disagreeing"],
+                "victims": r["victims"]["found"],
+                "precision (%)": r["victims"]["precision"],
+                "recall (%)": r["victims"]["recall"],
+                "estimate extent (%)": 100.0 * r["extent"],
+                "estimate": "patch (pasted)" if r["compact"] else "whole image (added)",
+                "trigger extent (%)": 100.0 * r["footprint_share"],
+                "IoU": r["trigger_iou"],
+            }
+        )
+    return pd.DataFrame(rows).set_index("attack")
+
+
+def _planted(asr: Mapping[str, float]) -> list:
+    return [a for a, v in asr.items() if v >= PLANTED_ASR]
+
+
+def scan_readings(scans: Mapping[str, dict], asr: Mapping[str, float], target: str) -> dict:
+    """{"labels_reading", "victims_reading", "trigger_reading"}: Markdown computed from the run."""
+    fired = [a for a in _planted(asr) if a in scans]
+    out = {}
+    if not fired:
+        none = "No backdoor was planted in this run, so there was nothing for the oracle to find."
+        return {"labels_reading": none, "victims_reading": none, "trigger_reading": none}
+    wrong = [a for a in fired if scans[a]["affected_label"] != target]
+    out["labels_reading"] = (
+        f"The affected label is `{target}` for every planted attack ({', '.join(map(_name, fired))})."
+        if not wrong
+        else "The affected label is not the target for "
+        + ", ".join(f"{_name(a)} (`{scans[a]['affected_label']}`)" for a in wrong)
+        + f"; for the other planted attacks it is `{target}`."
+    )
+    prec = {a: scans[a]["victims"]["precision"] for a in fired}
+    rec = {a: scans[a]["victims"]["recall"] for a in fired}
+    low = [a for a in fired if not (prec[a] >= VICTIM_PRECISION and rec[a] >= VICTIM_RECALL)]
+    lo_p, lo_r = min(prec, key=lambda a: np.nan_to_num(prec[a])), min(rec, key=rec.get)
+    text = (
+        f"Over the planted attacks the victims' precision is at least {prec[lo_p]:.1f} % ({_name(lo_p)}) "
+        f"and their recall at least {rec[lo_r]:.1f} % ({_name(lo_r)}). "
+    )
+    text += (
+        f"That meets the book's bar ({VICTIM_PRECISION:.0f} % and {VICTIM_RECALL:.0f} %) for every one."
+        if not low
+        else f"Below the book's bar ({VICTIM_PRECISION:.0f} % precision, {VICTIM_RECALL:.0f} % recall): "
+        + ", ".join(f"{_name(a)} ({prec[a]:.1f} %, {rec[a]:.1f} %)" for a in low)
+        + "."
+    )
+    out["victims_reading"] = text
+    parts = []
+    for a in fired:
+        r = scans[a]
+        if r["footprint_share"] <= 0.25:  # a local trigger: scored by its overlap
+            ok = "meets" if r["trigger_iou"] >= PATCH_IOU else "misses"
+            parts.append(
+                f"{_name(a)}'s estimate covers {100 * r['extent']:.1f} % of the image with IoU "
+                f"{r['trigger_iou']:.2f} against the true patch ({ok} the bar of {PATCH_IOU})"
+            )
+        else:  # a whole-image trigger: is the estimate spread too?
+            how = "spread over the image" if not r["compact"] else "a small region, though the trigger is not"
+            parts.append(f"{_name(a)}'s estimate is {how} ({100 * r['extent']:.1f} % of it)")
+    out["trigger_reading"] = "; ".join(parts) + "."
+    return out
+
+
+def defense_readings(agg: pd.DataFrame, oracle_seconds: float = 0.0) -> dict:
+    """{"defense_reading", "cost_reading"}: the rectified models against the book's bars and
+    against CleanCLIP's, from chapter 5's aggregate (`ubt_results.table1_aggregate`);
+    `oracle_seconds`: what training the learned oracle took (0 for the exact maps)."""
+    ours, none = DEFENSE_NAMES["oracle"], DEFENSE_NAMES["none"]
+    by = {d: agg[agg.defense == d].set_index("attack") for d in dict.fromkeys(agg.defense)}
+    fired = [a for a in by[none].index if by[none].ASR[a] >= PLANTED_ASR]
+    if not fired:
+        return {
+            "defense_reading": "No backdoor was planted in this run: the rectification had none to remove.",
+            "cost_reading": "",
+        }
+    o, n = by[ours], by[none]
+    parts, misses = [], []
+    for a in fired:
+        bar = MAX_ASR_SSBA if a == "ssba" else MAX_ASR
+        drop = n.CA[a] - o.CA[a]
+        said = verdict(o.CA[a], o.ASR[a], o.RA[a])
+        parts.append(
+            f"{_name(a)}: ASR {o.ASR[a]:.2f} %, RA {o.RA[a]:.1f} %, CA {o.CA[a]:.1f} % "
+            f"({-drop:+.1f} points), {said}"
+        )
+        if o.ASR[a] > bar or drop > CA_MARGIN:
+            misses.append(_name(a))
+    text = "After rectification, " + "; ".join(parts) + ". "
+    text += (
+        f"Every planted attack meets the bars (ASR at most {MAX_ASR:.0f} %, SSBA-style {MAX_ASR_SSBA:.0f} %, "
+        f"CA within {CA_MARGIN:.0f} points of No defense)."
+        if not misses
+        else f"Not within the bars (ASR at most {MAX_ASR:.0f} %, SSBA-style {MAX_ASR_SSBA:.0f} %, CA within "
+        f"{CA_MARGIN:.0f} points of No defense): {', '.join(misses)}."
+    )
+    out = {"defense_reading": text}
+    cc = DEFENSE_NAMES["cleanclip"]
+    if cc in by:
+        share = o.seconds.mean() / by[cc].seconds.mean()
+        pairs = o.pairs_trained.mean() / by[cc].pairs_trained.mean()
+        out["cost_reading"] = (
+            f"The oracle-guided defense takes {o.seconds.mean():.0f} s per attack on average, "
+            f"{share:.2f} of CleanCLIP's {by[cc].seconds.mean():.0f} s "
+            f"({'within' if share <= TIME_SHARE else 'above'} the bar of {TIME_SHARE:.1f}), and trains on "
+            f"{pairs:.2f} as many pairs."
+            + (
+                f" Training the learned oracle, once for the whole world, took {oracle_seconds:.0f} s more."
+                if oracle_seconds
+                else ""
+            )
+        )
+    else:
+        out["cost_reading"] = "CleanCLIP was not run, so there is no cost to compare with."
+    return out
+
+
+def ablation_table(rows: Sequence[dict], setting: str) -> pd.DataFrame:
+    """`experiments.oracle_ablation`'s rows: the setting's value, what the scan found and what the
+    rectified model scores."""
+    return pd.DataFrame(
+        [
+            {
+                setting: r[setting],
+                "affected label": r["scan"]["affected_label"],
+                "victim precision (%)": r["scan"]["victims"]["precision"],
+                "victim recall (%)": r["scan"]["victims"]["recall"],
+                "IoU": r["scan"]["trigger_iou"],
+                "estimate extent (%)": 100.0 * r["scan"]["extent"],
+                "CA": r["ca"],
+                "ASR": r["asr"],
+                "RA": r["ra"],
+                "wall time (s)": r["seconds"],
+                "pairs trained": r["pairs_trained"],
+            }
+            for r in rows
+        ]
+    ).set_index(setting)

@@ -1,0 +1,500 @@
+"""An oracle-guided defense (Hossain et al. 2025, arXiv 2511.13545; only the abstract is public).
+
+A poisoned CLIP's labels are set against those of an image-segmentation oracle:
+
+1. *Triggers.* Every training image is labelled twice, by CLIP zero-shot and by the oracle
+   (the category covering most of its map). The label CLIP assigns far more often than the
+   oracle does is the affected one; on the images where CLIP says it and the oracle does not,
+   an attribution (occlusion or gradient) finds the pixels CLIP's decision rests on, and those
+   maps, with the pattern the disagreeing images share, give the trigger estimate.
+2. *Labels and victims.* The victims are the training pairs tied to the affected label (by
+   their caption, or by CLIP's label of their image) in which the oracle does not see it. A
+   compact fine-tuning set of victims re-captioned from the oracle, clean images carrying the
+   trigger estimate with their own captions, and a few clean pairs rectifies the model.
+
+Every step past the abstract is the book's reading; each is a field of `OracleConfig` or
+`RectifyConfig`, ablated in chapter 9. The oracle is a `Segmenter` trained on clean images and
+their label maps (the paper's is an off-the-shelf segmenter), or the world's exact maps as an
+upper bound.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ubtlib.checks import check_choice, check_range
+from ubtlib.clip.model import normalize, to_unit
+from ubtlib.clip.train import TrainConfig, epoch_steps, optimize
+
+ORACLE_KINDS = ("learned", "exact")
+ATTRIBUTIONS = ("occlusion", "gradient")
+VICTIM_RULES = ("caption", "image")
+# the parts of a compact fine-tuning set, in the order they are drawn
+SET_PARTS = ("victim", "pasted", "clean")
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """The learned oracle: a small fully convolutional net trained on clean images and maps."""
+
+    width: int = 16  # channels at full resolution (twice as many at half, four times at a quarter)
+    images: int = 8000  # clean training images (and their label maps) it learns from
+    epochs: float = 12.0
+    lr: float = 5e-3
+    batch_size: int = 32
+    # the loss weight of background pixels (the others weigh 1): background covers most of
+    # every image, and at full weight the net learns to call everything background first
+    background_weight: float = 0.2
+
+    def validate(self, n_images: int | None = None) -> None:
+        check_range("width", self.width, 4, 512)
+        check_range("images", self.images, 1, n_images if n_images is not None else 1 << 30)
+        check_range("epochs", self.epochs, 0.01, 1000)
+        check_range("lr", self.lr, 0.0, 1.0)
+        check_range("batch_size", self.batch_size, 2, 1 << 16)
+        check_range("background_weight", self.background_weight, 0.0, 1.0)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=1e-4, warmup_steps=20
+        )
+
+
+@dataclass(frozen=True)
+class OracleConfig:
+    """The book's reading of algorithm 1 and of the victims, one field per open choice."""
+
+    kind: str = "learned"  # learned (the Segmenter) | exact (the world's own maps: an upper bound)
+    min_share: float = 0.02  # a category must cover this share of an image to be the oracle's label
+    attribution: str = "occlusion"  # occlusion | gradient
+    patch: int = 4  # occlusion window side (px), slid at half its side
+    attribution_images: int = 256  # disagreeing images attributed (the first, in training order)
+    reference_images: int = 2048  # images CLIP and the oracle agree on: what an untriggered image is
+    region_threshold: float = 0.5  # share of the peak score a pixel needs to be in the trigger region
+    compact_max: float = 0.25  # a region up to this share of the image is pasted; a larger one added
+    victim_rule: str = "caption"  # caption (it names the label) | image (CLIP gives its image the label)
+
+    def validate(self) -> None:
+        check_choice("kind", self.kind, ORACLE_KINDS)
+        check_choice("attribution", self.attribution, ATTRIBUTIONS)
+        check_choice("victim_rule", self.victim_rule, VICTIM_RULES)
+        check_range("min_share", self.min_share, 0.0, 1.0)
+        check_range("patch", self.patch, 1, 64)
+        check_range("attribution_images", self.attribution_images, 1, 1 << 20)
+        check_range("reference_images", self.reference_images, 1, 1 << 24)
+        check_range("region_threshold", self.region_threshold, 0.0, 1.0)
+        check_range("compact_max", self.compact_max, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class RectifyConfig:
+    """The compact fine-tuning set and the fine-tuning on it (algorithm 2's last step)."""
+
+    set_size: int = 3000  # pairs in the compact fine-tuning set
+    victim_share: float = 0.5  # of the set: victims (at most those found), re-captioned by the oracle
+    pasted_share: float = 0.3  # of the set: clean images with the trigger estimate; the rest clean pairs
+    epochs: float = 2.0  # passes over the compact set
+    lr: float = 5e-4
+    batch_size: int = 128
+    warmup_steps: int = 10
+
+    def validate(self, n_pairs: int | None = None) -> None:
+        check_range("set_size", self.set_size, 1, n_pairs if n_pairs is not None else 1 << 30)
+        check_range("victim_share", self.victim_share, 0.0, 1.0)
+        check_range("pasted_share", self.pasted_share, 0.0, 1.0)
+        if self.victim_share + self.pasted_share > 1.0 + 1e-9:
+            raise ValueError(
+                f"victim_share={self.victim_share} and pasted_share={self.pasted_share} add up to more "
+                "than the whole set: accepted victim_share + pasted_share <= 1"
+            )
+        self.train_config().validate()
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps
+        )
+
+
+# ---------------------------------------------------------------- the oracle
+
+
+def _block(c_in: int, c_out: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class Segmenter(nn.Module):
+    """A small U-Net: two stride-2 stages (the second with dilated residual convolutions and a
+    global-pool context, since one object fills a pocket image), each upsampled and joined with
+    the stage above it (a skip) before the per-pixel head. Takes [0, 1] images; returns
+    N x classes x H x W logits."""
+
+    def __init__(self, n_classes: int, width: int = 16):
+        super().__init__()
+        w = width
+        self.down1 = _block(3, w)  # full resolution
+        self.down2 = nn.Sequential(_block(w, 2 * w, stride=2), _block(2 * w, 2 * w))  # half
+        self.down3 = _block(2 * w, 4 * w, stride=2)  # a quarter
+        self.context = nn.ModuleList([_block(4 * w, 4 * w, dilation=d) for d in (1, 2)])
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(4 * w, 4 * w, 1), nn.ReLU(inplace=True))
+        self.up2 = _block(6 * w, 2 * w)
+        self.up1 = _block(3 * w, w)
+        self.head = nn.Conv2d(w, n_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s1 = self.down1(x - 0.5)
+        s2 = self.down2(s1)
+        h = self.down3(s2)
+        for layer in self.context:
+            h = h + layer(h)
+        h = h + self.pool(h)
+        h = self.up2(torch.cat([F.interpolate(h, size=s2.shape[-2:], mode="bilinear"), s2], 1))
+        h = self.up1(torch.cat([F.interpolate(h, size=s1.shape[-2:], mode="bilinear"), s1], 1))
+        return self.head(h)
+
+
+def train_segmenter(
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    n_classes: int,
+    cfg: SegmenterConfig,
+    device: torch.device,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple:
+    """(segmenter, curve): a `Segmenter` trained with per-pixel cross-entropy (background
+    down-weighted) on uint8 images (N x 3 x H x W) and their label maps (N x H x W), with random
+    horizontal flips; the library's one training loop (`clip.train.optimize`)."""
+    cfg.validate(len(images))
+    if maps.shape != (images.shape[0], *images.shape[2:]):
+        raise ValueError(f"label maps {tuple(maps.shape)} do not fit images {tuple(images.shape)}")
+    torch.manual_seed(seed)
+    model = Segmenter(n_classes, cfg.width).to(device)
+    tc = cfg.train_config()
+    steps = epoch_steps(tc.epochs, len(images), tc.batch_size)
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.ones(n_classes, device=device)
+    weight[0] = cfg.background_weight
+
+    def loss_step():
+        idx = torch.randint(len(images), (min(tc.batch_size, len(images)),), generator=g)
+        x, y = to_unit(images[idx], device), maps[idx].to(device).long()
+        flip = torch.rand(len(idx), generator=g).to(device) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        y = torch.where(flip[:, None, None], y.flip(-1), y)
+        return F.cross_entropy(model(x), y, weight=weight)
+
+    curve = optimize(model, loss_step, steps, tc, device, "segmenter", progress, tc.batch_size)
+    return model, curve
+
+
+@torch.no_grad()
+def segment(segmenter: nn.Module, images: torch.Tensor, device, batch_size: int = 512) -> torch.Tensor:
+    """The segmenter's N x H x W label maps (uint8) of uint8 images."""
+    segmenter.eval()
+    out = [
+        segmenter(to_unit(images[s : s + batch_size], device)).argmax(1).to(torch.uint8).cpu()
+        for s in range(0, len(images), batch_size)
+    ]
+    return torch.cat(out) if out else torch.zeros(0, *images.shape[2:], dtype=torch.uint8)
+
+
+def image_labels(segments: torch.Tensor, n_categories: int, min_share: float = 0.02) -> torch.Tensor:
+    """Each label map's object: the category (0 .. n_categories - 1) covering the most pixels,
+    or -1 where no category covers `min_share` of the image (a person, or only background).
+
+    `segments`: N x H x W integer maps in the world's classes (`pocket.segment_names`: 0 is
+    background, 1 + c the category c, n_categories + 1 a person).
+    """
+    if not 0.0 <= min_share <= 1.0:
+        raise ValueError(f"min_share={min_share} is out of range: accepted 0 <= min_share <= 1")
+    n, pixels = len(segments), segments[0].numel() if len(segments) else 1
+    flat = segments.reshape(n, -1).long()
+    counts = torch.zeros(n, n_categories + 2, dtype=torch.long).scatter_add_(1, flat, torch.ones_like(flat))
+    objects = counts[:, 1 : n_categories + 1]
+    best, label = objects.max(dim=1)
+    return torch.where(best >= min_share * pixels, label, torch.full_like(label, -1))
+
+
+def mean_iou(predicted: torch.Tensor, truth: torch.Tensor, n_classes: int) -> dict:
+    """Per-class IoU and their mean over the classes present in `truth` or `predicted`."""
+    if predicted.shape != truth.shape:
+        raise ValueError(f"predicted maps {tuple(predicted.shape)} and true maps {tuple(truth.shape)} differ")
+    p, t = predicted.reshape(-1).long(), truth.reshape(-1).long()
+    joint = torch.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    inter = joint.diag().double()
+    union = joint.sum(0).double() + joint.sum(1).double() - inter
+    present = union > 0
+    iou = torch.where(present, inter / union.clamp(min=1), torch.nan)
+    return {"per_class": iou.tolist(), "miou": float(iou[present].mean()) if present.any() else float("nan")}
+
+
+# ---------------------------------------------------------------- algorithm 1: triggers
+
+
+def affected_label(clip_labels: torch.Tensor, oracle_labels: torch.Tensor, n_categories: int) -> dict:
+    """The label CLIP over-assigns against the oracle: per category, how many images CLIP gives
+    it minus how many the oracle does; the affected label is the largest excess."""
+    clip_counts = torch.bincount(clip_labels[clip_labels >= 0].long(), minlength=n_categories)
+    oracle_counts = torch.bincount(oracle_labels[oracle_labels >= 0].long(), minlength=n_categories)
+    excess = clip_counts - oracle_counts
+    return {"label": int(excess.argmax()), "excess": excess.tolist()}
+
+
+def class_scorer(model, weights: torch.Tensor, label: int):
+    """x ([0, 1] batch) -> CLIP's margin for `label` under zero-shot `weights` (D x C): its
+    logit less the log-sum-exp of the others'. Unlike the probability, the margin does not
+    saturate where a backdoor makes CLIP certain, so occlusion and gradients still read it."""
+    others = [c for c in range(weights.shape[1]) if c != label]
+
+    def score(x: torch.Tensor) -> torch.Tensor:
+        logits = 100.0 * F.normalize(model.encode_image(normalize(x)).float(), dim=-1) @ weights
+        return logits[:, label] - torch.logsumexp(logits[:, others], dim=1)
+
+    return score
+
+
+@torch.no_grad()
+def occlusion_maps(score, x: torch.Tensor, patch: int, batch_size: int = 1024) -> torch.Tensor:
+    """N x H x W: the drop in `score` when a patch x patch window over each pixel is greyed
+    (set to the image's mean colour), averaged over the windows (slid at half a side) covering
+    it; a rise counts as no drop."""
+    n, _, h, w = x.shape
+    stride = max(1, patch // 2)
+    windows = [
+        (t, left)
+        for t in sorted({*range(0, h - patch + 1, stride), h - patch})
+        for left in sorted({*range(0, w - patch + 1, stride), w - patch})
+    ]
+    masks = torch.zeros(len(windows), 1, h, w, device=x.device)
+    for k, (t, left) in enumerate(windows):
+        masks[k, :, t : t + patch, left : left + patch] = 1
+    total = torch.zeros(n, h, w)
+    per_chunk = max(1, batch_size // len(windows))
+    for s in range(0, n, per_chunk):
+        xs = x[s : s + per_chunk]
+        grey = xs.mean(dim=(2, 3), keepdim=True)
+        # windows x images, flattened: occluded[k * b + i] is image i with window k greyed
+        occluded = xs[None] * (1 - masks[:, None]) + grey[None] * masks[:, None]
+        drops = (score(xs)[None] - score(occluded.flatten(0, 1)).view(len(windows), len(xs))).clamp(min=0)
+        total[s : s + len(xs)] = torch.einsum("kb,khw->bhw", drops, masks[:, 0]).cpu()
+    return total / masks[:, 0].sum(0).cpu()
+
+
+def gradient_maps(score, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """N x H x W: |d score / d pixel|, summed over the colour channels (a saliency map)."""
+    out = []
+    for s in range(0, len(x), batch_size):
+        xs = x[s : s + batch_size].clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(score(xs).sum(), xs)
+        out.append(grad.abs().sum(1).cpu())
+    return torch.cat(out)
+
+
+def attribution_maps(score, x: torch.Tensor, method: str, patch: int = 4) -> torch.Tensor:
+    """N x H x W maps of where `score` rests, by `method` (occlusion | gradient)."""
+    check_choice("attribution", method, ATTRIBUTIONS)
+    return occlusion_maps(score, x, patch) if method == "occlusion" else gradient_maps(score, x)
+
+
+def trigger_estimate(
+    suspects: torch.Tensor,
+    maps: torch.Tensor,
+    reference: torch.Tensor,
+    region_threshold: float = 0.5,
+    compact_max: float = 0.25,
+) -> dict:
+    """The trigger the disagreeing images share, from their [0, 1] images (`suspects`), their
+    attribution maps (N x H x W, zero where the oracle sees the affected label) and [0, 1]
+    clean `reference` images.
+
+    Each map is normalised to sum 1 and the maps averaged (where CLIP looks); the shared
+    residual is the suspects' mean image less the reference's (what they have in common that
+    ordinary images lack). The region is where the product of the two reaches
+    `region_threshold` of its peak. A region covering at most `compact_max` of the image is a
+    patch: the suspects' mean is pasted there. A larger one is a whole-image change: the
+    residual is added everywhere.
+    """
+    if len(reference) == 0:
+        raise ValueError("trigger_estimate needs at least one reference image")
+    if len(suspects) == 0:  # CLIP over-assigns nothing the oracle contradicts: no trigger to estimate
+        blank = torch.zeros_like(reference[0])
+        return {
+            "region": torch.zeros(blank.shape[1:], dtype=torch.bool),
+            "attribution": torch.zeros(blank.shape[1:]),
+            "pattern": blank,
+            "residual": blank,
+            "extent": 0.0,
+            "compact": True,
+        }
+    where = (maps / maps.flatten(1).sum(1).clamp(min=1e-12)[:, None, None]).mean(0)
+    pattern = suspects.mean(0)
+    residual = pattern - reference.mean(0)
+    score = (where / where.max().clamp(min=1e-12)) * residual.abs().mean(0)
+    region = score >= region_threshold * score.max().clamp(min=1e-12)
+    extent = region.float().mean().item()
+    return {
+        "region": region,
+        "attribution": where,
+        "pattern": pattern,
+        "residual": residual,
+        "extent": extent,
+        "compact": extent <= compact_max,
+    }
+
+
+def apply_estimate(x: torch.Tensor, estimate: dict) -> torch.Tensor:
+    """[0, 1] images carrying the trigger estimate: the pattern pasted over a compact region, or
+    the residual added over the whole image."""
+    if estimate["compact"]:
+        m = estimate["region"].to(x.device, x.dtype)
+        return x * (1 - m) + estimate["pattern"].to(x.device) * m
+    return (x + estimate["residual"].to(x.device)).clamp(0, 1)
+
+
+def true_footprint(trigger, images: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """H x W bool: the pixels `trigger` changes (by more than 1/255 in some channel) in at least
+    half of the [0, 1] `images`: the ground truth a trigger estimate is scored against."""
+    changed = (trigger(images, torch.Generator().manual_seed(seed)) - images).abs().amax(1) > 1 / 255
+    return changed.float().mean(0) >= 0.5
+
+
+def region_iou(region: torch.Tensor, truth: torch.Tensor) -> float:
+    """Intersection over union of two H x W bool masks."""
+    union = (region | truth).sum().item()
+    return (region & truth).sum().item() / union if union else float("nan")
+
+
+# ---------------------------------------------------------------- algorithm 2: victims, the set
+
+
+def names_label(captions, label_name: str) -> np.ndarray:
+    """Per caption: does it name `label_name` as a word?"""
+    word = re.compile(rf"\b{re.escape(label_name.lower())}\b")
+    return np.array([bool(word.search(c.lower())) for c in captions], dtype=bool)
+
+
+def shows_label(segments: torch.Tensor, label: int, min_share: float = 0.02) -> torch.Tensor:
+    """Per label map: does category `label` cover at least `min_share` of it? (Whether the
+    oracle sees the label at all, whatever else covers more of the image.)"""
+    return (segments == 1 + label).flatten(1).float().mean(1) >= min_share
+
+
+def find_victims(
+    rule: str,
+    label: int,
+    label_name: str,
+    captions,
+    clip_labels: torch.Tensor,
+    oracle_sees: torch.Tensor,
+) -> np.ndarray:
+    """Positions of the pairs tied to `label` (their caption names it, rule "caption"; CLIP gives
+    their image it, rule "image") in whose image the oracle does not see it (`oracle_sees`:
+    `shows_label` of the oracle's maps)."""
+    check_choice("victim_rule", rule, VICTIM_RULES)
+    tied = names_label(captions, label_name) if rule == "caption" else (clip_labels == label).numpy()
+    return np.flatnonzero(tied & ~oracle_sees.numpy())
+
+
+def precision_recall(found: np.ndarray, truth: np.ndarray) -> dict:
+    """Precision and recall (%) of the positions `found` against the bool mask `truth`."""
+    hits = int(truth[found].sum()) if len(found) else 0
+    return {
+        "precision": 100.0 * hits / len(found) if len(found) else float("nan"),
+        "recall": 100.0 * hits / max(int(truth.sum()), 1),
+        "found": int(len(found)),
+    }
+
+
+def compact_set(
+    n_pairs: int,
+    victims: np.ndarray,
+    victim_ok: np.ndarray,
+    cfg: RectifyConfig,
+    seed: int = 0,
+) -> dict:
+    """The compact fine-tuning set's training positions, by part (`SET_PARTS`).
+
+    Victims come first, up to `victim_share` of `set_size`, among those the oracle can
+    re-caption (`victim_ok`: it names an object in them); `pasted_share` of the set are other
+    pairs that will carry the trigger estimate; the clean pairs fill the rest. All drawn
+    without replacement, seeded."""
+    cfg.validate(n_pairs)
+    rng = np.random.default_rng(seed)
+    usable = victims[victim_ok]
+    n_victims = min(len(usable), int(round(cfg.victim_share * cfg.set_size)))
+    others = np.setdiff1d(np.arange(n_pairs), victims)
+    n_pasted = min(int(round(cfg.pasted_share * cfg.set_size)), len(others))
+    n_clean = max(0, min(cfg.set_size - n_victims - n_pasted, len(others) - n_pasted))
+    drawn = rng.choice(others, size=n_pasted + n_clean, replace=False)
+    return {
+        "victim": np.sort(rng.choice(usable, size=n_victims, replace=False)),
+        "pasted": np.sort(drawn[:n_pasted]),
+        "clean": np.sort(drawn[n_pasted:]),
+    }
+
+
+def rectify(
+    model,
+    tokenizer,
+    images: torch.Tensor,
+    captions,
+    parts: dict,
+    estimate: dict,
+    cfg: RectifyConfig,
+    device: torch.device,
+    seed: int = 0,
+    progress: bool = True,
+) -> list:
+    """Fine-tune `model` in place on the compact set with the CLIP loss; returns the curve.
+
+    `images`: the defender's uint8 view of the training pairs; `captions`: per position, the
+    caption to train with (the oracle's for the victims, the pair's own for the rest); `parts`:
+    `compact_set`'s positions. The pasted part gets the trigger estimate on the fly."""
+    from ubtlib.clip.train import train_clip
+
+    positions = np.concatenate([parts[p] for p in SET_PARTS])
+    pasted = np.zeros(len(positions), bool)
+    pasted[len(parts["victim"]) : len(parts["victim"]) + len(parts["pasted"])] = True
+    pasted_t = torch.from_numpy(pasted)
+
+    def hook(x, idx):
+        rows = pasted_t[idx].to(x.device)
+        if rows.any():
+            x = x.clone()
+            x[rows] = apply_estimate(x[rows], estimate)
+        return x
+
+    tokens = tokenizer([captions[i] for i in positions])
+    return train_clip(
+        model,
+        images[torch.from_numpy(positions)],
+        tokens,
+        cfg.train_config(),
+        device,
+        seed=seed,
+        image_hook=hook,
+        desc="oracle-guided rectification",
+        progress=progress,
+    )
+
+
+def defender_view(images: torch.Tensor, image_hook, batch_size: int = 1024, progress: bool = False):
+    """The uint8 training images as the defender holds them: `image_hook(x, idx)` (the poisons'
+    triggers) applied to consecutive batches, rounded back to uint8."""
+    out = []
+    for s in tqdm(range(0, len(images), batch_size), desc="defender's view", disable=not progress):
+        idx = torch.arange(s, min(s + batch_size, len(images)))
+        x = image_hook(to_unit(images[idx], "cpu"), idx)
+        out.append((x * 255).round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out)

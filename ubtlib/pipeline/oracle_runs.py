@@ -1,0 +1,276 @@
+"""The oracle-guided defense's stages: the learned oracle, the scan of a poisoned model against
+it (algorithm 1 and the victims), and the rectified model (algorithm 2's fine-tuning).
+
+segmenter (once per world) -> oracle_scan (per poisoned model and `OracleConfig`) ->
+oracle_defended (per `RectifyConfig`), each cached like every stage.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from ubtlib.attacks.poison import poison_templates
+from ubtlib.checks import read_tensors
+from ubtlib.clip import model as modellib
+from ubtlib.clip.model import to_unit
+from ubtlib.defenses import oracle as orc
+from ubtlib.evaluation.zeroshot import classifier, encode_images, pocket_templates
+from ubtlib.pipeline.cache import cached, write_json
+from ubtlib.pipeline.poisoning import poisoned, poisoned_data, poisoned_key, trigger
+from ubtlib.pipeline.pretraining import Trained, load_trained
+from ubtlib.pipeline.worlds import world
+from ubtlib.world.pocket import object_vocabulary, segment_names
+
+if TYPE_CHECKING:
+    from ubtlib.pipeline.profiles import Profile
+
+EXAMPLES = 8  # disagreeing images whose maps the scan keeps for the chapter's figures
+
+
+@dataclass
+class Oracle:
+    """The learned oracle and the record of its training and held-out scores."""
+
+    model: torch.nn.Module
+    record: dict
+
+
+def segmenter(prof: Profile, progress: bool = True) -> Oracle:
+    """The learned oracle: a `Segmenter` trained on clean training images of the world and their
+    exact label maps; its record holds the held-out mIoU (objects and faces) and per-class IoU."""
+    w = world(prof, progress=progress)
+    device = modellib.pick_device(prof.device)
+    cfg, classes = prof.segmenter, segment_names(w.categories)
+
+    def compute(folder):
+        train = w.indices("train")
+        cfg.validate(len(train))
+        pick = np.sort(np.random.default_rng(prof.world.seed).choice(train, cfg.images, replace=False))
+        start = time.perf_counter()
+        model, curve = orc.train_segmenter(
+            w.images[pick], w.segments[pick], len(classes), cfg, device, prof.world.seed, progress
+        )
+        seconds = time.perf_counter() - start
+        held = np.concatenate([w.indices("heldout"), w.indices("eval")])
+        predicted = orc.segment(model, w.images[held], device)
+        iou = orc.mean_iou(predicted, w.segments[held], len(classes))
+        n_cat = len(w.categories)
+        truth_labels = orc.image_labels(w.segments[held], n_cat)
+        label_agreement = (orc.image_labels(predicted, n_cat) == truth_labels).float().mean().item()
+        modellib.save(model, folder / "model.safetensors")
+        write_json(
+            folder / "record.json",
+            {
+                "seconds": seconds,
+                "curve": curve,
+                "images": int(cfg.images),
+                "heldout_images": int(len(held)),
+                "miou": iou["miou"],
+                "per_class_iou": dict(zip(classes, iou["per_class"])),
+                "label_agreement": 100.0 * label_agreement,
+                "device": str(device),
+            },
+        )
+
+    def load(folder):
+        model = orc.Segmenter(len(classes), cfg.width)
+        modellib.load(model, folder / "model.safetensors")
+        return Oracle(model.to(device).eval(), json.loads((folder / "record.json").read_text()))
+
+    return cached("segmenter", compute, load, world=prof.world, segmenter=cfg, seed=prof.world.seed)
+
+
+def _scan_key(prof: Profile) -> dict:
+    learned = prof.oracle.kind == "learned"
+    return {**poisoned_key(prof), "oracle": prof.oracle, "segmenter": prof.segmenter if learned else None}
+
+
+def defender_view(prof: Profile, progress: bool = True) -> torch.Tensor:
+    """The training images as the defender holds them (the poisons carry their trigger)."""
+    data = poisoned_data(prof, progress=progress)
+    return orc.defender_view(data.images, data.image_hook, progress=progress)
+
+
+def oracle_scan(prof: Profile, progress: bool = True) -> dict:
+    """Algorithm 1 and the victims, on the poisoned model of `prof`'s attack.
+
+    Returns the record (affected label, per-label excess, trigger estimate's extent and IoU
+    with the true footprint, the victims' precision and recall against the poisons, timings)
+    and the tensors: both labellings of every training pair, the victims' positions, the
+    trigger estimate and the maps of a few disagreeing images.
+    """
+    cfg = prof.oracle
+    cfg.validate()
+    w = world(prof, progress=progress)
+    attacked = poisoned(prof, progress=progress)
+    data = poisoned_data(prof, progress=progress)
+    device = modellib.pick_device(prof.device)
+    n_cat = len(w.categories)
+    oracle = segmenter(prof, progress) if cfg.kind == "learned" else None
+
+    def compute(folder):
+        start = time.perf_counter()
+        view = defender_view(prof, progress)
+        model = attacked.model
+        weights = classifier(
+            model, attacked.tokenizer, w.categories, pocket_templates(object_vocabulary()), device
+        )
+        clip_labels = (encode_images(model, view, device) @ weights).argmax(1).cpu()
+        if oracle is None:  # the exact maps: what was drawn, so they never see a trigger
+            maps = w.segments[torch.from_numpy(w.indices("train"))]
+        else:
+            maps = orc.segment(oracle.model, view, device)
+        oracle_labels = orc.image_labels(maps, n_cat, cfg.min_share)
+        affected = orc.affected_label(clip_labels, oracle_labels, n_cat)
+        label = affected["label"]
+        sees = orc.shows_label(maps, label, cfg.min_share)
+        disagree = np.flatnonzero(((clip_labels == label) & ~sees).numpy())
+        chosen = torch.from_numpy(disagree[: cfg.attribution_images])
+        agree = np.flatnonzero(((clip_labels == oracle_labels) & ~sees).numpy())
+        if len(agree) == 0:
+            agree = np.setdiff1d(np.arange(len(view)), disagree)
+        pick = np.random.default_rng(prof.seed).choice(agree, min(cfg.reference_images, len(agree)), False)
+        reference = torch.from_numpy(np.sort(pick))
+        suspects = to_unit(view[chosen], device)
+        score = orc.class_scorer(model, weights, label)
+        maps_a = orc.attribution_maps(score, suspects, cfg.attribution, cfg.patch).cpu()
+        maps_a = maps_a * (maps[chosen] != 1 + label)  # pixels of the label itself are evidence, not trigger
+        estimate = orc.trigger_estimate(
+            suspects.cpu(), maps_a, to_unit(view[reference], "cpu"), cfg.region_threshold, cfg.compact_max
+        )
+        victims = orc.find_victims(
+            cfg.victim_rule, label, w.categories[label], data.captions, clip_labels, sees
+        )
+        seconds = time.perf_counter() - start
+        # ground truth, for the record only: the defense above never read it
+        heldout = to_unit(w.images[torch.from_numpy(w.indices("heldout")[:256])], "cpu")
+        footprint = orc.true_footprint(trigger(prof, progress=progress), heldout, prof.seed)
+        save_file(
+            {
+                "clip_labels": clip_labels.contiguous(),
+                "oracle_labels": oracle_labels.contiguous(),
+                "victims": torch.from_numpy(victims).contiguous(),
+                "region": estimate["region"].to(torch.uint8).contiguous(),
+                "attribution": estimate["attribution"].contiguous(),
+                "pattern": estimate["pattern"].contiguous(),
+                "residual": estimate["residual"].contiguous(),
+                "footprint": footprint.to(torch.uint8).contiguous(),
+                "example_positions": chosen[:EXAMPLES].contiguous(),
+                "example_attributions": maps_a[:EXAMPLES].contiguous(),
+                "example_maps": maps[chosen[:EXAMPLES]].contiguous(),
+            },
+            str(folder / "scan.safetensors"),
+        )
+        write_json(
+            folder / "record.json",
+            {
+                "seconds": seconds,
+                "pairs_scored": int(len(view)),
+                "affected_label": w.categories[label],
+                "excess": dict(zip(w.categories, affected["excess"])),
+                "disagreeing": int(len(disagree)),
+                "attributed": int(len(chosen)),
+                "extent": estimate["extent"],
+                "compact": bool(estimate["compact"]),
+                "trigger_iou": orc.region_iou(estimate["region"], footprint),
+                "footprint_share": footprint.float().mean().item(),
+                "victims": orc.precision_recall(victims, data.is_backdoor),
+                "victims_person": int((oracle_labels[torch.from_numpy(victims)] < 0).sum()),
+                "oracle_label_agreement": 100.0
+                * (oracle_labels == orc.image_labels(w.segments[torch.from_numpy(w.indices("train"))], n_cat))
+                .float()
+                .mean()
+                .item(),
+                "attack": prof.attack.name,
+                "device": str(device),
+            },
+        )
+
+    def load(folder):
+        tensors = read_tensors(folder / "scan.safetensors")
+        tensors["region"] = tensors["region"].bool()
+        tensors["footprint"] = tensors["footprint"].bool()
+        return {"record": json.loads((folder / "record.json").read_text()), **tensors}
+
+    return cached("oracle-scan", compute, load, **_scan_key(prof))
+
+
+def oracle_estimate(scan: dict) -> dict:
+    """The trigger estimate a scan holds, in `oracle.apply_estimate`'s form."""
+    return {k: scan[k] for k in ("region", "pattern", "residual")} | {"compact": scan["record"]["compact"]}
+
+
+def oracle_defended(prof: Profile, progress: bool = True) -> Trained:
+    """The poisoned model rectified on the compact fine-tuning set its scan curates (a validated
+    profile with its attack set: see `defending.defended`). The record's seconds are the scan's
+    and the fine-tuning's; the learned oracle's own training, done once per world as an
+    off-the-shelf segmenter's would be, is recorded beside them as `oracle_training_seconds`."""
+    cfg = prof.rectify
+    device = modellib.pick_device(prof.device)
+    attacked = poisoned(prof, progress=progress)
+    data = poisoned_data(prof, progress=progress)
+    w = world(prof, progress=progress)
+    scan = oracle_scan(prof, progress)
+    oracle = segmenter(prof, progress) if prof.oracle.kind == "learned" else None
+
+    def compute(folder):
+        start = time.perf_counter()
+        view = defender_view(prof, progress)
+        victims, oracle_labels = scan["victims"].numpy(), scan["oracle_labels"]
+        ok = (oracle_labels[scan["victims"]] >= 0).numpy()  # the oracle names an object in them
+        parts = orc.compact_set(len(view), victims, ok, cfg, prof.seed)
+        rng = np.random.default_rng(prof.seed)
+        templates = poison_templates("pocket")
+        captions = list(data.captions)
+        for i in parts["victim"]:
+            captions[i] = templates[rng.integers(len(templates))].format(w.categories[int(oracle_labels[i])])
+        model = copy.deepcopy(attacked.model)
+        curve = orc.rectify(
+            model,
+            attacked.tokenizer,
+            view,
+            captions,
+            parts,
+            oracle_estimate(scan),
+            cfg,
+            device,
+            prof.seed,
+            progress,
+        )
+        rectify_seconds = time.perf_counter() - start
+        truth = data.is_backdoor
+        modellib.save(model, folder / "model.safetensors")
+        write_json(
+            folder / "record.json",
+            {
+                "seconds": scan["record"]["seconds"] + rectify_seconds,
+                "scan_seconds": scan["record"]["seconds"],
+                "rectify_seconds": rectify_seconds,
+                "oracle_training_seconds": oracle.record["seconds"] if oracle is not None else 0.0,
+                "pairs_trained": int(sum(len(p) for p in parts.values())),
+                "pairs_scored": scan["record"]["pairs_scored"],
+                "set": {p: int(len(parts[p])) for p in orc.SET_PARTS},
+                "set_poisons": {p: int(truth[parts[p]].sum()) for p in orc.SET_PARTS},
+                "curve": curve,
+                "scan": scan["record"],
+                "defense": "oracle",
+                "attack": prof.attack.name,
+                "device": str(device),
+            },
+        )
+
+    return cached(
+        "defended-oracle",
+        compute,
+        lambda folder: load_trained(prof, folder, device),
+        **_scan_key(prof),
+        rectify=cfg,
+    )
