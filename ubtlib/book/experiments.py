@@ -628,6 +628,8 @@ def oracle_ablation_grid(profile: Profile) -> dict:
         "oracle_attribution": ["occlusion", "gradient"],
         "oracle_victim_rule": ["caption", "image"],
         "rectify_set_size": sorted({max(1, size // 3), size, min(2 * size, pairs)}),
+        "rectify_towers": ["both", "image"],
+        "rectify_retain_weight": sorted({0.0, profile.rectify.retain_weight}),
     }
 
 

@@ -174,3 +174,16 @@ def ablation_table(rows: Sequence[dict], setting: str) -> pd.DataFrame:
             for r in rows
         ]
     ).set_index(setting)
+
+
+def ablation_reading(ablations: Mapping[tuple, Sequence[dict]]) -> str:
+    """One sentence per (attack, setting): each value's victim precision, CA and ASR."""
+    lines = []
+    for (attack, setting), rows in ablations.items():
+        said = "; ".join(
+            f"{r[setting]}: precision {r['scan']['victims']['precision']:.1f} %, CA {r['ca']:.1f} %, "
+            f"ASR {r['asr']:.2f} %, RA {r['ra']:.1f} %"
+            for r in rows
+        )
+        lines.append(f"- {_name(attack)}, `{setting}`: {said}.")
+    return "\n".join(lines) or "No ablation was run."

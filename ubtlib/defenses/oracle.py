@@ -20,10 +20,12 @@ upper bound.
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 
 import numpy as np
+import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,7 +33,8 @@ from tqdm.auto import tqdm
 
 from ubtlib.checks import check_choice, check_range
 from ubtlib.clip.model import normalize, to_unit
-from ubtlib.clip.train import TrainConfig, epoch_steps, optimize
+from ubtlib.clip.towers import TOWERS, training_towers
+from ubtlib.clip.train import TrainConfig, batches, clip_loss, epoch_steps, optimize
 
 ORACLE_KINDS = ("learned", "exact")
 ATTRIBUTIONS = ("occlusion", "gradient")
@@ -75,9 +78,9 @@ class OracleConfig:
     min_share: float = 0.02  # a category must cover this share of an image to be the oracle's label
     attribution: str = "occlusion"  # occlusion | gradient
     patch: int = 4  # occlusion window side (px), slid at half its side
-    attribution_images: int = 256  # disagreeing images attributed (the first, in training order)
+    attribution_images: int = 128  # disagreeing images attributed (the first, in training order)
     reference_images: int = 2048  # images CLIP and the oracle agree on: what an untriggered image is
-    region_threshold: float = 0.5  # share of the peak score a pixel needs to be in the trigger region
+    region_threshold: float = 0.2  # share of the peak score a pixel needs to be in the trigger region
     compact_max: float = 0.25  # a region up to this share of the image is pasted; a larger one added
     victim_rule: str = "caption"  # caption (it names the label) | image (CLIP gives its image the label)
 
@@ -104,11 +107,17 @@ class RectifyConfig:
     lr: float = 5e-4
     batch_size: int = 128
     warmup_steps: int = 10
+    # image: the text tower, so the zero-shot classifier, stays fixed; the backdoor is in the
+    # image tower, and moving the class embeddings costs clean accuracy for nothing
+    towers: str = "image"  # both | image
+    retain_weight: float = 16.0  # of the term keeping clean images' embeddings where they were (0: none)
 
     def validate(self, n_pairs: int | None = None) -> None:
+        check_choice("towers", self.towers, TOWERS)
         check_range("set_size", self.set_size, 1, n_pairs if n_pairs is not None else 1 << 30)
         check_range("victim_share", self.victim_share, 0.0, 1.0)
         check_range("pasted_share", self.pasted_share, 0.0, 1.0)
+        check_range("retain_weight", self.retain_weight, 0.0, 1000.0)
         if self.victim_share + self.pasted_share > 1.0 + 1e-9:
             raise ValueError(
                 f"victim_share={self.victim_share} and pasted_share={self.pasted_share} add up to more "
@@ -311,7 +320,7 @@ def trigger_estimate(
     suspects: torch.Tensor,
     maps: torch.Tensor,
     reference: torch.Tensor,
-    region_threshold: float = 0.5,
+    region_threshold: float = 0.2,
     compact_max: float = 0.25,
 ) -> dict:
     """The trigger the disagreeing images share, from their [0, 1] images (`suspects`), their
@@ -456,37 +465,55 @@ def rectify(
     seed: int = 0,
     progress: bool = True,
 ) -> list:
-    """Fine-tune `model` in place on the compact set with the CLIP loss; returns the curve.
+    """Fine-tune `model` in place on the compact set; returns the curve.
 
     `images`: the defender's uint8 view of the training pairs; `captions`: per position, the
     caption to train with (the oracle's for the victims, the pair's own for the rest); `parts`:
-    `compact_set`'s positions. The pasted part gets the trigger estimate on the fly."""
-    from ubtlib.clip.train import train_clip
+    `compact_set`'s positions. The loss is the CLIP loss on the set (the pasted part carries the
+    trigger estimate) plus `cfg.retain_weight` times a retention term: the squared distance of
+    clean images' embeddings (the pasted and clean parts, without the estimate) from where the
+    poisoned model itself put them, since on clean images it is right."""
+    positions = torch.from_numpy(np.concatenate([parts[p] for p in SET_PARTS]))
+    n_victims = len(parts["victim"])
+    pasted = torch.zeros(len(positions), dtype=torch.bool)
+    pasted[n_victims : n_victims + len(parts["pasted"])] = True
+    retain = torch.arange(n_victims, len(positions))  # rows whose images are clean
+    set_images, tokens = images[positions], tokenizer([captions[int(i)] for i in positions])
+    tc = cfg.train_config()
+    steps = epoch_steps(tc.epochs, len(positions), tc.batch_size)
+    order = batches(len(positions), tc.batch_size, steps, torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed + 1)
+    teacher = copy.deepcopy(model).eval() if cfg.retain_weight > 0 and len(retain) else None
+    loss_fn = open_clip.ClipLoss()
 
-    positions = np.concatenate([parts[p] for p in SET_PARTS])
-    pasted = np.zeros(len(positions), bool)
-    pasted[len(parts["victim"]) : len(parts["victim"]) + len(parts["pasted"])] = True
-    pasted_t = torch.from_numpy(pasted)
-
-    def hook(x, idx):
-        rows = pasted_t[idx].to(x.device)
+    def loss_step():
+        idx = next(order)
+        x = to_unit(set_images[idx], device)
+        rows = pasted[idx].to(device)
         if rows.any():
             x = x.clone()
             x[rows] = apply_estimate(x[rows], estimate)
-        return x
+        loss = clip_loss(model, x, tokens[idx].to(device), loss_fn)
+        if teacher is not None:
+            pick = retain[torch.randint(len(retain), (min(tc.batch_size, len(retain)),), generator=g)]
+            clean = normalize(to_unit(set_images[pick], device))
+            with torch.no_grad():
+                target = F.normalize(teacher.encode_image(clean).float(), dim=-1)
+            moved = F.normalize(model.encode_image(clean).float(), dim=-1) - target
+            loss = loss + cfg.retain_weight * moved.pow(2).sum(1).mean()
+        return loss
 
-    tokens = tokenizer([captions[i] for i in positions])
-    return train_clip(
-        model,
-        images[torch.from_numpy(positions)],
-        tokens,
-        cfg.train_config(),
-        device,
-        seed=seed,
-        image_hook=hook,
-        desc="oracle-guided rectification",
-        progress=progress,
-    )
+    with training_towers(model, cfg.towers):
+        return optimize(
+            model,
+            loss_step,
+            steps,
+            tc,
+            device,
+            "oracle-guided rectification",
+            progress,
+            min(tc.batch_size, len(positions)),
+        )
 
 
 def defender_view(images: torch.Tensor, image_hook, batch_size: int = 1024, progress: bool = False):
