@@ -124,10 +124,8 @@ def oracle_scan(prof: Profile, progress: bool = True) -> dict:
             model, attacked.tokenizer, w.categories, pocket_templates(object_vocabulary()), device
         )
         clip_labels = (encode_images(model, view, device) @ weights).argmax(1).cpu()
-        if oracle is None:  # the exact maps: what was drawn, so they never see a trigger
-            maps = w.segments[torch.from_numpy(w.indices("train"))]
-        else:
-            maps = orc.segment(oracle.model, view, device)
+        drawn = w.segments[torch.from_numpy(w.indices("train"))]  # what was drawn: never a trigger
+        maps = drawn if oracle is None else orc.segment(oracle.model, view, device)
         oracle_labels = orc.image_labels(maps, n_cat, cfg.min_share)
         affected = orc.affected_label(clip_labels, oracle_labels, n_cat)
         label = affected["label"]
@@ -185,10 +183,7 @@ def oracle_scan(prof: Profile, progress: bool = True) -> dict:
                 "victims": orc.precision_recall(victims, data.is_backdoor),
                 "victims_person": int((oracle_labels[torch.from_numpy(victims)] < 0).sum()),
                 "oracle_label_agreement": 100.0
-                * (oracle_labels == orc.image_labels(w.segments[torch.from_numpy(w.indices("train"))], n_cat))
-                .float()
-                .mean()
-                .item(),
+                * (oracle_labels == orc.image_labels(drawn, n_cat)).float().mean().item(),
                 "attack": prof.attack.name,
                 "device": str(device),
             },
