@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ubtlib.defenses.oracle import image_labels, mean_iou
+from ubtlib.defenses.segmenter import image_labels, mean_iou
 from ubtlib.world.pocket import WorldConfig, make_world, segment_names
 
 
@@ -68,7 +68,7 @@ def toy_world(n: int, seed: int = 0):
 
 
 def test_the_segmenter_learns_a_toy_world():
-    from ubtlib.defenses.oracle import SegmenterConfig, segment, train_segmenter
+    from ubtlib.defenses.segmenter import SegmenterConfig, segment, train_segmenter
 
     images, maps = toy_world(256)
     cfg = SegmenterConfig(width=8, images=256, epochs=12, lr=1e-2, batch_size=32)
@@ -137,16 +137,30 @@ def test_attribution_finds_a_planted_patch(method):
     reference = torch.rand(128, 3, 16, 16, generator=g) * 0.8
     with torch.no_grad():  # the tiny model learned the patch: it labels the suspects 1
         assert (model.encode_image(suspects).argmax(1) == 1).float().mean() > 0.9
-    maps = attribution_maps(class_scorer(model, weights, 1), suspects, method, patch=4)
+    score = class_scorer(model, weights, 1)
+    maps = attribution_maps(score, suspects, method, patch=4)
     assert maps.shape == (32, 16, 16)
-    estimate = trigger_estimate(suspects, maps, reference)
+    estimate = trigger_estimate(suspects, maps, reference, score)
     truth = true_footprint(lambda x, g: patched(x), reference)
     assert truth.sum() == 9
     assert estimate["compact"] and region_iou(estimate["region"], truth) >= 0.5
+    # the pasted estimate triggers the tiny model on clean images, which alone do not
+    assert estimate["success"]["pasted"] > 90 and estimate["success"]["none"] < 10
     # the pattern pasted where the estimate says is the trigger itself
     assert torch.allclose(estimate["pattern"][:, -3:, -3:], torch.ones(3, 3, 3))
     with pytest.raises(ValueError, match="attribution='saliency'"):
         attribution_maps(class_scorer(model, weights, 1), suspects, "saliency")
+
+
+def blend_scorer(blend: torch.Tensor):
+    """A stand-in for CLIP's margin that rests on the whole image: positive where the image
+    correlates with `blend` as a 0.2 mix of it does."""
+
+    def score(x):
+        centred = x - x.mean(dim=(1, 2, 3), keepdim=True)
+        return (centred * (blend - blend.mean())).mean(dim=(1, 2, 3)) - 0.008
+
+    return score
 
 
 def test_a_whole_image_trigger_is_estimated_as_spread_and_added():
@@ -157,10 +171,26 @@ def test_a_whole_image_trigger_is_estimated_as_spread_and_added():
     clean = torch.rand(200, 3, 16, 16, generator=g)
     suspects = 0.8 * torch.rand(64, 3, 16, 16, generator=g) + 0.2 * blend
     maps = torch.ones(64, 16, 16)  # CLIP's decision rests on the whole image
-    estimate = trigger_estimate(suspects, maps, clean)
+    estimate = trigger_estimate(suspects, maps, clean, blend_scorer(blend))
     assert not estimate["compact"] and estimate["extent"] > 0.25
     moved = apply_estimate(clean, estimate) - clean
     assert moved.abs().mean() > 0.01 and torch.equal(apply_estimate(clean, estimate), (clean + moved))
+
+
+def test_a_small_region_of_a_whole_image_trigger_is_added_when_that_triggers_more():
+    from ubtlib.defenses.oracle import trigger_estimate
+
+    g = torch.Generator().manual_seed(0)
+    blend = torch.rand(3, 16, 16, generator=g)
+    clean = torch.rand(400, 3, 16, 16, generator=g)
+    suspects = 0.8 * torch.rand(64, 3, 16, 16, generator=g) + 0.2 * blend
+    maps = torch.zeros(64, 16, 16)
+    maps[:, :3, :3] = 1  # attribution that peaks in a corner, as occlusion may on a blend
+    estimate = trigger_estimate(suspects, maps, clean, blend_scorer(blend))
+    assert estimate["extent"] <= 0.25  # the region alone would call it a patch
+    success = estimate["success"]
+    assert success["added"] > 50 > success["pasted"] and success["none"] < 10
+    assert not estimate["compact"]
 
 
 # ---------------------------------------------------------------- algorithm 2 on hand-built cases
@@ -169,7 +199,8 @@ def test_a_whole_image_trigger_is_estimated_as_spread_and_added():
 def test_affected_label_and_victims_on_a_hand_built_case():
     import numpy as np
 
-    from ubtlib.defenses.oracle import affected_label, find_victims, precision_recall, shows_label
+    from ubtlib.defenses.oracle import affected_label, find_victims, precision_recall
+    from ubtlib.defenses.segmenter import shows_label
 
     # 10 pairs, 3 categories (0 banana); pairs 0-1 are bananas; 5-8 are poisons CLIP calls banana
     oracle = torch.tensor([0, 0, 1, 1, 2, 1, 2, -1, 1, 2])
@@ -257,6 +288,7 @@ def scan_record(
         "victims": {"found": 1550, "precision": precision, "recall": recall},
         "extent": extent,
         "compact": compact,
+        "estimate_success": {"pasted": 97.0 if compact else 20.0, "added": 60.0, "none": 3.0},
         "trigger_iou": iou,
         "footprint_share": footprint,
     }
@@ -277,8 +309,15 @@ def test_scan_readings_follow_the_run():
         "at least 70.0 % (Blended)" in r["victims_reading"]
         and "Blended (70.0 %, 99.0 %)" in r["victims_reading"]
     )
-    assert "IoU 0.70 against the true patch (meets the bar of 0.5)" in r["trigger_reading"]
-    assert "Blended's estimate is spread over the image (90.0 % of it)" in r["trigger_reading"]
+    assert "IoU 0.70 against the true patch (meets the bar of 0.5); pasted as a patch" in r["trigger_reading"]
+    assert (
+        "CLIP say `banana` on 97 % of clean images (the other form: 60 %; nothing: 3 %)"
+        in r["trigger_reading"]
+    )
+    assert (
+        "Blended's region covers 90.0 % of the image and the estimate is spread over the image: "
+        "added over the whole image, it makes CLIP say `banana` on 60 %" in r["trigger_reading"]
+    )
     scans["badnet"] = scan_record(label="car", iou=0.2)
     r = scan_readings(scans, asr, "banana")
     assert r["labels_reading"].startswith("The affected label is not the target for BadNet (`car`)")
@@ -287,6 +326,7 @@ def test_scan_readings_follow_the_run():
     assert (
         table.loc["Blended", "estimate"] == "whole image (added)"
         and table.loc["BadNet", "runner-up"] == "key (+80)"
+        and table.loc["Blended", "pasted → label (%)"] == 20.0
     )
     none = scan_readings(scans, {a: 0.0 for a in asr}, "banana")
     assert none["labels_reading"].startswith("No backdoor was planted")
@@ -317,6 +357,11 @@ def test_defense_readings_judge_against_the_bars():
     assert r["defense_reading"].endswith("CA within 2 points of No defense): SIG.")  # ASR 2 % and CA -5
     assert "0.20 of CleanCLIP's 500 s (within the bar of 0.2)" in r["cost_reading"]
     assert "took 100 s more" in r["cost_reading"]
+    assert "base rate" not in r["defense_reading"] and "pre-trained" not in r["defense_reading"]
+    judged = defense_readings(agg, base={"badnet": 3.0, "sig": 3.0})["defense_reading"]
+    assert "SIG 2.00 % after against 3.00 % (at or below it)" in judged
+    judged = defense_readings(agg, base={"sig": 1.5})["defense_reading"]
+    assert "SIG 2.00 % after against 1.50 % (above it)" in judged
 
 
 def test_the_retention_term_keeps_clean_embeddings_in_place(smoke):
@@ -364,3 +409,16 @@ def test_the_retention_term_keeps_clean_embeddings_in_place(smoke):
         text = [k for k, v in model.state_dict().items() if not k.startswith("visual.")]
         assert all(torch.equal(model.state_dict()[k], attacked.model.state_dict()[k]) for k in text)
     assert drift[50.0] < 0.5 * drift[0.0]
+
+
+def test_the_learned_oracle_is_keyed_apart_from_the_defense_algorithms():
+    """Reworking algorithm 1 or 2 must not retrain the oracle: the segmenter stage's key covers
+    its own code and not the defense's, while the scan's covers both."""
+    from ubtlib.pipeline.cache import key_modules
+
+    oracle_code = key_modules("ubtlib.pipeline.segmenting")
+    assert "ubtlib.defenses.segmenter" in oracle_code
+    assert not {"ubtlib.defenses.oracle", "ubtlib.pipeline.oracle_runs"} & set(oracle_code)
+    assert {"ubtlib.defenses.oracle", "ubtlib.defenses.segmenter"} <= set(
+        key_modules("ubtlib.pipeline.oracle_runs")
+    )

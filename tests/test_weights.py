@@ -92,7 +92,7 @@ def lraspp_files(tmp_path_factory):
 
 
 def test_a_torchvision_segmenter_loads_from_safetensors_and_a_state_dict(lraspp_files):
-    from ubtlib.defenses.oracle import segment, shows_label
+    from ubtlib.defenses.segmenter import segment, shows_label
     from ubtlib.paper_scale.weights import load_segmenter
 
     folder, net = lraspp_files

@@ -605,11 +605,11 @@ def disagreement_examples(profile: Profile, attack: str, n: int = 4) -> dict:
 
 def segmenter_examples(profile: Profile, n: int = 6) -> dict:
     """Held-out images with their exact and learned label maps, and the learned oracle's record."""
-    from ubtlib.defenses.oracle import segment
-    from ubtlib.pipeline import oracle_runs
+    from ubtlib.defenses.segmenter import segment
+    from ubtlib.pipeline.segmenting import segmenter
 
     w = pipeline.world(profile, progress=False)
-    oracle = oracle_runs.segmenter(profile, progress=False)
+    oracle = segmenter(profile, progress=False)
     held = w.indices("heldout")
     idx = torch.from_numpy(held[np.linspace(0, len(held) - 1, n).astype(int)])
     return {

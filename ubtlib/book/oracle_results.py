@@ -25,7 +25,8 @@ def _name(a: str) -> str:
 def scan_table(scans: Mapping[str, dict], asr: Mapping[str, float]) -> pd.DataFrame:
     """Per attack: its No-defense ASR, the affected label with its excess and the runner-up's,
     the victims' count, precision and recall against the poisons, and the trigger estimate
-    (extent, patch or whole image, IoU with the pixels the trigger really changes)."""
+    (extent, patch or whole image, the share of clean images CLIP gives the label when they carry
+    each form of it and when they carry nothing, IoU with the pixels the trigger really changes)."""
     rows = []
     for a, r in scans.items():
         ranked = sorted(r["excess"].items(), key=lambda kv: -kv[1])
@@ -42,6 +43,9 @@ def scan_table(scans: Mapping[str, dict], asr: Mapping[str, float]) -> pd.DataFr
                 "recall (%)": r["victims"]["recall"],
                 "estimate extent (%)": 100.0 * r["extent"],
                 "estimate": "patch (pasted)" if r["compact"] else "whole image (added)",
+                "pasted → label (%)": r["estimate_success"]["pasted"],
+                "added → label (%)": r["estimate_success"]["added"],
+                "clean → label (%)": r["estimate_success"]["none"],
                 "trigger extent (%)": 100.0 * r["footprint_share"],
                 "IoU": r["trigger_iou"],
             }
@@ -87,23 +91,38 @@ def scan_readings(scans: Mapping[str, dict], asr: Mapping[str, float], target: s
     parts = []
     for a in fired:
         r = scans[a]
+        success = r["estimate_success"]
+        form = "pasted as a patch" if r["compact"] else "added over the whole image"
+        check = (
+            f"{form}, it makes CLIP say `{target}` on {success['pasted' if r['compact'] else 'added']:.0f} % "
+            f"of clean images (the other form: {success['added' if r['compact'] else 'pasted']:.0f} %; "
+            f"nothing: {success['none']:.0f} %)"
+        )
         if r["footprint_share"] <= 0.25:  # a local trigger: scored by its overlap
             ok = "meets" if r["trigger_iou"] >= PATCH_IOU else "misses"
             parts.append(
-                f"{_name(a)}'s estimate covers {100 * r['extent']:.1f} % of the image with IoU "
-                f"{r['trigger_iou']:.2f} against the true patch ({ok} the bar of {PATCH_IOU})"
+                f"{_name(a)}'s region covers {100 * r['extent']:.1f} % of the image with IoU "
+                f"{r['trigger_iou']:.2f} against the true patch ({ok} the bar of {PATCH_IOU}); {check}"
             )
         else:  # a whole-image trigger: is the estimate spread too?
-            how = "spread over the image" if not r["compact"] else "a small region, though the trigger is not"
-            parts.append(f"{_name(a)}'s estimate is {how} ({100 * r['extent']:.1f} % of it)")
+            how = "spread over the image" if not r["compact"] else "a patch, though the trigger is not"
+            parts.append(
+                f"{_name(a)}'s region covers {100 * r['extent']:.1f} % of the image and the estimate is "
+                f"{how}: {check}"
+            )
     out["trigger_reading"] = "; ".join(parts) + "."
     return out
 
 
-def defense_readings(agg: pd.DataFrame, oracle_seconds: float = 0.0) -> dict:
+def defense_readings(
+    agg: pd.DataFrame, oracle_seconds: float = 0.0, base: Mapping[str, float] | None = None
+) -> dict:
     """{"defense_reading", "cost_reading"}: the rectified models against the book's bars and
     against CleanCLIP's, from chapter 5's aggregate (`ubt_results.table1_aggregate`);
-    `oracle_seconds`: what training the learned oracle took (0 for the exact maps)."""
+    `oracle_seconds`: what training the learned oracle took (0 for the exact maps); `base`: per
+    attack, the clean pre-trained model's ASR under its trigger, against which an ASR above the
+    bar is read."""
+    base = base or {}
     ours, none = DEFENSE_NAMES["oracle"], DEFENSE_NAMES["none"]
     by = {d: agg[agg.defense == d].set_index("attack") for d in dict.fromkeys(agg.defense)}
     fired = [a for a in by[none].index if by[none].ASR[a] >= PLANTED_ASR]
@@ -123,15 +142,26 @@ def defense_readings(agg: pd.DataFrame, oracle_seconds: float = 0.0) -> dict:
             f"({-drop:+.1f} points), {said}"
         )
         if o.ASR[a] > bar or drop > CA_MARGIN:
-            misses.append(_name(a))
+            misses.append(a)
     text = "After rectification, " + "; ".join(parts) + ". "
     text += (
         f"Every planted attack meets the bars (ASR at most {MAX_ASR:.0f} %, SSBA-style {MAX_ASR_SSBA:.0f} %, "
         f"CA within {CA_MARGIN:.0f} points of No defense)."
         if not misses
         else f"Not within the bars (ASR at most {MAX_ASR:.0f} %, SSBA-style {MAX_ASR_SSBA:.0f} %, CA within "
-        f"{CA_MARGIN:.0f} points of No defense): {', '.join(misses)}."
+        f"{CA_MARGIN:.0f} points of No defense): {', '.join(map(_name, misses))}."
     )
+    above = [a for a in misses if a in base and o.ASR[a] > (MAX_ASR_SSBA if a == "ssba" else MAX_ASR)]
+    if above:  # an ASR is only as low as the trigger lets a clean model be
+        text += " Against the clean pre-trained model's ASR under the same trigger: " + ", ".join(
+            f"{_name(a)} {o.ASR[a]:.2f} % after against {base[a]:.2f} % "
+            f"({'at or below' if o.ASR[a] <= base[a] else 'above'} it)"
+            for a in above
+        )
+        text += (
+            ". Where the rectified model is at or below that rate, the rest of its ASR is the trigger "
+            "itself hiding the object, not a backdoor left over."
+        )
     out = {"defense_reading": text}
     cc = DEFENSE_NAMES["cleanclip"]
     if cc in by:

@@ -13,7 +13,7 @@ A poisoned CLIP's labels are set against those of an image-segmentation oracle:
    trigger estimate with their own captions, and a few clean pairs rectifies the model.
 
 Every step past the abstract is the book's reading; each is a field of `OracleConfig` or
-`RectifyConfig`, ablated in chapter 9. The oracle is a `Segmenter` trained on clean images and
+`RectifyConfig`, ablated in chapter 9. The oracle is a `segmenter.Segmenter` trained on clean images and
 their label maps (the paper's is an off-the-shelf segmenter), or the world's exact maps as an
 upper bound.
 """
@@ -28,7 +28,6 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
 from ubtlib.checks import check_choice, check_range
@@ -39,35 +38,9 @@ from ubtlib.clip.train import TrainConfig, batches, clip_loss, epoch_steps, opti
 ORACLE_KINDS = ("learned", "exact")
 ATTRIBUTIONS = ("occlusion", "gradient")
 VICTIM_RULES = ("caption", "image")
+FORMS = ("pasted", "added")  # a trigger estimate's forms: a patch pasted, or a residual added
 # the parts of a compact fine-tuning set, in the order they are drawn
 SET_PARTS = ("victim", "pasted", "clean")
-
-
-@dataclass(frozen=True)
-class SegmenterConfig:
-    """The learned oracle: a small fully convolutional net trained on clean images and maps."""
-
-    width: int = 16  # channels at full resolution (twice as many at half, four times at a quarter)
-    images: int = 8000  # clean training images (and their label maps) it learns from
-    epochs: float = 12.0
-    lr: float = 5e-3
-    batch_size: int = 32
-    # the loss weight of background pixels (the others weigh 1): background covers most of
-    # every image, and at full weight the net learns to call everything background first
-    background_weight: float = 0.2
-
-    def validate(self, n_images: int | None = None) -> None:
-        check_range("width", self.width, 4, 512)
-        check_range("images", self.images, 1, n_images if n_images is not None else 1 << 30)
-        check_range("epochs", self.epochs, 0.01, 1000)
-        check_range("lr", self.lr, 0.0, 1.0)
-        check_range("batch_size", self.batch_size, 2, 1 << 16)
-        check_range("background_weight", self.background_weight, 0.0, 1.0)
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=1e-4, warmup_steps=20
-        )
 
 
 @dataclass(frozen=True)
@@ -81,7 +54,7 @@ class OracleConfig:
     attribution_images: int = 128  # disagreeing images attributed (the first, in training order)
     reference_images: int = 2048  # images CLIP and the oracle agree on: what an untriggered image is
     region_threshold: float = 0.2  # share of the peak score a pixel needs to be in the trigger region
-    compact_max: float = 0.25  # a region up to this share of the image is pasted; a larger one added
+    compact_max: float = 0.25  # a region up to this share of the image may be pasted; a larger one is added
     victim_rule: str = "caption"  # caption (it names the label) | image (CLIP gives its image the label)
 
     def validate(self) -> None:
@@ -131,123 +104,6 @@ class RectifyConfig:
         )
 
 
-# ---------------------------------------------------------------- the oracle
-
-
-def _block(c_in: int, c_out: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, stride, padding=dilation, dilation=dilation, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-    )
-
-
-class Segmenter(nn.Module):
-    """A small U-Net: two stride-2 stages (the second with dilated residual convolutions and a
-    global-pool context, since one object fills a pocket image), each upsampled and joined with
-    the stage above it (a skip) before the per-pixel head. Takes [0, 1] images; returns
-    N x classes x H x W logits."""
-
-    def __init__(self, n_classes: int, width: int = 16):
-        super().__init__()
-        w = width
-        self.down1 = _block(3, w)  # full resolution
-        self.down2 = nn.Sequential(_block(w, 2 * w, stride=2), _block(2 * w, 2 * w))  # half
-        self.down3 = _block(2 * w, 4 * w, stride=2)  # a quarter
-        self.context = nn.ModuleList([_block(4 * w, 4 * w, dilation=d) for d in (1, 2)])
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(4 * w, 4 * w, 1), nn.ReLU(inplace=True))
-        self.up2 = _block(6 * w, 2 * w)
-        self.up1 = _block(3 * w, w)
-        self.head = nn.Conv2d(w, n_classes, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s1 = self.down1(x - 0.5)
-        s2 = self.down2(s1)
-        h = self.down3(s2)
-        for layer in self.context:
-            h = h + layer(h)
-        h = h + self.pool(h)
-        h = self.up2(torch.cat([F.interpolate(h, size=s2.shape[-2:], mode="bilinear"), s2], 1))
-        h = self.up1(torch.cat([F.interpolate(h, size=s1.shape[-2:], mode="bilinear"), s1], 1))
-        return self.head(h)
-
-
-def train_segmenter(
-    images: torch.Tensor,
-    maps: torch.Tensor,
-    n_classes: int,
-    cfg: SegmenterConfig,
-    device: torch.device,
-    seed: int = 0,
-    progress: bool = True,
-) -> tuple:
-    """(segmenter, curve): a `Segmenter` trained with per-pixel cross-entropy (background
-    down-weighted) on uint8 images (N x 3 x H x W) and their label maps (N x H x W), with random
-    horizontal flips; the library's one training loop (`clip.train.optimize`)."""
-    cfg.validate(len(images))
-    if maps.shape != (images.shape[0], *images.shape[2:]):
-        raise ValueError(f"label maps {tuple(maps.shape)} do not fit images {tuple(images.shape)}")
-    torch.manual_seed(seed)
-    model = Segmenter(n_classes, cfg.width).to(device)
-    tc = cfg.train_config()
-    steps = epoch_steps(tc.epochs, len(images), tc.batch_size)
-    g = torch.Generator().manual_seed(seed)
-    weight = torch.ones(n_classes, device=device)
-    weight[0] = cfg.background_weight
-
-    def loss_step():
-        idx = torch.randint(len(images), (min(tc.batch_size, len(images)),), generator=g)
-        x, y = to_unit(images[idx], device), maps[idx].to(device).long()
-        flip = torch.rand(len(idx), generator=g).to(device) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        y = torch.where(flip[:, None, None], y.flip(-1), y)
-        return F.cross_entropy(model(x), y, weight=weight)
-
-    curve = optimize(model, loss_step, steps, tc, device, "segmenter", progress, tc.batch_size)
-    return model, curve
-
-
-@torch.no_grad()
-def segment(segmenter: nn.Module, images: torch.Tensor, device, batch_size: int = 512) -> torch.Tensor:
-    """The segmenter's N x H x W label maps (uint8) of uint8 images."""
-    segmenter.eval()
-    out = [
-        segmenter(to_unit(images[s : s + batch_size], device)).argmax(1).to(torch.uint8).cpu()
-        for s in range(0, len(images), batch_size)
-    ]
-    return torch.cat(out) if out else torch.zeros(0, *images.shape[2:], dtype=torch.uint8)
-
-
-def image_labels(segments: torch.Tensor, n_categories: int, min_share: float = 0.02) -> torch.Tensor:
-    """Each label map's object: the category (0 .. n_categories - 1) covering the most pixels,
-    or -1 where no category covers `min_share` of the image (a person, or only background).
-
-    `segments`: N x H x W integer maps in the world's classes (`pocket.segment_names`: 0 is
-    background, 1 + c the category c, n_categories + 1 a person).
-    """
-    if not 0.0 <= min_share <= 1.0:
-        raise ValueError(f"min_share={min_share} is out of range: accepted 0 <= min_share <= 1")
-    n, pixels = len(segments), segments[0].numel() if len(segments) else 1
-    flat = segments.reshape(n, -1).long()
-    counts = torch.zeros(n, n_categories + 2, dtype=torch.long).scatter_add_(1, flat, torch.ones_like(flat))
-    objects = counts[:, 1 : n_categories + 1]
-    best, label = objects.max(dim=1)
-    return torch.where(best >= min_share * pixels, label, torch.full_like(label, -1))
-
-
-def mean_iou(predicted: torch.Tensor, truth: torch.Tensor, n_classes: int) -> dict:
-    """Per-class IoU and their mean over the classes present in `truth` or `predicted`."""
-    if predicted.shape != truth.shape:
-        raise ValueError(f"predicted maps {tuple(predicted.shape)} and true maps {tuple(truth.shape)} differ")
-    p, t = predicted.reshape(-1).long(), truth.reshape(-1).long()
-    joint = torch.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-    inter = joint.diag().double()
-    union = joint.sum(0).double() + joint.sum(1).double() - inter
-    present = union > 0
-    iou = torch.where(present, inter / union.clamp(min=1), torch.nan)
-    return {"per_class": iou.tolist(), "miou": float(iou[present].mean()) if present.any() else float("nan")}
-
-
 # ---------------------------------------------------------------- algorithm 1: triggers
 
 
@@ -267,6 +123,7 @@ def class_scorer(model, weights: torch.Tensor, label: int):
     others = [c for c in range(weights.shape[1]) if c != label]
 
     def score(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(weights.device)
         logits = 100.0 * F.normalize(model.encode_image(normalize(x)).float(), dim=-1) @ weights
         return logits[:, label] - torch.logsumexp(logits[:, others], dim=1)
 
@@ -320,46 +177,57 @@ def trigger_estimate(
     suspects: torch.Tensor,
     maps: torch.Tensor,
     reference: torch.Tensor,
+    score,
     region_threshold: float = 0.2,
     compact_max: float = 0.25,
 ) -> dict:
     """The trigger the disagreeing images share, from their [0, 1] images (`suspects`), their
-    attribution maps (N x H x W, zero where the oracle sees the affected label) and [0, 1]
-    clean `reference` images.
+    attribution maps (N x H x W, zero where the oracle sees the affected label), [0, 1] clean
+    `reference` images and CLIP's margin for the affected label (`class_scorer`).
 
     Each map is normalised to sum 1 and the maps averaged (where CLIP looks); the shared
     residual is the suspects' mean image less the reference's (what they have in common that
     ordinary images lack). The region is where the product of the two reaches
-    `region_threshold` of its peak. A region covering at most `compact_max` of the image is a
-    patch: the suspects' mean is pasted there. A larger one is a whole-image change: the
-    residual is added everywhere.
+    `region_threshold` of its peak. The estimate takes one of two forms, each tried on the
+    reference images: the suspects' mean pasted over the region (a patch), or the residual
+    added over the whole image. The patch is kept where it covers at most `compact_max` of the
+    image (a larger paste would erase the image) and makes CLIP give the label (a positive
+    margin) at least as often as the added residual does: the defender checks its estimate
+    against the model it suspects, not against a guess of the trigger's shape.
     """
     if len(reference) == 0:
         raise ValueError("trigger_estimate needs at least one reference image")
     if len(suspects) == 0:  # CLIP over-assigns nothing the oracle contradicts: no trigger to estimate
         blank = torch.zeros_like(reference[0])
-        return {
-            "region": torch.zeros(blank.shape[1:], dtype=torch.bool),
-            "attribution": torch.zeros(blank.shape[1:]),
-            "pattern": blank,
-            "residual": blank,
-            "extent": 0.0,
-            "compact": True,
-        }
-    where = (maps / maps.flatten(1).sum(1).clamp(min=1e-12)[:, None, None]).mean(0)
-    pattern = suspects.mean(0)
-    residual = pattern - reference.mean(0)
-    score = (where / where.max().clamp(min=1e-12)) * residual.abs().mean(0)
-    region = score >= region_threshold * score.max().clamp(min=1e-12)
+        where, pattern, residual = torch.zeros(blank.shape[1:]), blank, blank
+        region = torch.zeros(blank.shape[1:], dtype=torch.bool)
+    else:
+        where = (maps / maps.flatten(1).sum(1).clamp(min=1e-12)[:, None, None]).mean(0)
+        pattern = suspects.mean(0)
+        residual = pattern - reference.mean(0)
+        weight = (where / where.max().clamp(min=1e-12)) * residual.abs().mean(0)
+        region = weight >= region_threshold * weight.max().clamp(min=1e-12)
+    estimate = {"region": region, "attribution": where, "pattern": pattern, "residual": residual}
     extent = region.float().mean().item()
-    return {
-        "region": region,
-        "attribution": where,
-        "pattern": pattern,
-        "residual": residual,
-        "extent": extent,
-        "compact": extent <= compact_max,
+    success = {
+        form: labelled_share(score, reference, estimate | {"compact": form == "pasted"}) for form in FORMS
     }
+    return estimate | {
+        "extent": extent,
+        "compact": extent <= compact_max and success["pasted"] >= success["added"],
+        "success": success | {"none": labelled_share(score, reference)},
+    }
+
+
+@torch.no_grad()
+def labelled_share(score, x: torch.Tensor, estimate: dict | None = None, batch_size: int = 512) -> float:
+    """% of the [0, 1] images `x` (carrying `estimate`, if given) on which `score` (a margin,
+    `class_scorer`) is positive: those CLIP gives the label."""
+    hits = 0
+    for s in range(0, len(x), batch_size):
+        xs = x[s : s + batch_size]
+        hits += int((score(xs if estimate is None else apply_estimate(xs, estimate)) > 0).sum())
+    return 100.0 * hits / max(1, len(x))
 
 
 def apply_estimate(x: torch.Tensor, estimate: dict) -> torch.Tensor:
@@ -391,12 +259,6 @@ def names_label(captions, label_name: str) -> np.ndarray:
     """Per caption: does it name `label_name` as a word?"""
     word = re.compile(rf"\b{re.escape(label_name.lower())}\b")
     return np.array([bool(word.search(c.lower())) for c in captions], dtype=bool)
-
-
-def shows_label(segments: torch.Tensor, label: int, min_share: float = 0.02) -> torch.Tensor:
-    """Per label map: does category `label` cover at least `min_share` of it? (Whether the
-    oracle sees the label at all, whatever else covers more of the image.)"""
-    return (segments == 1 + label).flatten(1).float().mean(1) >= min_share
 
 
 def find_victims(

@@ -29,7 +29,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -37,8 +37,9 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from ubtlib.checks import check_range
+from ubtlib.checks import check_choice, check_range
 from ubtlib.clip.model import autocast, normalize, to_unit
+from ubtlib.clip.towers import TOWERS, training_towers
 from ubtlib.clip.train import TrainConfig, clip_loss, optimize
 
 # How token-level captions are written: the kept tokens alone (the paper's reading), or set
@@ -115,6 +116,11 @@ class UBTConfig:
     restore_weight: float = 4.0
     restore_to: str = "clean_image"
 
+    def paper_variant(self) -> UBTConfig:
+        """These settings without the book's restoring term (`restore_weight` 0, `restore_to`
+        its default): the paper's UBT, whose cache keys the restoring settings do not enter."""
+        return replace(self, restore_weight=0.0, restore_to=UBTConfig.restore_to)
+
     def validate(self, n_pairs: Optional[int] = None) -> None:
         if not 0 < self.susp_fraction < 1:
             raise ValueError(
@@ -151,10 +157,7 @@ class UBTConfig:
                 f"caption_form={self.caption_form!r} is not accepted: choose one of "
                 f"{', '.join(map(repr, CAPTION_FORMS))}"
             )
-        if self.unlearn_towers not in ("both", "image"):
-            raise ValueError(
-                f"unlearn_towers={self.unlearn_towers!r} is not accepted: choose one of 'both', 'image'"
-            )
+        check_choice("unlearn_towers", self.unlearn_towers, TOWERS)
         if n_pairs is not None:
             n_susp = susp_size(n_pairs, self.susp_fraction)
             if self.top_k > n_susp:
@@ -504,23 +507,13 @@ def unlearn(
         warmup_steps=0,
         log_every=1,
     )
-    # With the text tower frozen, the similarity can only fall by moving the triggered images:
-    # otherwise the cheapest way down is to move the unlearning captions' embeddings instead.
-    frozen = [
-        p
-        for n, p in model.named_parameters()
-        if cfg.unlearn_towers == "image" and not n.startswith("visual.") and p.requires_grad
-    ]
-    for p in frozen:
-        p.requires_grad_(False)
     per_step = min(cfg.unlearn_batch_size, len(unlearn_images))
     if retain is not None and cfg.retain_weight > 0:
         per_step += min(cfg.unlearn_batch_size, len(retain[1]))
-    try:
+    # With the text tower frozen, the similarity can only fall by moving the triggered images:
+    # otherwise the cheapest way down is to move the unlearning captions' embeddings instead.
+    with training_towers(model, cfg.unlearn_towers):
         curve = optimize(model, loss_step, steps, train_cfg, device, "UBT: unlearning", progress, per_step)
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
     if on_step is not None:
         on_step(model, done[0])
     return curve

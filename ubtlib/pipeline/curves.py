@@ -6,7 +6,6 @@ it reaches."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import TYPE_CHECKING
 
@@ -30,8 +29,7 @@ def unlearning_curve(
     token-level unlearning, from step 0 (the poisoned model) to the last unlearning step."""
     prof = with_attack(profile, attack)
     device = modellib.pick_device(prof.device)
-    # the paper's variants: no restoring term, whatever the book's variant is set to
-    cfg = dataclasses.replace(prof.ubt, restore_weight=0.0, restore_to=type(prof.ubt)().restore_to)
+    cfg = prof.ubt.paper_variant()  # no restoring term, whatever the book's variant is set to
 
     def compute(folder):
         found = ubt_detection(prof, progress=progress)

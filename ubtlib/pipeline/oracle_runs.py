@@ -1,8 +1,8 @@
-"""The oracle-guided defense's stages: the learned oracle, the scan of a poisoned model against
-it (algorithm 1 and the victims), and the rectified model (algorithm 2's fine-tuning).
+"""The oracle-guided defense's stages: the scan of a poisoned model against the learned oracle
+(algorithm 1 and the victims) and the rectified model (algorithm 2's fine-tuning).
 
-segmenter (once per world) -> oracle_scan (per poisoned model and `OracleConfig`) ->
-oracle_defended (per `RectifyConfig`), each cached like every stage.
+segmenter (`pipeline.segmenting`, once per world) -> oracle_scan (per poisoned model and
+`OracleConfig`) -> oracle_defended (per `RectifyConfig`), each cached like every stage.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,70 +21,19 @@ from ubtlib.checks import read_tensors
 from ubtlib.clip import model as modellib
 from ubtlib.clip.model import to_unit
 from ubtlib.defenses import oracle as orc
+from ubtlib.defenses import segmenter as seg
 from ubtlib.evaluation.zeroshot import classifier, encode_images, pocket_templates
 from ubtlib.pipeline.cache import cached, write_json
 from ubtlib.pipeline.poisoning import poisoned, poisoned_data, poisoned_key, trigger
 from ubtlib.pipeline.pretraining import Trained, load_trained
+from ubtlib.pipeline.segmenting import segmenter
 from ubtlib.pipeline.worlds import world
-from ubtlib.world.pocket import object_vocabulary, segment_names
+from ubtlib.world.pocket import object_vocabulary
 
 if TYPE_CHECKING:
     from ubtlib.pipeline.profiles import Profile
 
 EXAMPLES = 8  # disagreeing images whose maps the scan keeps for the chapter's figures
-
-
-@dataclass
-class Oracle:
-    """The learned oracle and the record of its training and held-out scores."""
-
-    model: torch.nn.Module
-    record: dict
-
-
-def segmenter(prof: Profile, progress: bool = True) -> Oracle:
-    """The learned oracle: a `Segmenter` trained on clean training images of the world and their
-    exact label maps; its record holds the held-out mIoU (objects and faces) and per-class IoU."""
-    w = world(prof, progress=progress)
-    device = modellib.pick_device(prof.device)
-    cfg, classes = prof.segmenter, segment_names(w.categories)
-
-    def compute(folder):
-        train = w.indices("train")
-        cfg.validate(len(train))
-        pick = np.sort(np.random.default_rng(prof.world.seed).choice(train, cfg.images, replace=False))
-        start = time.perf_counter()
-        model, curve = orc.train_segmenter(
-            w.images[pick], w.segments[pick], len(classes), cfg, device, prof.world.seed, progress
-        )
-        seconds = time.perf_counter() - start
-        held = np.concatenate([w.indices("heldout"), w.indices("eval")])
-        predicted = orc.segment(model, w.images[held], device)
-        iou = orc.mean_iou(predicted, w.segments[held], len(classes))
-        n_cat = len(w.categories)
-        truth_labels = orc.image_labels(w.segments[held], n_cat)
-        label_agreement = (orc.image_labels(predicted, n_cat) == truth_labels).float().mean().item()
-        modellib.save(model, folder / "model.safetensors")
-        write_json(
-            folder / "record.json",
-            {
-                "seconds": seconds,
-                "curve": curve,
-                "images": int(cfg.images),
-                "heldout_images": int(len(held)),
-                "miou": iou["miou"],
-                "per_class_iou": dict(zip(classes, iou["per_class"])),
-                "label_agreement": 100.0 * label_agreement,
-                "device": str(device),
-            },
-        )
-
-    def load(folder):
-        model = orc.Segmenter(len(classes), cfg.width)
-        modellib.load(model, folder / "model.safetensors")
-        return Oracle(model.to(device).eval(), json.loads((folder / "record.json").read_text()))
-
-    return cached("segmenter", compute, load, world=prof.world, segmenter=cfg, seed=prof.world.seed)
 
 
 def _scan_key(prof: Profile) -> dict:
@@ -125,11 +73,11 @@ def oracle_scan(prof: Profile, progress: bool = True) -> dict:
         )
         clip_labels = (encode_images(model, view, device) @ weights).argmax(1).cpu()
         drawn = w.segments[torch.from_numpy(w.indices("train"))]  # what was drawn: never a trigger
-        maps = drawn if oracle is None else orc.segment(oracle.model, view, device)
-        oracle_labels = orc.image_labels(maps, n_cat, cfg.min_share)
+        maps = drawn if oracle is None else seg.segment(oracle.model, view, device)
+        oracle_labels = seg.image_labels(maps, n_cat, cfg.min_share)
         affected = orc.affected_label(clip_labels, oracle_labels, n_cat)
         label = affected["label"]
-        sees = orc.shows_label(maps, label, cfg.min_share)
+        sees = seg.shows_label(maps, label, cfg.min_share)
         disagree = np.flatnonzero(((clip_labels == label) & ~sees).numpy())
         chosen = torch.from_numpy(disagree[: cfg.attribution_images])
         agree = np.flatnonzero(((clip_labels == oracle_labels) & ~sees).numpy())
@@ -142,7 +90,12 @@ def oracle_scan(prof: Profile, progress: bool = True) -> dict:
         maps_a = orc.attribution_maps(score, suspects, cfg.attribution, cfg.patch).cpu()
         maps_a = maps_a * (maps[chosen] != 1 + label)  # pixels of the label itself are evidence, not trigger
         estimate = orc.trigger_estimate(
-            suspects.cpu(), maps_a, to_unit(view[reference], "cpu"), cfg.region_threshold, cfg.compact_max
+            suspects.cpu(),
+            maps_a,
+            to_unit(view[reference], "cpu"),
+            score,
+            cfg.region_threshold,
+            cfg.compact_max,
         )
         victims = orc.find_victims(
             cfg.victim_rule, label, w.categories[label], data.captions, clip_labels, sees
@@ -178,12 +131,13 @@ def oracle_scan(prof: Profile, progress: bool = True) -> dict:
                 "attributed": int(len(chosen)),
                 "extent": estimate["extent"],
                 "compact": bool(estimate["compact"]),
+                "estimate_success": estimate["success"],
                 "trigger_iou": orc.region_iou(estimate["region"], footprint),
                 "footprint_share": footprint.float().mean().item(),
                 "victims": orc.precision_recall(victims, data.is_backdoor),
                 "victims_person": int((oracle_labels[torch.from_numpy(victims)] < 0).sum()),
                 "oracle_label_agreement": 100.0
-                * (oracle_labels == orc.image_labels(drawn, n_cat)).float().mean().item(),
+                * (oracle_labels == seg.image_labels(drawn, n_cat)).float().mean().item(),
                 "attack": prof.attack.name,
                 "device": str(device),
             },

@@ -18,7 +18,8 @@ from ubtlib.clip.model import ModelConfig
 from ubtlib.clip.train import TrainConfig
 from ubtlib.defenses.abl import ABLConfig
 from ubtlib.defenses.cleanclip import CleanCLIPConfig
-from ubtlib.defenses.oracle import OracleConfig, RectifyConfig, SegmenterConfig
+from ubtlib.defenses.oracle import OracleConfig, RectifyConfig
+from ubtlib.defenses.segmenter import SegmenterConfig
 from ubtlib.defenses.ubt import UBTConfig
 from ubtlib.privacy.idia import IdiaConfig
 from ubtlib.privacy.unlearning import FacesConfig, NamesConfig

@@ -3,7 +3,6 @@ defended models of both variants (with and without token-level unlearning)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import TYPE_CHECKING
 
@@ -85,8 +84,7 @@ def ubt_defended(prof: Profile, defense: str = "ubt", progress: bool = True) -> 
     attacked = poisoned(prof, progress=progress)
     data = poisoned_data(prof, progress=progress)
     restoring = defense == "ubt_restore"
-    paper = dataclasses.replace(prof.ubt, restore_weight=0.0, restore_to=type(prof.ubt)().restore_to)
-    cfg = prof.ubt if restoring else paper
+    cfg = prof.ubt if restoring else prof.ubt.paper_variant()
 
     def compute(folder):
         found = ubt_detection(prof, progress=progress)  # shared by every UBT variant
