@@ -172,6 +172,7 @@ def test_names_table_and_results_at_the_largest_set():
     assert (out["top1_drop_big_reg"], out["top1_drop_big_noreg"]) == (2.0, 4.0)
     assert out["mean_tpr"] == 15.0 and out["max_tpr_reg"] == 50.0 and out["min_sim_clean_noreg"] == 0.96
     assert (out["max_hits_removed"], out["max_wrongly_unlearned"], out["max_run_seconds"]) == (3, 2, 4.0)
+    assert out["median_run_seconds"] == 1.0  # one slow run of five does not move it
     assert out["worst_tpr_by_size"] == {"1": 0.0, "2": 50.0}
     assert out["term_sizes_text"] == "1" and out["anchored"] == "anchored"
     assert (out["tpr_anchor_on"], out["sim_targets_anchor_off"]) == (50.0, 0.7)

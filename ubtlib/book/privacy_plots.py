@@ -154,18 +154,24 @@ def sweep(
     ylims: dict | None = None,
     titles: dict | None = None,
     title: str = "",
+    groups: list | None = None,
 ):
     """One panel per metric against the set size: a line (mean, std band) per `group` value.
 
     summary: a DataFrame indexed by (group, size) with `<metric>` and `<metric>_std` columns.
     paper: {metric: {size: value or None}} drawn as black crosses where a value is stated.
-    titles: {metric: panel title}; None: TITLES. Returns the figure.
+    titles: {metric: panel title}; None: TITLES. groups: every `group` value the chapter's
+    figures show, in order, so that each keeps its colour from figure to figure (those absent
+    from `summary` are skipped); None: the summary's own. Returns the figure.
     """
-    groups = list(dict.fromkeys(summary.index.get_level_values(group)))
+    present = set(summary.index.get_level_values(group))
+    groups = list(dict.fromkeys(summary.index.get_level_values(group))) if groups is None else groups
     sizes = sorted(set(summary.index.get_level_values("size")))
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.3 * len(metrics), 3.2), squeeze=False)
     for ax, m in zip(axes[0], metrics):
         for k, g in enumerate(groups):
+            if g not in present:
+                continue
             d = summary.xs(g, level=group).sort_index()
             ax.plot(d.index, d[m], marker="o", ms=3.5, color=f"C{k}", label=str(g))
             ax.fill_between(d.index, d[m] - d[f"{m}_std"], d[m] + d[f"{m}_std"], color=f"C{k}", alpha=0.15)
@@ -187,7 +193,7 @@ def sweep(
     return fig
 
 
-def accuracy(summary, prov: dict, group: str, before: dict, title: str = ""):
+def accuracy(summary, prov: dict, group: str, before: dict, title: str = "", groups: list | None = None):
     """Zero-shot top-1 and top-5 after unlearning against the set size, with the original's."""
     fig = sweep(
         summary,
@@ -196,6 +202,7 @@ def accuracy(summary, prov: dict, group: str, before: dict, title: str = ""):
         group,
         titles={"top1": "zero-shot top-1 (%)", "top5": "zero-shot top-5 (%)"},
         title=title,
+        groups=groups,
     )
     for ax, k in zip(fig.axes, ("top1", "top5")):
         ax.axhline(before[k], color="0.3", ls="--", lw=1, label="before unlearning")
