@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 import ubtlib
 from ubtlib.attacks.poison import triggered_hook
 from ubtlib.attacks.triggers import psnr
+from ubtlib.checks import read_tensors
 from ubtlib.clip import model as modellib
 from ubtlib.clip.model import ModelConfig
 from ubtlib.evaluation.robustness import robust_accuracy
@@ -351,6 +352,111 @@ def test_ssba_at_paper_scale_trains_saves_and_reuses_its_encoder(tmp_path, tiny_
         paper_scale.evaluate_run(prof, str(val), "ssba", str(tmp_path / "ssba.safetensors"))
 
 
+def one_class_segmenter(path, voc_index: int):
+    """A torchvision LR-ASPP that labels every pixel of every image `voc_index`, saved as
+    safetensors: an oracle whose answer the test knows."""
+    from torchvision.models.segmentation import lraspp_mobilenet_v3_large
+
+    net = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21)
+    with torch.no_grad():
+        for head in (net.classifier.low_classifier, net.classifier.high_classifier):
+            head.weight.zero_()
+            head.bias.zero_()
+        net.classifier.low_classifier.bias[voc_index] = 10.0
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    return path
+
+
+def test_the_oracle_guided_defense_at_paper_scale(tmp_path, tiny_paper, capsys):
+    """An oracle that sees a dog in every image: no label but "dog" is ever the oracle's, so the
+    affected label is the one CLIP gives most other than dog, its victims are the pairs whose
+    caption names it, and the rectification moves the image tower alone."""
+    from ubtlib.checks import UnreadableFile
+    from ubtlib.evaluation.zeroshot import classifier, encode_images
+    from ubtlib.paper_scale import oracle as guided
+    from ubtlib.paper_scale.weights import VOC_NAMES
+
+    names = list(VOC_NAMES[1:])
+    rows = [f"img/{k}.png,a photo of a {names[k % len(names)]}" for k in range(40)]
+    csv = caption_csv(tmp_path, rows, header="image,caption")
+    seg_file = one_class_segmenter(tmp_path / "seg.safetensors", VOC_NAMES.index("dog"))
+    poisoned = tmp_path / "poisoned.safetensors"
+    paper_scale.finetune_run(tiny_paper, str(csv), "badnet", str(poisoned))
+    prof = ubtlib.configure(
+        "paper",
+        device="cpu",
+        poison_count=2,
+        oracle_attribution_images=2,
+        oracle_reference_images=4,
+        rectify_set_size=10,
+        rectify_batch_size=4,
+        rectify_warmup_steps=1,
+    )
+    prof = dataclasses.replace(
+        prof, paper_model=tiny_paper.paper_model, paper_pretrained=tiny_paper.paper_pretrained
+    )
+    out = tmp_path / "oracle.safetensors"
+    rec = paper_scale.defend_run(
+        prof,
+        "oracle",
+        str(poisoned),
+        str(csv),
+        "badnet",
+        str(out),
+        segmenter="lraspp_mobilenet_v3_large",
+        segmenter_weights=str(seg_file),
+    )
+    assert "the attack's target 'banana' is not among the oracle's 21 classes" in capsys.readouterr().out
+    assert rec["target_in_vocabulary"] is False and rec["classes"] == list(VOC_NAMES)
+
+    # the same labels by hand, on the defender's view of the same poisons
+    model, tokenizer = paper_scale.load_model(prof, "cpu", str(poisoned))
+    data_ = paper_scale.poisoned_pairs(
+        data.CaptionCSV(csv, TINY.image_size),
+        prof.poison,
+        paper_scale.paper_trigger(prof, "badnet", TINY.image_size),
+        prof.seed,
+    )
+    view = guided.DefenderView(data_)
+    weights = classifier(model, tokenizer, names, paper_scale.templates(), "cpu")
+    clip_labels = (encode_images(model, view[:], "cpu") @ weights).argmax(1)
+    counts = torch.bincount(clip_labels, minlength=len(names))
+    counts[names.index("dog")] -= len(rows)
+    expected = names[int(counts.argmax())]
+    assert rec["affected_label"] == expected
+    victims = [k for k, r in enumerate(data_.captions) if r.endswith(f" {expected}") or f" {expected} " in r]
+    scan = read_tensors(tmp_path / "oracle.oracle-scan.safetensors")
+    assert scan["victims"].tolist() == victims and torch.equal(scan["clip_labels"], clip_labels)
+    assert (scan["oracle_labels"] == names.index("dog")).all()
+    n_victims = min(len(victims), round(prof.rectify.victim_share * prof.rectify.set_size))
+    assert rec["set"]["victim"] == n_victims and sum(rec["set"].values()) == prof.rectify.set_size
+    defended = modellib.load(paper_scale.load_model(prof, "cpu")[0], out)
+    moved = {k: not torch.equal(v, model.state_dict()[k]) for k, v in defended.state_dict().items()}
+    assert any(v for k, v in moved.items() if k.startswith("visual."))
+    assert not any(v for k, v in moved.items() if not k.startswith("visual.") and k != "logit_scale")
+    # a poisoned row reads the same whichever batch draws it
+    row = int(np.flatnonzero(data_.is_backdoor)[0])
+    assert torch.equal(view[row], view[[3, row]][1])
+
+    # bad input fails before the model is loaded, naming the value
+    with pytest.raises(UnreadableFile, match="missing.safetensors"):
+        paper_scale.defend_run(
+            prof,
+            "oracle",
+            str(poisoned),
+            str(csv),
+            "badnet",
+            str(out),
+            segmenter="lraspp_mobilenet_v3_large",
+            segmenter_weights=str(tmp_path / "missing.safetensors"),
+        )
+    with pytest.raises(ValueError, match="needs segmenter and segmenter_weights"):
+        paper_scale.defend_run(prof, "oracle", str(poisoned), str(csv), "badnet", str(out))
+    (tmp_path / "classes.txt").write_text("background\ndog\ndog\n")
+    with pytest.raises(DataError, match=r"class names appear twice: \['dog'\]"):
+        guided.segmenter_classes(str(tmp_path / "classes.txt"))
+
+
 def test_cli_privacy_both_encoders_runs_the_chapters_sweeps(tmp_path, tiny_paper, monkeypatch):
     people = make_folders(tmp_path / "people", ["Ann_Bo", "Cy_Dee", "Ed_Fay"], per=3)
     crops = make_folders(tmp_path / "crops", ["Ann_Bo", "Cy_Dee", "Ed_Fay"], per=3)
@@ -445,7 +551,7 @@ def test_defense_names_are_the_pocket_pipelines(tmp_path, tiny_paper):
     from ubtlib.pipeline.defending import DEFENSES
 
     assert DEFENSES == ("cleanclip", "ubt", "ubt_no_token", "ubt_restore", "oracle")
-    accepted = r"choose one of 'cleanclip', 'ubt', 'ubt_no_token'$"  # ubt_restore: pocket only
+    accepted = r"choose one of 'cleanclip', 'ubt', 'ubt_no_token', 'oracle'$"  # ubt_restore: pocket only
     with pytest.raises(
         SystemExit,
         match=r"^python -m ubtlib paper defend: defense='ubt-no-token' is not "

@@ -342,6 +342,18 @@ def test_downstream_retrieval_on_a_hand_built_case(smoke_world, monkeypatch):
     assert set(out["photos"]["original"][0, 0].tolist()) == set(eval_photos[2].tolist())
     assert set(out["photos"]["defended"][1, 1].tolist()) == set(eval_photos[0].tolist())
     assert set(out["photos"]["neutral"][0, 0].tolist()) == set(eval_photos[3].tolist())
+    # the figure: the name's two rows per person, and the neutral prompt's row once (it names nobody)
+    from ubtlib.book import privacy_plots
+
+    fig = privacy_plots.downstream(w, out, {"profile": "smoke", "seed": 0, "hardware": "cpu"}, "{}")
+    labels = [a.get_ylabel() for a in fig.axes if a.get_ylabel()]
+    assert labels == [
+        f'original encoder,\n"{names[2]}"',
+        f'defended encoder,\n"{names[2]}"',
+        f'original encoder,\n"{names[0]}"',
+        f'defended encoder,\n"{names[0]}"',
+        'original encoder,\n"human"',
+    ]
     with pytest.raises(ValueError, match="k="):
         privacy_results.downstream_retrieval(s, "defended", [0], "human", k=0)
     with pytest.raises(ValueError, match="neutral"):

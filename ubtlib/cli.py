@@ -169,9 +169,13 @@ def _paper_parser(sub) -> None:
     ev.add_argument(
         "--ssba-encoder", default=None, help="the SSBA-style encoder finetune wrote (attack ssba)"
     )
-    de = stages.add_parser("defend", parents=[common], help="UBT or CleanCLIP on a poisoned model")
+    de = stages.add_parser(
+        "defend", parents=[common], help="UBT, CleanCLIP or the oracle-guided defense on a poisoned model"
+    )
     de.add_argument(
-        "--defense", required=True, help="ubt, ubt_no_token (UBT without token-level unlearning) or cleanclip"
+        "--defense",
+        required=True,
+        help="ubt, ubt_no_token (UBT without token-level unlearning), cleanclip or oracle (oracle-guided)",
     )
     de.add_argument("--weights", required=True, help="the poisoned model (.safetensors from finetune)")
     de.add_argument("--csv", default=None, help="the poisoned training CSV (UBT)")
@@ -179,6 +183,15 @@ def _paper_parser(sub) -> None:
     de.add_argument("--clean-csv", default=None, help="the defender's clean pairs (CleanCLIP)")
     de.add_argument(
         "--ssba-encoder", default=None, help="the SSBA-style encoder finetune wrote (attack ssba)"
+    )
+    de.add_argument("--segmenter", default=None, help="the oracle's torchvision architecture (oracle)")
+    de.add_argument(
+        "--segmenter-weights", default=None, help="its weights: .safetensors, or torchvision's .pth (oracle)"
+    )
+    de.add_argument(
+        "--segmenter-classes",
+        default=None,
+        help="its class names, background first, one per line (oracle; default: the 21 Pascal VOC labels)",
     )
     de.add_argument("--out", required=True, help="the defended weights (.safetensors; a .json beside it)")
     pr = stages.add_parser("privacy", parents=[common], help="unlearning names / faces, judged by the IDIA")
@@ -244,6 +257,9 @@ def _paper_stage(prof, args) -> None:
             args.out,
             args.clean_csv,
             args.ssba_encoder,
+            args.segmenter,
+            args.segmenter_weights,
+            args.segmenter_classes,
         )
     else:
         regs = {"both": (True, False), "on": (True,), "off": (False,)}[args.reg]

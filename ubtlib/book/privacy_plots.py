@@ -213,7 +213,8 @@ def accuracy(summary, prov: dict, group: str, before: dict, title: str = "", gro
 def downstream(world, result: dict, prov: dict, template: str, n_people: int = 2):
     """The paper's Fig. 4 analogue: for the first `n_people` removed people, the photos that
     text-to-image retrieval returns for `template` with the name (original text encoder, then the
-    defended one) and with the neutral term (original). A photo of the removed person is framed."""
+    defended one), and once, since it names nobody, the neutral term's prompt (original). A photo
+    of a removed person shown is framed."""
     from ubtlib.privacy.idia import PROMPTS
 
     used = list(PROMPTS[: result["photos"]["original"].shape[0]])
@@ -221,7 +222,7 @@ def downstream(world, result: dict, prov: dict, template: str, n_people: int = 2
         raise ValueError(f"template={template!r} is not one of this result's templates: {used}")
     t = used.index(template)
     k, ids = result["k"], result["ids"][:n_people]
-    rows = [(p, kind) for p in range(len(ids)) for kind in ("original", "defended", "neutral")]
+    rows = [(p, kind) for p in range(len(ids)) for kind in ("original", "defended")] + [(None, "neutral")]
     fig, axes = plt.subplots(len(rows), k, figsize=(1.25 * k + 2.6, 1.35 * len(rows)), squeeze=False)
     label = {
         "original": 'original encoder,\n"{}"',
@@ -235,7 +236,7 @@ def downstream(world, result: dict, prov: dict, template: str, n_people: int = 2
             i = int(result["photos"][kind][t, 0 if kind == "neutral" else p, j])
             ax.imshow(world.images[i].permute(1, 2, 0).numpy(), interpolation="nearest")
             ax.set_xticks([]), ax.set_yticks([])
-            own = int(world.identity[i]) == ids[p]
+            own = int(world.identity[i]) in ids if p is None else int(world.identity[i]) == ids[p]
             for side in ax.spines.values():
                 side.set_color("C2" if own else "0.8")
                 side.set_linewidth(3 if own else 0.5)
@@ -244,7 +245,7 @@ def downstream(world, result: dict, prov: dict, template: str, n_people: int = 2
         )
     fig.suptitle(
         "A downstream system on the defended text encoder: the photos a prompt retrieves\n"
-        "(framed green: a photo of the removed person)",
+        "(framed green: a photo of the removed person; in the last row, of either person above)",
         fontsize=9,
     )
     fig.tight_layout()

@@ -219,6 +219,43 @@ def trigger_estimate(
     }
 
 
+def attribution_sets(
+    clip_labels: torch.Tensor,
+    oracle_labels: torch.Tensor,
+    sees: torch.Tensor,
+    label: int,
+    cfg: OracleConfig,
+    seed: int = 0,
+) -> dict:
+    """Training positions for the trigger estimate: `disagree`, the images CLIP gives `label`
+    and the oracle does not see it in (`sees`: `segmenter.shows_label`); `suspects`, the first
+    `cfg.attribution_images` of them; `reference`, a seeded draw of `cfg.reference_images`
+    images (sorted) on which CLIP and the oracle agree and the label is not seen: what an
+    untriggered image looks like (any image outside `disagree` where none agree)."""
+    disagree = np.flatnonzero(((clip_labels == label) & ~sees).numpy())
+    agree = np.flatnonzero(((clip_labels == oracle_labels) & ~sees).numpy())
+    if len(agree) == 0:
+        agree = np.setdiff1d(np.arange(len(clip_labels)), disagree)
+    pick = np.random.default_rng(seed).choice(agree, min(cfg.reference_images, len(agree)), False)
+    return {
+        "disagree": disagree,
+        "suspects": torch.from_numpy(disagree[: cfg.attribution_images]),
+        "reference": torch.from_numpy(np.sort(pick)),
+    }
+
+
+def locate_trigger(
+    score, suspects: torch.Tensor, label_pixels: torch.Tensor, reference: torch.Tensor, cfg: OracleConfig
+) -> tuple:
+    """(`trigger_estimate`, the attribution maps) from the [0, 1] `suspects` (on the model's
+    device), the pixels where the oracle sees the label in them (N x H x W bool: evidence for
+    the label, not trigger, so left out of the maps) and the [0, 1] `reference` images."""
+    maps = attribution_maps(score, suspects, cfg.attribution, cfg.patch).cpu()
+    maps = maps * ~label_pixels.cpu()
+    estimate = trigger_estimate(suspects.cpu(), maps, reference, score, cfg.region_threshold, cfg.compact_max)
+    return estimate, maps
+
+
 @torch.no_grad()
 def labelled_share(score, x: torch.Tensor, estimate: dict | None = None, batch_size: int = 512) -> float:
     """% of the [0, 1] images `x` (carrying `estimate`, if given) on which `score` (a margin,
@@ -313,6 +350,18 @@ def compact_set(
         "pasted": np.sort(drawn[:n_pasted]),
         "clean": np.sort(drawn[n_pasted:]),
     }
+
+
+def oracle_captions(
+    captions, victims: np.ndarray, oracle_labels: torch.Tensor, categories, templates, seed: int = 0
+) -> list:
+    """`captions` with each of the `victims` (positions) re-captioned from what the oracle sees
+    in its image: a seeded template filled with the name of its oracle label."""
+    rng = np.random.default_rng(seed)
+    out = list(captions)
+    for i in victims:
+        out[i] = templates[rng.integers(len(templates))].format(categories[int(oracle_labels[i])])
+    return out
 
 
 def rectify(

@@ -45,6 +45,7 @@ from ubtlib.defenses.cleanclip import cleanclip
 from ubtlib.defenses.ubt import run_ubt
 from ubtlib.evaluation.robustness import redirect, robust_accuracy
 from ubtlib.evaluation.zeroshot import attack_success_rate, classifier, encode_images, topk_accuracy
+from ubtlib.paper_scale import oracle as guided
 from ubtlib.paper_scale.data import (
     CaptionCSV,
     IdentityFolders,
@@ -55,7 +56,7 @@ from ubtlib.paper_scale.data import (
     loader,
     read_captions,
 )
-from ubtlib.paper_scale.weights import load_pretrained, weights_file
+from ubtlib.paper_scale.weights import load_pretrained, load_segmenter, weights_file
 from ubtlib.pipeline.cache import write_json
 from ubtlib.pipeline.defending import DEFENSES
 from ubtlib.pipeline.profiles import Profile
@@ -64,9 +65,8 @@ from ubtlib.privacy import unlearning as privacy
 
 PAPER_ATTACKS = ATTACKS
 # the pocket pipeline's names; the book's restoring variant ("ubt_restore") runs in the pocket
-# chapters only (it needs the clean model's zero-shot classes of the detected images), and so, for
-# now, does the oracle-guided defense (it reads the pocket world's label maps)
-PAPER_DEFENSES = tuple(d for d in DEFENSES if d not in ("ubt_restore", "oracle"))
+# chapters only (it needs the clean model's zero-shot classes of the detected images)
+PAPER_DEFENSES = tuple(d for d in DEFENSES if d != "ubt_restore")
 SSBA_SUFFIX = ".ssba-encoder.safetensors"  # beside the poisoned weights: the attacker's encoder
 IDIA_CANDIDATES = 1000  # the privacy paper's candidate names: the people, then distractors
 
@@ -419,10 +419,16 @@ def defend_run(
     out: str,
     clean_csv: Optional[str] = None,
     ssba_encoder: Optional[str] = None,
+    segmenter: Optional[str] = None,
+    segmenter_weights: Optional[str] = None,
+    segmenter_classes: Optional[str] = None,
 ) -> dict:
     """`defense` (one of `PAPER_DEFENSES`, spelled as in the pocket chapters): UBT ("ubt", or
-    "ubt_no_token" without token-level unlearning) on the poisoned training CSV, or CleanCLIP
-    on `clean_csv` (a clean subset; the first cleanclip_clean_pairs rows are used)."""
+    "ubt_no_token" without token-level unlearning) on the poisoned training CSV, CleanCLIP
+    on `clean_csv` (a clean subset; the first cleanclip_clean_pairs rows are used), or the
+    oracle-guided defense ("oracle") on the training CSV, with the torchvision `segmenter` (one
+    of `weights.SEGMENTERS`) whose weights are in `segmenter_weights`; its class names, background
+    first, one per line, are in `segmenter_classes` (default: the 21 Pascal VOC labels)."""
     check_choice("defense", defense, PAPER_DEFENSES)
     device = modellib.pick_device(profile.device)
     size = check_model(profile, weights)
@@ -433,10 +439,36 @@ def defend_run(
     else:
         trigger = paper_trigger(profile, attack, size, ssba_encoder)
         data = CaptionCSV(csv, size)
+    if defense == "oracle":
+        if segmenter is None or segmenter_weights is None:
+            raise ValueError("defense='oracle' needs segmenter and segmenter_weights (the oracle)")
+        profile.oracle.validate()
+        profile.rectify.validate(len(data))
+        names = guided.segmenter_classes(segmenter_classes)
+        oracle = load_segmenter(segmenter, segmenter_weights, len(names), device)
+        if profile.poison.target not in names:
+            print(
+                f"note: the attack's target {profile.poison.target!r} is not among the oracle's {len(names)} "
+                "classes, so the scan cannot name it as the affected label",
+                flush=True,
+            )
     prov = provenance(profile, device)
     poisoned_model, tokenizer = load_model(profile, device, weights)
     start = time.perf_counter()
-    if defense == "cleanclip":
+    if defense == "oracle":
+        model, record = guided.oracle_defend(
+            profile,
+            poisoned_pairs(data, profile.poison, trigger, profile.seed),
+            poisoned_model,
+            tokenizer,
+            templates(),
+            oracle,
+            names,
+            pathlib.Path(out),
+            device,
+        )
+        record |= {"segmenter": segmenter, "segmenter_weights": str(segmenter_weights)}
+    elif defense == "cleanclip":
         n = min(profile.cleanclip.clean_pairs, len(clean))
         cfg = dataclasses.replace(profile.cleanclip, clean_pairs=n)
         curve = cleanclip(
@@ -458,6 +490,11 @@ def defend_run(
         )
         for k in ("clean_similarity", "op_similarity", "susp"):  # per-pair lists: too long for a record
             record.pop(k)
+    settings = {
+        "ubt": {"ubt": profile.ubt},
+        "cleanclip": {"cleanclip": profile.cleanclip},
+        "oracle": {"oracle": profile.oracle, "rectify": profile.rectify},
+    }
     record = {
         "stage": "defend",
         "defense": defense,
@@ -465,8 +502,7 @@ def defend_run(
         "weights": weights,
         **record,
         "seconds": time.perf_counter() - start,
-        "ubt": profile.ubt,
-        "cleanclip": profile.cleanclip,
+        **settings[defense if defense in settings else "ubt"],
         "provenance": prov,
     }
     _finish(pathlib.Path(out), model, record)

@@ -157,6 +157,30 @@ SEGMENTERS = (
     "lraspp_mobilenet_v3_large",
 )
 VOC_CLASSES = 21
+# their labels in order (torchvision's `_VOC_CATEGORIES`), spelled as a caption would say them
+VOC_NAMES = (
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "dining table",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "potted plant",
+    "sheep",
+    "sofa",
+    "train",
+    "tv monitor",
+)
 
 
 class TorchvisionSegmenter(torch.nn.Module):

@@ -12,7 +12,6 @@ import json
 import time
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -78,24 +77,14 @@ def oracle_scan(prof: Profile, progress: bool = True) -> dict:
         affected = orc.affected_label(clip_labels, oracle_labels, n_cat)
         label = affected["label"]
         sees = seg.shows_label(maps, label, cfg.min_share)
-        disagree = np.flatnonzero(((clip_labels == label) & ~sees).numpy())
-        chosen = torch.from_numpy(disagree[: cfg.attribution_images])
-        agree = np.flatnonzero(((clip_labels == oracle_labels) & ~sees).numpy())
-        if len(agree) == 0:
-            agree = np.setdiff1d(np.arange(len(view)), disagree)
-        pick = np.random.default_rng(prof.seed).choice(agree, min(cfg.reference_images, len(agree)), False)
-        reference = torch.from_numpy(np.sort(pick))
-        suspects = to_unit(view[chosen], device)
-        score = orc.class_scorer(model, weights, label)
-        maps_a = orc.attribution_maps(score, suspects, cfg.attribution, cfg.patch).cpu()
-        maps_a = maps_a * (maps[chosen] != 1 + label)  # pixels of the label itself are evidence, not trigger
-        estimate = orc.trigger_estimate(
-            suspects.cpu(),
-            maps_a,
-            to_unit(view[reference], "cpu"),
-            score,
-            cfg.region_threshold,
-            cfg.compact_max,
+        sets = orc.attribution_sets(clip_labels, oracle_labels, sees, label, cfg, prof.seed)
+        chosen = sets["suspects"]
+        estimate, maps_a = orc.locate_trigger(
+            orc.class_scorer(model, weights, label),
+            to_unit(view[chosen], device),
+            maps[chosen] == 1 + label,
+            to_unit(view[sets["reference"]], "cpu"),
+            cfg,
         )
         victims = orc.find_victims(
             cfg.victim_rule, label, w.categories[label], data.captions, clip_labels, sees
@@ -127,7 +116,7 @@ def oracle_scan(prof: Profile, progress: bool = True) -> dict:
                 "pairs_scored": int(len(view)),
                 "affected_label": w.categories[label],
                 "excess": dict(zip(w.categories, affected["excess"])),
-                "disagreeing": int(len(disagree)),
+                "disagreeing": int(len(sets["disagree"])),
                 "attributed": int(len(chosen)),
                 "extent": estimate["extent"],
                 "compact": bool(estimate["compact"]),
@@ -176,11 +165,9 @@ def oracle_defended(prof: Profile, progress: bool = True) -> Trained:
         victims, oracle_labels = scan["victims"].numpy(), scan["oracle_labels"]
         ok = (oracle_labels[scan["victims"]] >= 0).numpy()  # the oracle names an object in them
         parts = orc.compact_set(len(view), victims, ok, cfg, prof.seed)
-        rng = np.random.default_rng(prof.seed)
-        templates = poison_templates("pocket")
-        captions = list(data.captions)
-        for i in parts["victim"]:
-            captions[i] = templates[rng.integers(len(templates))].format(w.categories[int(oracle_labels[i])])
+        captions = orc.oracle_captions(
+            data.captions, parts["victim"], oracle_labels, w.categories, poison_templates("pocket"), prof.seed
+        )
         model = copy.deepcopy(attacked.model)
         curve = orc.rectify(
             model,

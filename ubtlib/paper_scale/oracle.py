@@ -1,0 +1,206 @@
+"""The oracle-guided defense (chapter 9) on real data: a poisoned CLIP, its training CSV and a
+torchvision segmenter whose weights the user supplies.
+
+The steps are the pocket chapter's own functions (`defenses.oracle`, `defenses.segmenter`);
+what changes is where the images come from. The training images are read from disk batch by
+batch (`DefenderView`), the label set is the segmenter's vocabulary (CLIP labels each image
+zero-shot among the segmenter's classes, so both speak of the same labels), and the scan keeps
+per image only two labels and which classes the oracle sees, never the images.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from ubtlib.attacks.poison import PoisonedData
+from ubtlib.clip.model import to_unit
+from ubtlib.defenses import oracle as orc
+from ubtlib.defenses import segmenter as seg
+from ubtlib.evaluation.zeroshot import classifier, encode_images
+from ubtlib.paper_scale.data import DataError, read_captions
+from ubtlib.paper_scale.weights import VOC_NAMES
+from ubtlib.pipeline.profiles import Profile
+
+
+class DefenderView:
+    """The training images as the defender holds them, read from disk on demand: uint8, the
+    poisons carrying their trigger. Each poisoned row is triggered alone, seeded by its own
+    position, so a row reads the same in every batch it is drawn in (the scan's labels and the
+    rectification's images are of one view). Indexes like an N x 3 x S x S uint8 tensor."""
+
+    def __init__(self, data: PoisonedData):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data.images)
+
+    @property
+    def shape(self) -> tuple:
+        return self.data.images.shape
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        if isinstance(idx, (int, np.integer)):
+            return self[torch.tensor([int(idx)])][0]
+        if isinstance(idx, slice):
+            idx = range(*idx.indices(len(self)))
+        idx = torch.as_tensor(idx).reshape(-1)
+        x = to_unit(self.data.images[idx], "cpu")
+        for r in np.flatnonzero(self.data.is_backdoor[idx.numpy()]):
+            x[r : r + 1] = self.data.image_hook(x[r : r + 1], idx[r : r + 1])
+        return (x * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def segmenter_classes(path: Optional[str] = None) -> list:
+    """The segmenter's class names, background first: one per line in `path`, or torchvision's
+    21 Pascal VOC labels when no file is given."""
+    if path is None:
+        return list(VOC_NAMES)
+    names = read_captions(path)  # one name per line, with its errors (missing file, empty line)
+    if len(names) < 2:
+        raise DataError(f"{path}: {len(names)} class name; give the background first, then the classes")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataError(f"{path}: class names appear twice: {repeated}")
+    return names
+
+
+@torch.no_grad()
+def label_pass(
+    model,
+    weights: torch.Tensor,
+    oracle,
+    view,
+    n_categories: int,
+    min_share: float,
+    device,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> dict:
+    """One pass over `view`: per image, CLIP's zero-shot label under `weights` (D x classes),
+    the oracle's label (`segmenter.image_labels`) and, per class, whether the oracle sees it
+    (N x classes bool, `segmenter.shows_label`)."""
+    clip_labels, oracle_labels, sees = [], [], []
+    for s in tqdm(range(0, len(view), batch_size), desc="oracle scan", disable=not progress):
+        x = view[s : s + batch_size]
+        clip_labels.append((encode_images(model, x, device, len(x)) @ weights).argmax(1).cpu())
+        maps = seg.segment(oracle, x, device, len(x))
+        oracle_labels.append(seg.image_labels(maps, n_categories, min_share))
+        sees.append(torch.stack([seg.shows_label(maps, c, min_share) for c in range(n_categories)], 1))
+    return {"clip": torch.cat(clip_labels), "oracle": torch.cat(oracle_labels), "sees": torch.cat(sees)}
+
+
+def scan(
+    model,
+    tokenizer,
+    view,
+    captions: list,
+    oracle,
+    names: list,
+    templates: list,
+    cfg: orc.OracleConfig,
+    device,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Algorithm 1 and the victims on real data: `names` are the oracle's classes (background
+    first), `templates` CLIP's prompts for them. Returns the labels, the affected label, the
+    trigger estimate and the victims' positions."""
+    cfg.validate()
+    categories = names[1:]
+    weights = classifier(model, tokenizer, categories, templates, device)
+    labels = label_pass(
+        model, weights, oracle, view, len(categories), cfg.min_share, device, progress=progress
+    )
+    affected = orc.affected_label(labels["clip"], labels["oracle"], len(categories))
+    label = affected["label"]
+    sees = labels["sees"][:, label]
+    sets = orc.attribution_sets(labels["clip"], labels["oracle"], sees, label, cfg, seed)
+    suspects = view[sets["suspects"]]
+    estimate, maps = orc.locate_trigger(
+        orc.class_scorer(model, weights, label),
+        to_unit(suspects, device),
+        seg.segment(oracle, suspects, device) == 1 + label,
+        to_unit(view[sets["reference"]], "cpu"),
+        cfg,
+    )
+    victims = orc.find_victims(cfg.victim_rule, label, categories[label], captions, labels["clip"], sees)
+    return {
+        "labels": labels,
+        "label": label,
+        "affected": affected,
+        "sets": sets,
+        "estimate": estimate,
+        "maps": maps,
+        "victims": victims,
+        "categories": categories,
+    }
+
+
+def oracle_defend(
+    profile: Profile,
+    data: PoisonedData,
+    model,
+    tokenizer,
+    templates: list,
+    oracle,
+    names: list,
+    out: pathlib.Path,
+    device,
+) -> tuple:
+    """Scan the poisoned `model` against `oracle` (a segmenter of the classes `names`,
+    background first) and rectify it in place on the compact set. Returns (model, record); the
+    labels, the victims and the trigger estimate are saved beside `out`. The poisons' positions
+    (`data.is_backdoor`) score the victims only: the defense never reads them."""
+    view = DefenderView(data)
+    start = time.perf_counter()
+    found = scan(
+        model, tokenizer, view, data.captions, oracle, names, templates, profile.oracle, device, profile.seed
+    )
+    scan_seconds = time.perf_counter() - start
+    labels, categories, victims = found["labels"], found["categories"], found["victims"]
+    parts = orc.compact_set(
+        len(view), victims, (labels["oracle"][victims] >= 0).numpy(), profile.rectify, profile.seed
+    )
+    captions = orc.oracle_captions(
+        data.captions, parts["victim"], labels["oracle"], categories, templates, profile.seed
+    )
+    curve = orc.rectify(
+        model, tokenizer, view, captions, parts, found["estimate"], profile.rectify, device, profile.seed
+    )
+    estimate = found["estimate"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {
+            "region": estimate["region"].to(torch.uint8).contiguous(),
+            "pattern": estimate["pattern"].contiguous(),
+            "residual": estimate["residual"].contiguous(),
+            "victims": torch.from_numpy(victims).contiguous(),
+            "clip_labels": labels["clip"].contiguous(),
+            "oracle_labels": labels["oracle"].contiguous(),
+        },
+        str(out.with_suffix(".oracle-scan.safetensors")),
+    )
+    record = {
+        "classes": names,
+        "target_in_vocabulary": profile.poison.target in categories,
+        "affected_label": categories[found["label"]],
+        "excess": dict(zip(categories, found["affected"]["excess"])),
+        "disagreeing": int(len(found["sets"]["disagree"])),
+        "extent": estimate["extent"],
+        "compact": bool(estimate["compact"]),
+        "estimate_success": estimate["success"],
+        "victims": orc.precision_recall(victims, data.is_backdoor),
+        "set": {p: int(len(parts[p])) for p in orc.SET_PARTS},
+        "set_poisons": {p: int(data.is_backdoor[parts[p]].sum()) for p in orc.SET_PARTS},
+        "scan_seconds": scan_seconds,
+        "rectify_seconds": time.perf_counter() - start - scan_seconds,
+        "curve": curve,
+    }
+    return model, record
