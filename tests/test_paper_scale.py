@@ -3,6 +3,7 @@ offline weights, and the real ViT-B-32 architecture through one poisoned step an
 evaluation (random weights, CPU)."""
 
 import dataclasses
+import functools
 import json
 
 import numpy as np
@@ -367,7 +368,7 @@ def one_class_segmenter(path, voc_index: int):
     return path
 
 
-def test_the_oracle_guided_defense_at_paper_scale(tmp_path, tiny_paper, capsys):
+def test_the_oracle_guided_defense_at_paper_scale(tmp_path, tiny_paper, capsys, monkeypatch):
     """An oracle that sees a dog in every image: no label but "dog" is ever the oracle's, so the
     affected label is the one CLIP gives most other than dog, its victims are the pairs whose
     caption names it, and the rectification moves the image tower alone."""
@@ -382,30 +383,16 @@ def test_the_oracle_guided_defense_at_paper_scale(tmp_path, tiny_paper, capsys):
     seg_file = one_class_segmenter(tmp_path / "seg.safetensors", VOC_NAMES.index("dog"))
     poisoned = tmp_path / "poisoned.safetensors"
     paper_scale.finetune_run(tiny_paper, str(csv), "badnet", str(poisoned))
-    prof = ubtlib.configure(
-        "paper",
-        device="cpu",
-        poison_count=2,
-        oracle_attribution_images=2,
-        oracle_reference_images=4,
-        rectify_set_size=10,
-        rectify_batch_size=4,
-        rectify_warmup_steps=1,
-    )
     prof = dataclasses.replace(
-        prof, paper_model=tiny_paper.paper_model, paper_pretrained=tiny_paper.paper_pretrained
+        tiny_paper,
+        oracle=dataclasses.replace(tiny_paper.oracle, patch=4, attribution_images=2, reference_images=4),
+        rectify=dataclasses.replace(tiny_paper.rectify, set_size=10, batch_size=4, warmup_steps=1),
     )
     out = tmp_path / "oracle.safetensors"
-    rec = paper_scale.defend_run(
-        prof,
-        "oracle",
-        str(poisoned),
-        str(csv),
-        "badnet",
-        str(out),
-        segmenter="lraspp_mobilenet_v3_large",
-        segmenter_weights=str(seg_file),
+    defend = functools.partial(
+        paper_scale.defend_run, prof, "oracle", str(poisoned), str(csv), "badnet", str(out)
     )
+    rec = defend(segmenter="lraspp_mobilenet_v3_large", segmenter_weights=str(seg_file))
     assert "the attack's target 'banana' is not among the oracle's 21 classes" in capsys.readouterr().out
     assert rec["target_in_vocabulary"] is False and rec["classes"] == list(VOC_NAMES)
 
@@ -439,19 +426,11 @@ def test_the_oracle_guided_defense_at_paper_scale(tmp_path, tiny_paper, capsys):
     assert torch.equal(view[row], view[[3, row]][1])
 
     # bad input fails before the model is loaded, naming the value
+    monkeypatch.setattr(paper_scale, "load_model", None)  # calling it would fail otherwise
     with pytest.raises(UnreadableFile, match="missing.safetensors"):
-        paper_scale.defend_run(
-            prof,
-            "oracle",
-            str(poisoned),
-            str(csv),
-            "badnet",
-            str(out),
-            segmenter="lraspp_mobilenet_v3_large",
-            segmenter_weights=str(tmp_path / "missing.safetensors"),
-        )
+        defend(segmenter="lraspp_mobilenet_v3_large", segmenter_weights=str(tmp_path / "missing.safetensors"))
     with pytest.raises(ValueError, match="needs segmenter and segmenter_weights"):
-        paper_scale.defend_run(prof, "oracle", str(poisoned), str(csv), "badnet", str(out))
+        defend()
     (tmp_path / "classes.txt").write_text("background\ndog\ndog\n")
     with pytest.raises(DataError, match=r"class names appear twice: \['dog'\]"):
         guided.segmenter_classes(str(tmp_path / "classes.txt"))
