@@ -230,6 +230,10 @@ def test_abl_reading_directions():
         "ABL's loss ranks the poisons ahead of the clean pairs for every attack (AUROC 0.60 to "
         "0.80, where 0.5 is chance)."
     )
+    alone = ur.abl_reading({"ssba": detection(abl_auroc=0.02)}, 0.01)  # one attack: no range, its name
+    assert alone.startswith(
+        "ABL's loss ranks the poisons *behind* the clean pairs for SSBA-style (AUROC 0.02, "
+    )
     mixed = ur.abl_reading({"a": detection(abl_auroc=0.3), "b": detection(abl_auroc=0.8)}, 0.01)
     assert mixed.startswith("ABL's loss ranks the poisons ahead of the clean pairs for some attacks and")
     readings = ur.detection_readings({"a": detection(), "b": detection(40.0)}, {"a": 90.0, "b": 1.0}, 0.01)

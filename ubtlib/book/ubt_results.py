@@ -468,11 +468,14 @@ def abl_reading(rows: Mapping[str, dict], isolation_ratio: float) -> str:
     poisons last), and why it ranks them last when that is so."""
     abl_auroc = [r["abl_auroc"] for r in rows.values()]
     lo, hi = min(abl_auroc), max(abl_auroc)
+    span = f"{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f} to {hi:.2f}"
+    only = next(iter(rows))
+    every = "for every attack" if len(rows) > 1 else f"for {ATTACK_NAMES.get(only, only)}"
     split_auroc = min(r["split_auroc"] for r in rows.values())
     if hi < 0.5:
         return (
-            f"ABL's loss ranks the poisons *behind* the clean pairs for every attack (AUROC {lo:.2f} "
-            f"to {hi:.2f}, where 0.5 is chance), so isolating the lowest-loss "
+            f"ABL's loss ranks the poisons *behind* the clean pairs {every} (AUROC {span}, where 0.5 "
+            "is chance), so isolating the lowest-loss "
             f"{100 * isolation_ratio:g} % finds {_abl_finds(rows)}. Its isolation training starts "
             "from the clean pre-trained CLIP, to which a triggered image under a caption naming "
             f"another class is a mismatched pair (the split above ranks them with AUROC at least "
@@ -481,8 +484,8 @@ def abl_reading(rows: Mapping[str, dict], isolation_ratio: float) -> str:
         )
     if lo > 0.5:
         return (
-            f"ABL's loss ranks the poisons ahead of the clean pairs for every attack (AUROC {lo:.2f} "
-            f"to {hi:.2f}, where 0.5 is chance)."
+            f"ABL's loss ranks the poisons ahead of the clean pairs {every} (AUROC {span}, where 0.5 "
+            "is chance)."
         )
     return (
         f"ABL's loss ranks the poisons ahead of the clean pairs for some attacks and behind them "
