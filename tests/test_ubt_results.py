@@ -440,7 +440,28 @@ def test_table1_readings_every_planted_backdoor_removed():
         "no_token_verdict": "UBT w/o token-level " + every + "BadNet, Blended, SIG, WaNet, SSBA-style",
         "restore_verdict": "not run",
         "not_planted": "none",
+        "oracle_bounds": "It was not run.",
+        "restore_bounds": "It was not run.",
     }
+
+
+def test_bounds_reading_judges_the_planted_attacks_only():
+    asr = {a: clean_removal() | {"ubt_restore": (0.5, 1.5)} for a in ("badnet", "wanet")}
+    asr["wanet"] = asr["wanet"] | {"none": (2.0, 4.0), "ubt_restore": (9.0, 9.0)}  # not planted: not judged
+    ra = {("badnet", "ubt_restore"): 30.0}
+    agg = ur.table1_aggregate(ur.table1_rows(table1(asr, ra=ra)))
+    assert ur.bounds_reading(agg, "ubt_restore", beside="ubt") == (
+        "Over the planted attacks its largest ASR is 1.00 %, its largest gap between CA and RA 30.0 "
+        "points (UBT's: 2.0), its largest CA drop against No defense 1.00 points, and it takes 1.000 "
+        "of CleanCLIP's wall time."
+    )
+    none_planted = {"wanet": asr["wanet"]}
+    agg = ur.table1_aggregate(ur.table1_rows(table1(none_planted)))
+    assert ur.bounds_reading(agg, "ubt_restore") == (
+        "No backdoor was planted in this run, so there is nothing to judge it on; it takes 1.000 of "
+        "CleanCLIP's wall time."
+    )
+    assert ur.bounds_reading(agg, "oracle") == "It was not run."
 
 
 def test_table1_readings_redirected_is_not_removed():

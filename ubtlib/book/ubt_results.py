@@ -951,12 +951,42 @@ def removal_verdict(variant: str, agg: pd.DataFrame) -> str:
     return f"{variant}: " + "; ".join(parts)
 
 
+def bounds_reading(agg: pd.DataFrame, defense: str, beside: str | None = None) -> str:
+    """`defense`'s (an experiments name, ``oracle``) worst ASR, CA - RA gap and CA drop over the
+    planted attacks (with `beside`'s gap, where given) and its wall time against CleanCLIP's;
+    where no backdoor was planted, only the time, since there is nothing to judge."""
+    summary = defense_summary(agg)
+    if defense not in summary:
+        return "It was not run."
+    d = summary[defense]
+    cost = (
+        f"it takes {d['time_ratio_cleanclip']:.3f} of CleanCLIP's wall time"
+        if np.isfinite(d["time_ratio_cleanclip"])
+        else f"it takes {d['seconds']:.0f} s (CleanCLIP was not run)"
+    )
+    if not np.isfinite(d["max_asr"]):
+        return f"No backdoor was planted in this run, so there is nothing to judge it on; {cost}."
+    other = (
+        f" ({DEFENSE_NAMES.get(beside, beside)}'s: {summary[beside]['max_ra_gap']:.1f})"
+        if beside in summary
+        else ""
+    )
+    return (
+        f"Over the planted attacks its largest ASR is {d['max_asr']:.2f} %, its largest gap between "
+        f"CA and RA {d['max_ra_gap']:.1f} points{other}, its largest CA drop against No defense "
+        f"{d['max_ca_drop']:.2f} points, and {cost}."
+    )
+
+
 def table1_readings(agg: pd.DataFrame) -> dict:
     """Chapter 5's glued readings: {"ubt_verdict", "no_token_verdict", "restore_verdict",
-    "not_planted"} -> Markdown text (the restoring variant's where the table has it)."""
+    "not_planted", "oracle_bounds", "restore_bounds"} -> Markdown text (the restoring variant's
+    and the oracle's where the table has them)."""
     took, nodef = planted(agg), _by_attack(agg, "No defense")
     restore = DEFENSE_NAMES["ubt_restore"]
     return {
+        "oracle_bounds": bounds_reading(agg, "oracle"),
+        "restore_bounds": bounds_reading(agg, "ubt_restore", beside="ubt"),
         "ubt_verdict": removal_verdict("UBT", agg),
         "no_token_verdict": removal_verdict("UBT w/o token-level", agg),
         "restore_verdict": removal_verdict(restore, agg) if (agg.defense == restore).any() else "not run",
