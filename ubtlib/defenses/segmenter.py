@@ -120,11 +120,18 @@ def train_segmenter(
 
 
 @torch.no_grad()
-def segment(segmenter: nn.Module, images: torch.Tensor, device, batch_size: int = 512) -> torch.Tensor:
-    """The segmenter's N x H x W label maps (uint8) of uint8 images."""
-    segmenter.eval()
+def segment(segmenter: nn.Module, images: torch.Tensor, device, batch_size: int = 128) -> torch.Tensor:
+    """The segmenter's N x H x W label maps (uint8) of uint8 images.
+
+    The segmenter is put in channels-last layout (it stays so; the layout changes no weight),
+    and the images go in batches of `batch_size`: on a CPU, oneDNN's convolutions run several
+    times faster so than on large NCHW batches, for the same maps up to float rounding."""
+    segmenter.eval().to(memory_format=torch.channels_last)
     out = [
-        segmenter(to_unit(images[s : s + batch_size], device)).argmax(1).to(torch.uint8).cpu()
+        segmenter(to_unit(images[s : s + batch_size], device).contiguous(memory_format=torch.channels_last))
+        .argmax(1)
+        .to(torch.uint8)
+        .cpu()
         for s in range(0, len(images), batch_size)
     ]
     return torch.cat(out) if out else torch.zeros(0, *images.shape[2:], dtype=torch.uint8)

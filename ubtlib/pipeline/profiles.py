@@ -224,6 +224,11 @@ PROFILES = {
         ),
         # CleanCLIP: 100K clean pairs, 10 epochs, lr 1e-5, batch 64, 50 warm-up steps
         cleanclip=CleanCLIPConfig(clean_pairs=100_000, epochs=10, lr=1e-5, batch_size=64, warmup_steps=50),
+        # the oracle-guided defense (the book's reading): occlusion windows of ViT-B/32's own
+        # patch (4 px windows at 224 px would cost 12,000 forward passes an image), and
+        # CleanCLIP's fine-tuning rate and batch for published weights
+        oracle=OracleConfig(patch=32),
+        rectify=RectifyConfig(lr=1e-5, batch_size=64, warmup_steps=50),
         # the privacy paper: IDIA with 21 prompts and 20 photos per person (1,000 candidate
         # names); text: 400 steps, lr 1e-4, MultiStepLR [200, 300] x 0.5, alpha 0.6, beta 0.01,
         # 128 + 128 captions; image: 100 steps, lr 1e-4, MultiStepLR [25, 50] x 0.1, alpha 0.8,
