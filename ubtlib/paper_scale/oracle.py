@@ -90,7 +90,7 @@ def label_pass(
     for s in tqdm(range(0, len(view), batch_size), desc="oracle scan", disable=not progress):
         x = view[s : s + batch_size]
         clip_labels.append((encode_images(model, x, device, len(x)) @ weights).argmax(1).cpu())
-        maps = seg.segment(oracle, x, device, len(x))
+        maps = seg.segment(oracle, x, device)
         oracle_labels.append(seg.image_labels(maps, n_categories, min_share))
         sees.append(torch.stack([seg.shows_label(maps, c, min_share) for c in range(n_categories)], 1))
     return {"clip": torch.cat(clip_labels), "oracle": torch.cat(oracle_labels), "sees": torch.cat(sees)}
@@ -123,7 +123,7 @@ def scan(
     sees = labels["sees"][:, label]
     sets = orc.attribution_sets(labels["clip"], labels["oracle"], sees, label, cfg, seed)
     suspects = view[sets["suspects"]]
-    estimate, maps = orc.locate_trigger(
+    estimate, _ = orc.locate_trigger(
         orc.class_scorer(model, weights, label),
         to_unit(suspects, device),
         seg.segment(oracle, suspects, device) == 1 + label,
@@ -137,7 +137,6 @@ def scan(
         "affected": affected,
         "sets": sets,
         "estimate": estimate,
-        "maps": maps,
         "victims": victims,
         "categories": categories,
     }
