@@ -156,8 +156,7 @@ SEGMENTERS = (
     "fcn_resnet50",
     "lraspp_mobilenet_v3_large",
 )
-VOC_CLASSES = 21
-# their labels in order (torchvision's `_VOC_CATEGORIES`), spelled as a caption would say them
+# the 21 labels in order (torchvision's `_VOC_CATEGORIES`), spelled as a caption would say them
 VOC_NAMES = (
     "background",
     "aeroplane",
@@ -181,6 +180,7 @@ VOC_NAMES = (
     "train",
     "tv monitor",
 )
+VOC_CLASSES = len(VOC_NAMES)
 
 
 class TorchvisionSegmenter(torch.nn.Module):
