@@ -229,6 +229,50 @@ def test_affected_label_and_victims_on_a_hand_built_case():
         find_victims("clip", 0, "banana", captions, clip, sees)
 
 
+def test_the_oracle_looks_at_a_sample_and_the_images_tied_to_the_affected_label():
+    import dataclasses
+
+    import numpy as np
+
+    from ubtlib.defenses.oracle import UNSEEN, OracleConfig, oracle_pass, oracle_summary
+
+    # 400 images of 4 categories (0 banana); the oracle's map shows each image's true object;
+    # CLIP calls the 40 poisons (positions 200-239, other objects, captions naming banana) banana
+    rng = np.random.default_rng(1)
+    true = torch.from_numpy(rng.integers(0, 4, 400))
+    true[200:240] = torch.from_numpy(rng.integers(1, 4, 40))
+    maps = (1 + true)[:, None, None].expand(400, 4, 4).to(torch.uint8).clone()
+    clip = true.clone()
+    clip[200:240] = 0
+    captions = [f"a photo of a {['banana', 'cup', 'key', 'shoe'][int(c)]}." for c in true]
+    captions[200:240] = ["a banana on the table."] * 40
+    shown = []
+
+    def look(positions):
+        shown.append(positions.tolist())
+        return oracle_summary(maps[positions], 4, 0.02)
+
+    cfg = OracleConfig(label_sample=100)
+    found = oracle_pass(clip, look, captions, ["banana", "cup", "key", "shoe"], cfg, seed=0)
+    assert found["label"] == 0 and len(shown[0]) == 100 and len(found["sample"]) == 100
+    first = set(shown[0])
+    tied = set(np.flatnonzero((clip == 0).numpy())) | set(range(200, 240))
+    assert set(shown[1]) == tied - first  # then exactly the tied images not yet looked at
+    looked = found["looked"].numpy()
+    assert set(np.flatnonzero(looked)) == first | tied
+    assert (found["oracle"][~found["looked"]] == UNSEEN).all()
+    assert (found["oracle"][found["looked"]] == true[found["looked"]]).all()
+    assert found["sees"].tolist() == ((true == 0) & found["looked"]).tolist()
+    # looking at every image changes nothing the defense reads about the tied ones
+    every = oracle_pass(
+        clip, look, captions, ["banana", "cup", "key", "shoe"], dataclasses.replace(cfg, label_sample=0)
+    )
+    assert every["looked"].all() and every["label"] == 0
+    pos = sorted(tied)
+    assert every["oracle"][pos].tolist() == found["oracle"][pos].tolist()
+    assert every["sees"][pos].tolist() == found["sees"][pos].tolist()
+
+
 def test_the_compact_set_has_the_stated_composition():
     import numpy as np
 
@@ -261,6 +305,8 @@ def test_bad_oracle_settings_fail_before_any_compute():
         ubtlib.configure("smoke", rectify_set_size=100_000)
     with pytest.raises(ValueError, match="oracle_kind='perfect'"):
         ubtlib.configure("smoke", oracle_kind="perfect")
+    with pytest.raises(ValueError, match="oracle_label_sample=-1 is out of range"):
+        ubtlib.configure("smoke", oracle_label_sample=-1)
 
 
 def test_the_defense_runs_through_the_pipeline(smoke):
@@ -285,6 +331,7 @@ def scan_record(
         "affected_label": label,
         "excess": {"banana": 1400, "key": 80, "car": -20},
         "disagreeing": 1500,
+        "pairs_segmented": 6000,
         "victims": {"found": 1550, "precision": precision, "recall": recall},
         "extent": extent,
         "compact": compact,
@@ -327,6 +374,7 @@ def test_scan_readings_follow_the_run():
         table.loc["Blended", "estimate"] == "whole image (added)"
         and table.loc["BadNet", "runner-up"] == "key (+80)"
         and table.loc["Blended", "pasted → label (%)"] == 20.0
+        and table.loc["BadNet", "segmented"] == 6000
     )
     none = scan_readings(scans, {a: 0.0 for a in asr}, "banana")
     assert none["labels_reading"].startswith("No backdoor was planted")

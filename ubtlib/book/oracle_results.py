@@ -23,10 +23,11 @@ def _name(a: str) -> str:
 
 
 def scan_table(scans: Mapping[str, dict], asr: Mapping[str, float]) -> pd.DataFrame:
-    """Per attack: its No-defense ASR, the affected label with its excess and the runner-up's,
-    the victims' count, precision and recall against the poisons, and the trigger estimate
-    (extent, patch or whole image, the share of clean images CLIP gives the label when they carry
-    each form of it and when they carry nothing, IoU with the pixels the trigger really changes)."""
+    """Per attack: its No-defense ASR, the affected label with its excess and the runner-up's
+    (in the scan's sample), the images the oracle segmented, the victims' count, precision and
+    recall against the poisons, and the trigger estimate (extent, patch or whole image, the
+    share of clean images CLIP gives the label when they carry each form of it and when they
+    carry nothing, IoU with the pixels the trigger really changes)."""
     rows = []
     for a, r in scans.items():
         ranked = sorted(r["excess"].items(), key=lambda kv: -kv[1])
@@ -35,8 +36,9 @@ def scan_table(scans: Mapping[str, dict], asr: Mapping[str, float]) -> pd.DataFr
                 "attack": _name(a),
                 "No-defense ASR": asr[a],
                 "affected label": r["affected_label"],
-                "its excess": ranked[0][1],
+                "its excess": ranked[0][1],  # counted in the scan's sample (`label_sample`)
                 "runner-up": f"{ranked[1][0]} ({ranked[1][1]:+d})",
+                "segmented": r["pairs_segmented"],
                 "disagreeing": r["disagreeing"],
                 "victims": r["victims"]["found"],
                 "precision (%)": r["victims"]["precision"],

@@ -34,6 +34,7 @@ from ubtlib.checks import check_choice, check_range
 from ubtlib.clip.model import normalize, to_unit
 from ubtlib.clip.towers import TOWERS, training_towers
 from ubtlib.clip.train import TrainConfig, batches, clip_loss, epoch_steps, optimize
+from ubtlib.defenses import segmenter as seg
 
 ORACLE_KINDS = ("learned", "exact")
 ATTRIBUTIONS = ("occlusion", "gradient")
@@ -41,6 +42,7 @@ VICTIM_RULES = ("caption", "image")
 FORMS = ("pasted", "added")  # a trigger estimate's forms: a patch pasted, or a residual added
 # the parts of a compact fine-tuning set, in the order they are drawn
 SET_PARTS = ("victim", "pasted", "clean")
+UNSEEN = -2  # the oracle label of an image the scan did not show the oracle (-1: it names no object)
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,9 @@ class OracleConfig:
 
     kind: str = "learned"  # learned (the Segmenter) | exact (the world's own maps: an upper bound)
     min_share: float = 0.02  # a category must cover this share of an image to be the oracle's label
+    # images (a seeded sample) both labellings give, to find the affected label (0: every image);
+    # the oracle then looks only at the images tied to that label, which is all the rest reads
+    label_sample: int = 4096
     attribution: str = "occlusion"  # occlusion | gradient
     patch: int = 4  # occlusion window side (px), slid at half its side
     attribution_images: int = 128  # disagreeing images attributed (the first, in training order)
@@ -63,6 +68,7 @@ class OracleConfig:
         check_choice("victim_rule", self.victim_rule, VICTIM_RULES)
         check_range("min_share", self.min_share, 0.0, 1.0)
         check_range("patch", self.patch, 1, 64)
+        check_range("label_sample", self.label_sample, 0, 1 << 30)
         check_range("attribution_images", self.attribution_images, 1, 1 << 20)
         check_range("reference_images", self.reference_images, 1, 1 << 24)
         check_range("region_threshold", self.region_threshold, 0.0, 1.0)
@@ -114,6 +120,56 @@ def affected_label(clip_labels: torch.Tensor, oracle_labels: torch.Tensor, n_cat
     oracle_counts = torch.bincount(oracle_labels[oracle_labels >= 0].long(), minlength=n_categories)
     excess = clip_counts - oracle_counts
     return {"label": int(excess.argmax()), "excess": excess.tolist()}
+
+
+def oracle_summary(maps: torch.Tensor, n_categories: int, min_share: float) -> tuple:
+    """(image labels, N x n_categories bool: which categories each map shows) of label maps:
+    `segmenter.image_labels` and `segmenter.shows_label`, all the scan keeps of a map."""
+    sees = [seg.shows_label(maps, c, min_share) for c in range(n_categories)]
+    return seg.image_labels(maps, n_categories, min_share), torch.stack(sees, 1).reshape(
+        len(maps), n_categories
+    )
+
+
+def oracle_pass(
+    clip_labels: torch.Tensor, look, captions, categories, cfg: OracleConfig, seed: int = 0
+) -> dict:
+    """The oracle's side of the two labellings, showing it only the images the defense reads.
+
+    `look(positions)` -> `oracle_summary` of those training images under the oracle. A seeded
+    sample of `cfg.label_sample` images (every image at 0) is looked at first, and its two
+    labellings give the affected label (`affected_label`: its excess is counted in the sample).
+    Then the oracle looks at the images tied to that label: those CLIP gives it and, with the
+    caption victim rule, those whose caption names it. The disagreement, the victims and their
+    re-captions read nothing else, so segmenting the rest would change no result.
+
+    Returns `oracle` (per image; `UNSEEN` where the oracle did not look), `sees` (does the
+    oracle see the affected label; False where it did not look), `looked` (bool), `sample`
+    (positions), `label` and `affected`.
+    """
+    n, n_cat = len(clip_labels), len(categories)
+    oracle = torch.full((n,), UNSEEN, dtype=torch.long)
+    sees = torch.zeros(n, n_cat, dtype=torch.bool)
+    looked = torch.zeros(n, dtype=torch.bool)
+
+    def show(positions: np.ndarray) -> None:
+        if len(positions):
+            oracle[positions], sees[positions] = look(torch.from_numpy(positions))
+            looked[positions] = True
+
+    size = n if cfg.label_sample == 0 else min(cfg.label_sample, n)
+    sample = np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+    show(sample)
+    affected = affected_label(clip_labels[sample], oracle[sample], n_cat)
+    label = affected["label"]
+    tied = (clip_labels == label).numpy()
+    if cfg.victim_rule == "caption":
+        tied |= names_label(captions, categories[label])
+    show(np.flatnonzero(tied & ~looked.numpy()))
+    return {"oracle": oracle, "sees": sees[:, label], "looked": looked, "sample": sample} | {
+        "label": label,
+        "affected": affected,
+    }
 
 
 def class_scorer(model, weights: torch.Tensor, label: int):

@@ -72,28 +72,31 @@ def segmenter_classes(path: Optional[str] = None) -> list:
 
 
 @torch.no_grad()
-def label_pass(
-    model,
-    weights: torch.Tensor,
-    oracle,
-    view,
-    n_categories: int,
-    min_share: float,
-    device,
-    batch_size: int = 256,
-    progress: bool = True,
-) -> dict:
-    """One pass over `view`: per image, CLIP's zero-shot label under `weights` (D x classes),
-    the oracle's label (`segmenter.image_labels`) and, per class, whether the oracle sees it
-    (N x classes bool, `segmenter.shows_label`)."""
-    clip_labels, oracle_labels, sees = [], [], []
-    for s in tqdm(range(0, len(view), batch_size), desc="oracle scan", disable=not progress):
+def clip_labels_of(model, weights: torch.Tensor, view, device, batch_size: int = 256, progress: bool = True):
+    """CLIP's zero-shot label, under `weights` (D x classes), of every image of `view`, streamed."""
+    out = []
+    for s in tqdm(range(0, len(view), batch_size), desc="CLIP's labels", disable=not progress):
         x = view[s : s + batch_size]
-        clip_labels.append((encode_images(model, x, device, len(x)) @ weights).argmax(1).cpu())
-        maps = seg.segment(oracle, x, device)
-        oracle_labels.append(seg.image_labels(maps, n_categories, min_share))
-        sees.append(torch.stack([seg.shows_label(maps, c, min_share) for c in range(n_categories)], 1))
-    return {"clip": torch.cat(clip_labels), "oracle": torch.cat(oracle_labels), "sees": torch.cat(sees)}
+        out.append((encode_images(model, x, device, len(x)) @ weights).argmax(1).cpu())
+    return torch.cat(out)
+
+
+def oracle_look(
+    oracle, view, n_categories: int, min_share: float, device, batch_size: int = 256, progress: bool = True
+):
+    """`oracle.oracle_pass`'s `look`: the oracle's summary (`oracle.oracle_summary`) of the images
+    of `view` at the given positions, read and segmented batch by batch; no map is kept."""
+
+    def look(positions: torch.Tensor) -> tuple:
+        labels, sees = [], []
+        for s in tqdm(range(0, len(positions), batch_size), desc="oracle", disable=not progress):
+            maps = seg.segment(oracle, view[positions[s : s + batch_size]], device)
+            label, seen = orc.oracle_summary(maps, n_categories, min_share)
+            labels.append(label)
+            sees.append(seen)
+        return torch.cat(labels), torch.cat(sees)
+
+    return look
 
 
 def scan(
@@ -110,18 +113,18 @@ def scan(
     progress: bool = True,
 ) -> dict:
     """Algorithm 1 and the victims on real data: `names` are the oracle's classes (background
-    first), `templates` CLIP's prompts for them. Returns the labels, the affected label, the
-    trigger estimate and the victims' positions."""
+    first), `templates` CLIP's prompts for them. CLIP labels every image; the oracle segments
+    the sample and the images tied to the affected label (`oracle.oracle_pass`). Returns the
+    labels, which images the oracle looked at, the affected label, the trigger estimate and the
+    victims' positions."""
     cfg.validate()
     categories = names[1:]
     weights = classifier(model, tokenizer, categories, templates, device)
-    labels = label_pass(
-        model, weights, oracle, view, len(categories), cfg.min_share, device, progress=progress
-    )
-    affected = orc.affected_label(labels["clip"], labels["oracle"], len(categories))
-    label = affected["label"]
-    sees = labels["sees"][:, label]
-    sets = orc.attribution_sets(labels["clip"], labels["oracle"], sees, label, cfg, seed)
+    clip_labels = clip_labels_of(model, weights, view, device, progress=progress)
+    look = oracle_look(oracle, view, len(categories), cfg.min_share, device, progress=progress)
+    found = orc.oracle_pass(clip_labels, look, captions, categories, cfg, seed)
+    label, sees = found["label"], found["sees"]
+    sets = orc.attribution_sets(clip_labels, found["oracle"], sees, label, cfg, seed)
     suspects = view[sets["suspects"]]
     estimate, _ = orc.locate_trigger(
         orc.class_scorer(model, weights, label),
@@ -130,11 +133,13 @@ def scan(
         to_unit(view[sets["reference"]], "cpu"),
         cfg,
     )
-    victims = orc.find_victims(cfg.victim_rule, label, categories[label], captions, labels["clip"], sees)
+    victims = orc.find_victims(cfg.victim_rule, label, categories[label], captions, clip_labels, sees)
     return {
-        "labels": labels,
+        "labels": {"clip": clip_labels, "oracle": found["oracle"]},
+        "looked": found["looked"],
+        "sample": found["sample"],
         "label": label,
-        "affected": affected,
+        "affected": found["affected"],
         "sets": sets,
         "estimate": estimate,
         "victims": victims,
@@ -192,6 +197,8 @@ def oracle_defend(
         "affected_label": categories[found["label"]],
         "excess": dict(zip(categories, found["affected"]["excess"])),
         "disagreeing": int(len(found["sets"]["disagree"])),
+        "pairs_segmented": int(found["looked"].sum()),
+        "label_sample": int(len(found["sample"])),
         "extent": estimate["extent"],
         "compact": bool(estimate["compact"]),
         "estimate_success": estimate["success"],

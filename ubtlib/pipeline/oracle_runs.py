@@ -72,22 +72,27 @@ def oracle_scan(prof: Profile, progress: bool = True) -> dict:
         )
         clip_labels = (encode_images(model, view, device) @ weights).argmax(1).cpu()
         drawn = w.segments[torch.from_numpy(w.indices("train"))]  # what was drawn: never a trigger
-        maps = drawn if oracle is None else seg.segment(oracle.model, view, device)
-        oracle_labels = seg.image_labels(maps, n_cat, cfg.min_share)
-        affected = orc.affected_label(clip_labels, oracle_labels, n_cat)
-        label = affected["label"]
-        sees = seg.shows_label(maps, label, cfg.min_share)
-        sets = orc.attribution_sets(clip_labels, oracle_labels, sees, label, cfg, prof.seed)
+
+        def maps_of(positions):
+            return drawn[positions] if oracle is None else seg.segment(oracle.model, view[positions], device)
+
+        def look(positions):
+            return orc.oracle_summary(maps_of(positions), n_cat, cfg.min_share)
+
+        found = orc.oracle_pass(clip_labels, look, data.captions, w.categories, cfg, prof.seed)
+        label, oracle_labels = found["label"], found["oracle"]
+        sets = orc.attribution_sets(clip_labels, oracle_labels, found["sees"], label, cfg, prof.seed)
         chosen = sets["suspects"]
+        chosen_maps = maps_of(chosen)
         estimate, maps_a = orc.locate_trigger(
             orc.class_scorer(model, weights, label),
             to_unit(view[chosen], device),
-            maps[chosen] == 1 + label,
+            chosen_maps == 1 + label,
             to_unit(view[sets["reference"]], "cpu"),
             cfg,
         )
         victims = orc.find_victims(
-            cfg.victim_rule, label, w.categories[label], data.captions, clip_labels, sees
+            cfg.victim_rule, label, w.categories[label], data.captions, clip_labels, found["sees"]
         )
         seconds = time.perf_counter() - start
         # ground truth, for the record only: the defense above never read it
@@ -105,7 +110,7 @@ def oracle_scan(prof: Profile, progress: bool = True) -> dict:
                 "footprint": footprint.to(torch.uint8).contiguous(),
                 "example_positions": chosen[:EXAMPLES].contiguous(),
                 "example_attributions": maps_a[:EXAMPLES].contiguous(),
-                "example_maps": maps[chosen[:EXAMPLES]].contiguous(),
+                "example_maps": chosen_maps[:EXAMPLES].contiguous(),
             },
             str(folder / "scan.safetensors"),
         )
@@ -114,8 +119,10 @@ def oracle_scan(prof: Profile, progress: bool = True) -> dict:
             {
                 "seconds": seconds,
                 "pairs_scored": int(len(view)),
+                "pairs_segmented": int(found["looked"].sum()),
+                "label_sample": int(len(found["sample"])),
                 "affected_label": w.categories[label],
-                "excess": dict(zip(w.categories, affected["excess"])),
+                "excess": dict(zip(w.categories, found["affected"]["excess"])),
                 "disagreeing": int(len(sets["disagree"])),
                 "attributed": int(len(chosen)),
                 "extent": estimate["extent"],
@@ -125,8 +132,8 @@ def oracle_scan(prof: Profile, progress: bool = True) -> dict:
                 "footprint_share": footprint.float().mean().item(),
                 "victims": orc.precision_recall(victims, data.is_backdoor),
                 "victims_person": int((oracle_labels[torch.from_numpy(victims)] < 0).sum()),
-                "oracle_label_agreement": 100.0
-                * (oracle_labels == seg.image_labels(drawn, n_cat)).float().mean().item(),
+                "oracle_label_agreement": 100.0  # on the images the oracle looked at
+                * (oracle_labels == seg.image_labels(drawn, n_cat))[found["looked"]].float().mean().item(),
                 "attack": prof.attack.name,
                 "device": str(device),
             },
