@@ -262,8 +262,8 @@ def test_vit_b_32_poisoned_step_and_zero_shot(tmp_path):
         model, tokenizer, pairs, dataclasses.replace(prof.finetune, lr=1e-4), "cpu", progress=False
     )
     assert len(curve) == 1 and np.isfinite(curve[0]["loss"])
-    changed = seen[0].abs().flatten(1).amax(1) > 0  # the trigger touched exactly the poisoned rows
-    assert changed.sum() == 2
+    # the trigger touched exactly the poisoned rows, each alone (as any rank's share would)
+    assert [d.abs().flatten(1).amax(1).gt(0).tolist() for d in seen] == [[True], [True]]
     assert not torch.equal(before, model.visual.conv1.weight)
     folder = data.LabelledFolder(make_folders(tmp_path / "val", ["tench", "banana", "goldfish"]), None, size)
     out = paper_scale.zero_shot(model, tokenizer, folder, "cpu", trigger, prompts=["a photo of a {}."])

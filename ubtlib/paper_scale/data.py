@@ -24,6 +24,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from ubtlib.paper_scale.distributed import Ranks, SharedOrder, current
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 CSV_COLUMNS = ("image", "caption")  # required; `is_backdoor` is optional
 BOOLEANS = {"0": False, "1": True, "false": False, "true": True}
@@ -292,21 +294,32 @@ def loader(
     seed: int = 0,
     workers: Optional[int] = None,
     drop_last: bool = True,
+    ranks: Optional[Ranks] = None,
 ) -> DataLoader:
     """A DataLoader for `device`: on CUDA worker processes decode images (default: up to 8)
-    into pinned memory; on a CPU the main process does (workers would take its cores)."""
+    into pinned memory; on a CPU the main process does (workers would take its cores).
+
+    Shuffled, the batches follow `distributed.SharedOrder`: every rank of `ranks` (default:
+    the running job's) draws its share of the same seeded global batches of `batch_size`."""
     cuda = torch.device(device).type == "cuda"
     workers = min(8, os.cpu_count() or 1) if workers is None and cuda else workers or 0
-    return DataLoader(
-        dataset,
-        batch_size=min(batch_size, len(dataset)),
-        shuffle=shuffle,
-        drop_last=drop_last,
-        num_workers=workers,
-        pin_memory=cuda,
-        persistent_workers=workers > 0,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    common = {"num_workers": workers, "pin_memory": cuda, "persistent_workers": workers > 0}
+    if shuffle:
+        order = SharedOrder(len(dataset), batch_size, seed, ranks or current())
+        return DataLoader(dataset, batch_sampler=order, **common)
+    return DataLoader(dataset, batch_size=min(batch_size, len(dataset)), drop_last=drop_last, **common)
+
+
+def trigger_rows(data, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """A [0, 1] batch of `data`'s (a `PoisonedData`) pairs `idx`, its poisoned rows triggered
+    one by one, each seeded by its own position: a row reads the same in whichever batch, or
+    rank's share of one, it is drawn."""
+    rows = np.flatnonzero(data.is_backdoor[idx.numpy()])
+    if len(rows):
+        x = x.clone()
+        for r in rows:
+            x[r : r + 1] = data.image_hook(x[r : r + 1], idx[r : r + 1])
+    return x
 
 
 def endless(batches: DataLoader):

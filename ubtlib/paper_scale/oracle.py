@@ -24,7 +24,7 @@ from ubtlib.clip.model import to_unit
 from ubtlib.defenses import oracle as orc
 from ubtlib.defenses import segmenter as seg
 from ubtlib.evaluation.zeroshot import classifier, encode_images
-from ubtlib.paper_scale.data import DataError, read_captions
+from ubtlib.paper_scale.data import DataError, read_captions, trigger_rows
 from ubtlib.paper_scale.weights import VOC_NAMES
 from ubtlib.pipeline.profiles import Profile
 
@@ -51,9 +51,7 @@ class DefenderView:
         if isinstance(idx, slice):
             idx = range(*idx.indices(len(self)))
         idx = torch.as_tensor(idx).reshape(-1)
-        x = to_unit(self.data.images[idx], "cpu")
-        for r in np.flatnonzero(self.data.is_backdoor[idx.numpy()]):
-            x[r : r + 1] = self.data.image_hook(x[r : r + 1], idx[r : r + 1])
+        x = trigger_rows(self.data, to_unit(self.data.images[idx], "cpu"), idx)
         return (x * 255).round().clamp(0, 255).to(torch.uint8)
 
 

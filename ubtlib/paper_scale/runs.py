@@ -45,6 +45,7 @@ from ubtlib.defenses.cleanclip import cleanclip
 from ubtlib.defenses.ubt import run_ubt
 from ubtlib.evaluation.robustness import redirect, robust_accuracy
 from ubtlib.evaluation.zeroshot import attack_success_rate, classifier, encode_images, topk_accuracy
+from ubtlib.paper_scale import distributed
 from ubtlib.paper_scale import oracle as guided
 from ubtlib.paper_scale.data import (
     CaptionCSV,
@@ -55,6 +56,7 @@ from ubtlib.paper_scale.data import (
     endless,
     loader,
     read_captions,
+    trigger_rows,
 )
 from ubtlib.paper_scale.weights import load_pretrained, load_segmenter, weights_file
 from ubtlib.pipeline.cache import write_json
@@ -143,20 +145,25 @@ def finetune(
     progress: bool = True,
 ) -> list:
     """Fine-tune `model` in place with open_clip's ClipLoss on `data` (from poisoned_pairs),
-    streamed by a DataLoader; the poisoned rows of each batch are triggered on the device."""
+    streamed by a DataLoader; the poisoned rows of each batch are triggered on the device.
+    Under torchrun each rank trains on its share of every global batch of `cfg.batch_size`
+    (`distributed`): the same batches, loss curve and weights as one process, up to rounding."""
     cfg.validate()
+    ranks = distributed.current()
     pairs = Pairs(data.images.dataset, data.captions, tokenizer)
-    batches = endless(loader(pairs, cfg.batch_size, device, seed=seed, workers=workers))
-    loss_fn = open_clip.ClipLoss()
+    batches = endless(loader(pairs, cfg.batch_size, device, seed=seed, workers=workers, ranks=ranks))
+    forward, loss_fn = distributed.wrap(model, ranks, device), distributed.contrastive_loss(ranks)
 
     def loss_step():
         x, tokens, idx = next(batches)
-        x = data.image_hook(modellib.to_unit(x, device), idx)
-        return clip_loss(model, x, tokens.to(device, non_blocking=True), loss_fn)
+        x = trigger_rows(data, modellib.to_unit(x, device), idx)
+        return clip_loss(forward, x, tokens.to(device, non_blocking=True), loss_fn)
 
     steps = epoch_steps(cfg.epochs, len(pairs), cfg.batch_size)
     per_step = min(cfg.batch_size, len(pairs))
-    return optimize(model, loss_step, steps, cfg, device, "poisoned fine-tuning", progress, per_step)
+    return optimize(
+        model, loss_step, steps, cfg, device, "poisoned fine-tuning", progress and ranks.main, per_step
+    )
 
 
 # ---------------------------------------------------------------- evaluation
@@ -345,18 +352,21 @@ def _finish(out: pathlib.Path, model, record: dict) -> None:
 
 
 def finetune_run(profile: Profile, csv: str, attack: str, out: str, workers: Optional[int] = None) -> dict:
-    """Poison the profile's model on an image-caption CSV (UBT paper: 1,500 poisons in CC3M 500K)."""
-    device = modellib.pick_device(profile.device)
+    """Poison the profile's model on an image-caption CSV (UBT paper: 1,500 poisons in CC3M 500K).
+    Under torchrun every rank runs this; rank 0 writes the weights and the JSON."""
     size = check_model(profile)
     check_choice("attack", attack, PAPER_ATTACKS)
     data = CaptionCSV(csv, size)
-    prov = provenance(profile, device)
+    ranks, device = distributed.start(profile.device)
+    prov = provenance(profile, device) | {"processes": ranks.world}
     model, tokenizer = load_model(profile, device)
     ssba_encoder = None
-    if attack == "ssba":  # the attacker trains the encoder on the images it poisons
-        ssba_encoder = str(
-            train_ssba_encoder(profile, Images(data), device, pathlib.Path(out).with_suffix(SSBA_SUFFIX))
-        )
+    if attack == "ssba":  # the attacker trains the encoder on the images it poisons (once)
+        encoder_file = pathlib.Path(out).with_suffix(SSBA_SUFFIX)
+        if ranks.main:
+            train_ssba_encoder(profile, Images(data), device, encoder_file)
+        distributed.barrier(ranks)
+        ssba_encoder = str(encoder_file)
     trigger = paper_trigger(profile, attack, size, ssba_encoder)
     poisoned = poisoned_pairs(data, profile.poison, trigger, profile.seed)
     torch.manual_seed(profile.seed)
@@ -375,7 +385,9 @@ def finetune_run(profile: Profile, csv: str, attack: str, out: str, workers: Opt
         "poison": profile.poison,
         "provenance": prov,
     }
-    _finish(pathlib.Path(out), model, record)
+    if ranks.main:
+        _finish(pathlib.Path(out), model, record)
+    distributed.barrier(ranks)  # no rank leaves (and tears the group down) before the weights are written
     return record
 
 
