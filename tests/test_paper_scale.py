@@ -585,3 +585,118 @@ def test_cli_reports_bad_input_before_loading_the_model(tmp_path):
         SystemExit, match=r"paper evaluate: no local weights for ViT-B-32 pretrained='openai'"
     ):
         cli.main(["paper", "evaluate", "--imagenet", str(tmp_path), "--device", "cpu"])
+
+
+# ---------------------------------------------------------------- WebDataset shards
+
+
+def _shard(path, samples):
+    """A tar shard of {"key": {extension: bytes}} written by hand (malformed ones included)."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for key, fields in samples.items():
+            for ext, data in fields.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_shards_and_the_csv_hold_the_same_pairs_and_give_the_same_batches(tmp_path, tiny_paper):
+    from ubtlib.paper_scale import shards
+    from ubtlib.paper_scale.distributed import Ranks
+
+    rows = [f"img/{k}.png,a photo number {k},{int(k in (2, 5))}" for k in range(8)]
+    csv = caption_csv(tmp_path, rows)
+    done = shards.write_shards(csv, tmp_path / "shards", per_shard=3)
+    assert done["pairs"] == 8 and len(done["shards"]) == 3 and done["bytes"] > 0
+    table, sharded = (
+        data.CaptionCSV(csv, 32),
+        shards.caption_pairs(tmp_path / "shards/{00000..00002}.tar", 32),
+    )
+    assert isinstance(sharded, shards.ShardPairs) and sharded.captions == table.captions
+    assert sharded.is_backdoor.tolist() == table.is_backdoor.tolist()
+    assert sharded.where(4).endswith("00001.tar, key 000000004")
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    for ranks in (Ranks(), Ranks(1, 2)):
+        batches = [  # the shards' images decoded in two DataLoader workers, the CSV's in none
+            list(data.loader(data.Pairs(d, d.captions, tokenizer), 4, "cpu", seed=3, workers=w, ranks=ranks))
+            + list(
+                data.loader(data.Pairs(d, d.captions, tokenizer), 4, "cpu", seed=4, workers=w, ranks=ranks)
+            )
+            for d, w in ((table, 0), (sharded, 2))
+        ]
+        assert len(batches[0]) == 4 and all(len(b[2]) == 4 // ranks.world for b in batches[0])
+        for a, b in zip(*batches):
+            assert all(torch.equal(x, y) for x, y in zip(a, b))
+    back = shards.write_csv(tmp_path / "shards", tmp_path / "back" / "pairs.csv")
+    again = data.CaptionCSV(back["csv"], 32)
+    assert again.captions == table.captions and again.is_backdoor.tolist() == table.is_backdoor.tolist()
+    assert all(torch.equal(again.image(i), table.image(i)) for i in range(8))
+    # poisoned fine-tuning reads either and ends with the same weights
+    for name, pairs in (("csv", csv), ("shards", tmp_path / "shards")):
+        paper_scale.finetune_run(tiny_paper, str(pairs), "badnet", str(tmp_path / f"{name}.safetensors"))
+    a, b = (read_tensors(tmp_path / f"{k}.safetensors") for k in ("csv", "shards"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_malformed_shards_are_named_with_their_key(tmp_path):
+    from ubtlib.paper_scale.shards import ShardPairs
+
+    image = png(tmp_path / "x.png").read_bytes()
+    good = {"000": {"png": image, "txt": b"a dog."}}
+    cases = [
+        ({"001": {"txt": b"a cat."}}, r"key 001: no image \(jpg, jpeg, png, webp\); found \['txt'\]"),
+        ({"001": {"png": image}}, r"key 001: no caption \(txt\); found \['png'\]"),
+        ({"001": {"png": image, "txt": b"  "}}, "key 001: empty caption"),
+        ({"001": {"png": image, "txt": b"\xff\xfe"}}, "key 001: 001.txt is not UTF-8 text"),
+        ({"001": {"png": image, "txt": b"a", "json": b"{oops"}}, "key 001: malformed json"),
+        (
+            {"001": {"png": image, "txt": b"a", "json": b'{"is_backdoor": "yes"}'}},
+            "key 001: json is_backdoor='yes' is not accepted",
+        ),
+    ]
+    for k, (extra, message) in enumerate(cases):
+        shard = _shard(tmp_path / f"bad{k}.tar", {**good, **extra})
+        with pytest.raises(DataError, match=f"bad{k}.tar, {message}"):
+            ShardPairs(shard)
+    flagged = _shard(
+        tmp_path / "mixed.tar", {"000": {**good["000"], "json": b'{"is_backdoor": 1}'}, "001": good["000"]}
+    )
+    with pytest.raises(DataError, match="key 001: no json with is_backdoor, though earlier keys have one"):
+        ShardPairs(flagged)
+    (tmp_path / "junk.tar").write_bytes(b"not a tar at all" * 64)
+    with pytest.raises(DataError, match="junk.tar: not a readable tar shard"):
+        ShardPairs(tmp_path / "junk.tar")
+    whole = _shard(tmp_path / "whole.tar", {"000": {"png": image * 4, "txt": b"a dog."}})
+    (tmp_path / "cut.tar").write_bytes(whole.read_bytes()[:1200])
+    with pytest.raises(DataError, match="cut.tar, key 000.png: the shard ends inside this member"):
+        ShardPairs(tmp_path / "cut.tar")
+    (tmp_path / "s").mkdir()
+    _shard(tmp_path / "s" / "00000.tar", good)  # the pattern's first shard is there, its second not
+    with pytest.raises(DataError, match=r"s/00001.tar: no such shard$"):
+        ShardPairs(str(tmp_path / "s/{00000..00001}.tar"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="a folder with no .tar shards"):
+        ShardPairs(tmp_path / "empty")
+    broken = ShardPairs(
+        _shard(tmp_path / "pixels.tar", {"000": {"jpg": b"\xff\xd8 no jpeg", "txt": b"a cup."}})
+    )
+    with pytest.raises(DataError, match="pixels.tar, key 000: cannot read image"):
+        broken.image(0)  # decoded when used, like the CSV's images
+
+
+def test_the_shards_command_converts_both_ways(tmp_path, capsys):
+    from ubtlib.cli import main
+
+    csv = caption_csv(tmp_path, GOOD)
+    main(["paper", "shards", "--csv", str(csv), "--out", str(tmp_path / "sh"), "--per-shard", "2"])
+    done = json.loads(capsys.readouterr().out)
+    assert done["pairs"] == 3 and len(done["shards"]) == 2
+    main(["paper", "shards", "--shards", str(tmp_path / "sh"), "--out", str(tmp_path / "csv" / "pairs.csv")])
+    assert json.loads(capsys.readouterr().out)["pairs"] == 3
+    assert data.CaptionCSV(tmp_path / "csv" / "pairs.csv").captions == data.CaptionCSV(csv).captions
+    with pytest.raises(SystemExit, match="give one of --csv"):
+        main(["paper", "shards", "--out", str(tmp_path / "x")])

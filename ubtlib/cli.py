@@ -128,6 +128,12 @@ def _number_or_value(value):
     return value
 
 
+PAIRS_HELP = (
+    "a CleanCLIP-format CSV (image, caption[, is_backdoor]) or WebDataset shards "
+    "(a .tar, a folder of them or a brace pattern; see `paper shards`)"
+)
+
+
 def _paper_parser(sub) -> None:
     """`paper` sub-commands: the paper profile's stages on real weights and data (paper_scale)."""
     paper = sub.add_parser("paper", help="a paper-profile stage on published weights and real data (GPU)")
@@ -151,7 +157,7 @@ def _paper_parser(sub) -> None:
     common.add_argument("--device", default=None, help="cuda (default), cuda:N or cpu")
     common.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 8 on CUDA)")
     ft = stages.add_parser("finetune", parents=[common], help="poisoned fine-tuning on an image-caption CSV")
-    ft.add_argument("--csv", required=True, help="CleanCLIP-format CSV: image, caption[, is_backdoor]")
+    ft.add_argument("--csv", "--shards", dest="csv", required=True, help=PAIRS_HELP)
     ft.add_argument(
         "--attack",
         required=True,
@@ -178,9 +184,17 @@ def _paper_parser(sub) -> None:
         help="ubt, ubt_no_token (UBT without token-level unlearning), cleanclip or oracle (oracle-guided)",
     )
     de.add_argument("--weights", required=True, help="the poisoned model (.safetensors from finetune)")
-    de.add_argument("--csv", default=None, help="the poisoned training CSV (UBT)")
+    de.add_argument(
+        "--csv", "--shards", dest="csv", default=None, help="the poisoned training pairs (UBT): " + PAIRS_HELP
+    )
     de.add_argument("--attack", default=None, help="the attack the CSV was poisoned with (UBT)")
-    de.add_argument("--clean-csv", default=None, help="the defender's clean pairs (CleanCLIP)")
+    de.add_argument(
+        "--clean-csv",
+        "--clean-shards",
+        dest="clean_csv",
+        default=None,
+        help="the defender's clean pairs (CleanCLIP): " + PAIRS_HELP,
+    )
     de.add_argument(
         "--ssba-encoder", default=None, help="the SSBA-style encoder finetune wrote (attack ssba)"
     )
@@ -194,6 +208,17 @@ def _paper_parser(sub) -> None:
         help="its class names, background first, one per line (oracle; default: the 21 Pascal VOC labels)",
     )
     de.add_argument("--out", required=True, help="the defended weights (.safetensors; a .json beside it)")
+    sh = stages.add_parser("shards", help="a CleanCLIP-format CSV as WebDataset shards, or shards as a CSV")
+    sh.add_argument("--csv", default=None, help="write this CSV's pairs as shards in --out (a folder)")
+    sh.add_argument(
+        "--shards",
+        default=None,
+        help="write these shards (a .tar, a folder, a brace pattern) as the CSV --out",
+    )
+    sh.add_argument(
+        "--out", required=True, help="the shards' folder, or the CSV (its images go in images/ beside it)"
+    )
+    sh.add_argument("--per-shard", type=int, default=10_000, help="pairs per shard (img2dataset's default)")
     pr = stages.add_parser("privacy", parents=[common], help="unlearning names / faces, judged by the IDIA")
     pr.add_argument("--encoder", required=True, help="text (Fig. 2), image (Fig. 3) or both")
     pr.add_argument("--people", required=True, help="one folder of photos per person (the IDIA's photos)")
@@ -222,6 +247,9 @@ def _run_paper(args) -> None:
     from ubtlib.pipeline.profiles import configure
 
     try:
+        if args.stage == "shards":  # a conversion: no profile, no model
+            _convert_pairs(args)
+            return
         prof = configure("paper", seed=args.seed, device=args.device, **_parse_params(args.parameter))
         if args.pretrained:
             prof = dataclasses.replace(
@@ -230,6 +258,18 @@ def _run_paper(args) -> None:
         _paper_stage(prof, args)
     except (ValueError, FileNotFoundError, DataError) as e:  # bad input: say what, not where in the code
         raise SystemExit(f"python -m ubtlib paper {args.stage}: {e}") from None
+
+
+def _convert_pairs(args) -> None:
+    from ubtlib.paper_scale import shards
+
+    if (args.csv is None) == (args.shards is None):
+        raise ValueError("give one of --csv (to shards) or --shards (to a CSV)")
+    if args.csv is not None:
+        done = shards.write_shards(args.csv, args.out, args.per_shard)
+    else:
+        done = shards.write_csv(args.shards, args.out)
+    print(json.dumps(done), flush=True)
 
 
 def _paper_stage(prof, args) -> None:

@@ -58,6 +58,7 @@ from ubtlib.paper_scale.data import (
     read_captions,
     trigger_rows,
 )
+from ubtlib.paper_scale.shards import caption_pairs
 from ubtlib.paper_scale.weights import load_pretrained, load_segmenter, weights_file
 from ubtlib.pipeline.cache import write_json
 from ubtlib.pipeline.defending import DEFENSES
@@ -123,10 +124,11 @@ def train_ssba_encoder(
 
 
 def poisoned_pairs(data: CaptionCSV, cfg: PoisonConfig, trigger, seed: int) -> PoisonedData:
-    """The CSV's pairs with their poisons, images left clean on disk (the trigger is applied on
-    the device). The rows marked by an `is_backdoor` column are the poisons, captions as
-    written; without one, `cfg.count` random rows get a caption naming the target (one of
-    CLIP's 80 ImageNet templates), as CleanCLIP poisons."""
+    """The pairs of a CSV (or of shards, `shards.ShardPairs`) with their poisons, images left
+    clean on disk (the trigger is applied on the device). The rows marked by an `is_backdoor`
+    column (a shard's json) are the poisons, captions as written; without one, `cfg.count`
+    random rows get a caption naming the target (one of CLIP's 80 ImageNet templates), as
+    CleanCLIP poisons."""
     images = Images(data)
     if data.is_backdoor is not None:
         return PoisonedData(images, list(data.captions), data.is_backdoor.copy(), trigger, seed)
@@ -356,7 +358,7 @@ def finetune_run(profile: Profile, csv: str, attack: str, out: str, workers: Opt
     Under torchrun every rank runs this; rank 0 writes the weights and the JSON."""
     size = check_model(profile)
     check_choice("attack", attack, PAPER_ATTACKS)
-    data = CaptionCSV(csv, size)
+    data = caption_pairs(csv, size)
     ranks, device = distributed.start(profile.device)
     prov = provenance(profile, device) | {"processes": ranks.world}
     model, tokenizer = load_model(profile, device)
@@ -447,10 +449,10 @@ def defend_run(
     if defense == "cleanclip":
         if clean_csv is None:
             raise ValueError("defense='cleanclip' needs clean_csv (the defender's clean pairs)")
-        clean = CaptionCSV(clean_csv, size)
+        clean = caption_pairs(clean_csv, size)
     else:
         trigger = paper_trigger(profile, attack, size, ssba_encoder)
-        data = CaptionCSV(csv, size)
+        data = caption_pairs(csv, size)
     if defense == "oracle":
         if segmenter is None or segmenter_weights is None:
             raise ValueError("defense='oracle' needs segmenter and segmenter_weights (the oracle)")
@@ -578,7 +580,7 @@ def privacy_run(
                 f"{triggers}: {len(short)} people have no folder or no more than idia_images="
                 f"{profile.idia.images} photos (the first are the IDIA's), e.g. {short[0]!r}"
             )
-        data.clean, data.clean_eval = CaptionCSV(clean, size), CaptionCSV(clean_eval, size)
+        data.clean, data.clean_eval = caption_pairs(clean, size), caption_pairs(clean_eval, size)
     cfgs = ([profile.names] if text else []) + ([profile.faces] if image else [])
     sizes = list(sizes or forgetting.set_sizes(max(cfg.max_set for cfg in cfgs)))
     for k in sizes:
