@@ -51,6 +51,29 @@ def test_every_rank_draws_its_share_of_the_same_global_batches():
     assert list(order) == one and list(order) != one  # a new permutation each epoch, seeded
     with pytest.raises(ValueError, match="batch_size=6 does not split over 4 processes"):
         SharedOrder(10, 6, seed=0, ranks=Ranks(0, 4))
+    with pytest.raises(
+        ValueError, match="the 3 pairs, fewer than batch_size=4, make one batch that does not split"
+    ):
+        SharedOrder(3, 4, seed=0, ranks=Ranks(0, 2))
+
+
+def test_only_finetune_runs_under_torchrun_and_its_batch_is_checked_first(tmp_path, monkeypatch):
+    from ubtlib.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit, match="paper evaluate runs in one process, not under torchrun"):
+        main(["paper", "evaluate", "--imagenet", str(tmp_path)])
+    monkeypatch.setattr(
+        "ubtlib.paper_scale.distributed.start", lambda device: (Ranks(0, 4), torch.device("cpu"))
+    )
+    monkeypatch.setattr("ubtlib.paper_scale.runs.check_model", lambda profile: 32)
+    monkeypatch.setattr("ubtlib.paper_scale.runs.caption_pairs", lambda csv, size: None)
+    loaded = []
+    monkeypatch.setattr("ubtlib.paper_scale.runs.load_model", lambda *a: loaded.append(a))
+    with pytest.raises(SystemExit, match="finetune_batch_size=6 does not split over 4 processes"):
+        main(["paper", "finetune", "--csv", "x.csv", "--attack", "badnet", "--out", "o.safetensors",
+              "-p", "finetune_batch_size", "6"])  # fmt: skip
+    assert not loaded  # before the model is loaded
 
 
 @pytest.mark.slow

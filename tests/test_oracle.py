@@ -234,7 +234,7 @@ def test_the_oracle_looks_at_a_sample_and_the_images_tied_to_the_affected_label(
 
     import numpy as np
 
-    from ubtlib.defenses.oracle import UNSEEN, OracleConfig, oracle_pass, oracle_summary
+    from ubtlib.defenses.oracle import UNSEEN, OracleConfig, attribution_sets, oracle_pass, oracle_summary
 
     # 400 images of 4 categories (0 banana); the oracle's map shows each image's true object;
     # CLIP calls the 40 poisons (positions 200-239, other objects, captions naming banana) banana
@@ -271,6 +271,12 @@ def test_the_oracle_looks_at_a_sample_and_the_images_tied_to_the_affected_label(
     pos = sorted(tied)
     assert every["oracle"][pos].tolist() == found["oracle"][pos].tolist()
     assert every["sees"][pos].tolist() == found["sees"][pos].tolist()
+    # so are the disagreeing images; the untriggered reference is drawn from the sample
+    sets = [attribution_sets(clip, f["oracle"], f["sees"], 0, cfg, 0, f["sample"]) for f in (found, every)]
+    assert sets[0]["disagree"].tolist() == sets[1]["disagree"].tolist() == list(range(200, 240))
+    assert set(sets[0]["reference"].tolist()) <= first - tied and len(sets[1]["reference"]) == int(
+        ((true != 0) & (clip == true)).sum()
+    )
 
 
 def test_the_compact_set_has_the_stated_composition():

@@ -662,17 +662,22 @@ def test_malformed_shards_are_named_with_their_key(tmp_path):
         shard = _shard(tmp_path / f"bad{k}.tar", {**good, **extra})
         with pytest.raises(DataError, match=f"bad{k}.tar, {message}"):
             ShardPairs(shard)
-    flagged = _shard(
-        tmp_path / "mixed.tar", {"000": {**good["000"], "json": b'{"is_backdoor": 1}'}, "001": good["000"]}
-    )
-    with pytest.raises(DataError, match="key 001: no json with is_backdoor, though earlier keys have one"):
-        ShardPairs(flagged)
+    flagged = {"000": {**good["000"], "json": b'{"is_backdoor": 1}'}}
+    mixed = _shard(tmp_path / "mixed.tar", {**flagged, "001": {**good["000"], "json": b'{"url": "x"}'}})
+    with pytest.raises(DataError, match="mixed.tar, key 001: no is_backdoor in its json, unlike .*key 000"):
+        ShardPairs(mixed)
+    # img2dataset's own json (url, status, ...) marks nothing: no row is flagged
+    plain = ShardPairs(_shard(tmp_path / "plain.tar", {"000": {**good["000"], "json": b'{"url": "x"}'}}))
+    assert plain.is_backdoor is None and plain.captions == ["a dog."]
+    _shard(tmp_path / "again.tar", {"001": good["000"], "000": good["000"]})
+    with pytest.raises(DataError, match=r"again.tar, key 000: the key is also in .*plain.tar"):
+        ShardPairs(f"{tmp_path}/{{plain,again}}.tar")
     (tmp_path / "junk.tar").write_bytes(b"not a tar at all" * 64)
     with pytest.raises(DataError, match="junk.tar: not a readable tar shard"):
         ShardPairs(tmp_path / "junk.tar")
     whole = _shard(tmp_path / "whole.tar", {"000": {"png": image * 4, "txt": b"a dog."}})
     (tmp_path / "cut.tar").write_bytes(whole.read_bytes()[:1200])
-    with pytest.raises(DataError, match="cut.tar, key 000.png: the shard ends inside this member"):
+    with pytest.raises(DataError, match="cut.tar, member '000.png': the shard ends inside it"):
         ShardPairs(tmp_path / "cut.tar")
     (tmp_path / "s").mkdir()
     _shard(tmp_path / "s" / "00000.tar", good)  # the pattern's first shard is there, its second not
@@ -700,3 +705,5 @@ def test_the_shards_command_converts_both_ways(tmp_path, capsys):
     assert data.CaptionCSV(tmp_path / "csv" / "pairs.csv").captions == data.CaptionCSV(csv).captions
     with pytest.raises(SystemExit, match="give one of --csv"):
         main(["paper", "shards", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match=r"sh: already holds .tar shards; give an empty or new folder"):
+        main(["paper", "shards", "--csv", str(csv), "--out", str(tmp_path / "sh")])

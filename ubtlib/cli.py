@@ -157,7 +157,7 @@ def _paper_parser(sub) -> None:
     common.add_argument("--device", default=None, help="cuda (default), cuda:N or cpu")
     common.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 8 on CUDA)")
     ft = stages.add_parser("finetune", parents=[common], help="poisoned fine-tuning on an image-caption CSV")
-    ft.add_argument("--csv", "--shards", dest="csv", required=True, help=PAIRS_HELP)
+    ft.add_argument("--csv", required=True, help=PAIRS_HELP)
     ft.add_argument(
         "--attack",
         required=True,
@@ -184,14 +184,10 @@ def _paper_parser(sub) -> None:
         help="ubt, ubt_no_token (UBT without token-level unlearning), cleanclip or oracle (oracle-guided)",
     )
     de.add_argument("--weights", required=True, help="the poisoned model (.safetensors from finetune)")
-    de.add_argument(
-        "--csv", "--shards", dest="csv", default=None, help="the poisoned training pairs (UBT): " + PAIRS_HELP
-    )
+    de.add_argument("--csv", default=None, help="the poisoned training pairs (UBT): " + PAIRS_HELP)
     de.add_argument("--attack", default=None, help="the attack the CSV was poisoned with (UBT)")
     de.add_argument(
         "--clean-csv",
-        "--clean-shards",
-        dest="clean_csv",
         default=None,
         help="the defender's clean pairs (CleanCLIP): " + PAIRS_HELP,
     )
@@ -273,7 +269,16 @@ def _convert_pairs(args) -> None:
 
 
 def _paper_stage(prof, args) -> None:
+    import os
+
     from ubtlib.paper_scale import runs as paper_scale
+
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes > 1 and args.stage != "finetune":  # each process would run it whole and write its files
+        raise ValueError(
+            f"paper {args.stage} runs in one process, not under torchrun ({processes} processes); "
+            "accepted under torchrun: paper finetune"
+        )
 
     if args.stage == "finetune":
         paper_scale.finetune_run(prof, args.csv, args.attack, args.out, args.workers)

@@ -141,7 +141,9 @@ def oracle_pass(
     labellings give the affected label (`affected_label`: its excess is counted in the sample).
     Then the oracle looks at the images tied to that label: those CLIP gives it and, with the
     caption victim rule, those whose caption names it. The disagreement, the victims and their
-    re-captions read nothing else, so segmenting the rest would change no result.
+    re-captions read nothing else, so they are those of a pass over every image; the reference
+    images of the trigger estimate come from the sample (`attribution_sets`' `pool`), so they
+    are a draw from fewer images than at `label_sample` 0.
 
     Returns `oracle` (per image; `UNSEEN` where the oracle did not look), `sees` (does the
     oracle see the affected label; False where it did not look), `looked` (bool), `sample`
@@ -282,16 +284,19 @@ def attribution_sets(
     label: int,
     cfg: OracleConfig,
     seed: int = 0,
+    pool: np.ndarray | None = None,
 ) -> dict:
     """Training positions for the trigger estimate: `disagree`, the images CLIP gives `label`
     and the oracle does not see it in (`sees`: `segmenter.shows_label`); `suspects`, the first
     `cfg.attribution_images` of them; `reference`, a seeded draw of `cfg.reference_images`
-    images (sorted) on which CLIP and the oracle agree and the label is not seen: what an
-    untriggered image looks like (any image outside `disagree` where none agree)."""
+    images (sorted) of `pool` (positions; default every image) on which CLIP and the oracle
+    agree and the label is not seen: what an untriggered image looks like (any image of the
+    pool outside `disagree` where none agree)."""
+    pool = np.arange(len(clip_labels)) if pool is None else np.asarray(pool)
     disagree = np.flatnonzero(((clip_labels == label) & ~sees).numpy())
-    agree = np.flatnonzero(((clip_labels == oracle_labels) & ~sees).numpy())
+    agree = pool[((clip_labels == oracle_labels) & ~sees).numpy()[pool]]
     if len(agree) == 0:
-        agree = np.setdiff1d(np.arange(len(clip_labels)), disagree)
+        agree = np.setdiff1d(pool, disagree)
     pick = np.random.default_rng(seed).choice(agree, min(cfg.reference_images, len(agree)), False)
     return {
         "disagree": disagree,

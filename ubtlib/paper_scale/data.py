@@ -35,15 +35,16 @@ class DataError(ValueError):
     """A problem in a data set's files; the message names the file and row (or folder)."""
 
 
-def read_image(path: Union[str, pathlib.Path], size: int, where: str) -> torch.Tensor:
-    """The image at `path` as uint8 3 x size x size (RGB, squashed, bicubic). `where` names
-    the row or sample in the error if the file cannot be decoded."""
+def read_image(path, size: int, where: str) -> torch.Tensor:
+    """The image at `path` (a file, or a binary file object) as uint8 3 x size x size (RGB,
+    squashed, bicubic). `where` names the row or sample in the error if it cannot be decoded."""
     try:
         with Image.open(path) as img:
             img.draft("RGB", (size, size))  # JPEG: decode at the smallest scale still >= size
             img = img.convert("RGB").resize((size, size), Image.BICUBIC)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{where}: cannot read image {path}: {e}") from None
+        named = f" {path}" if isinstance(path, (str, pathlib.Path)) else ""  # bytes: `where` names them
+        raise DataError(f"{where}: cannot read image{named}: {e}") from None
     return torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous()
 
 

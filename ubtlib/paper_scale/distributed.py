@@ -93,18 +93,28 @@ def barrier(ranks: Ranks) -> None:
         dist.barrier()
 
 
+def check_split(name: str, batch_size: int, ranks: Ranks) -> None:
+    """A global batch must split evenly over the processes (each takes an equal share)."""
+    if batch_size % ranks.world:
+        raise ValueError(
+            f"{name}={batch_size} does not split over {ranks.world} processes: "
+            f"accepted a multiple of {ranks.world}"
+        )
+
+
 class SharedOrder(Sampler):
     """A DataLoader batch sampler: each epoch one seeded permutation of range(n), the same on
     every rank, cut into global batches of `batch_size` (ragged end dropped), of which this rank
     yields its consecutive `batch_size / world` positions."""
 
     def __init__(self, n: int, batch_size: int, seed: int, ranks: Ranks = Ranks()):
-        batch_size = min(batch_size, n)
-        if batch_size % ranks.world:
+        check_split("batch_size", batch_size, ranks)
+        if n < batch_size and n % ranks.world:  # the whole data set is the batch
             raise ValueError(
-                f"batch_size={batch_size} does not split over {ranks.world} processes: "
-                f"accepted a multiple of {ranks.world}"
+                f"the {n} pairs, fewer than batch_size={batch_size}, make one batch that does not "
+                f"split over {ranks.world} processes: give a multiple of {ranks.world} pairs"
             )
+        batch_size = min(batch_size, n)
         self.n, self.batch_size, self.seed, self.ranks = n, batch_size, seed, ranks
         self.epoch = 0
 

@@ -122,7 +122,7 @@ def scan(
     look = oracle_look(oracle, view, len(categories), cfg.min_share, device, progress=progress)
     found = orc.oracle_pass(clip_labels, look, captions, categories, cfg, seed)
     label, sees = found["label"], found["sees"]
-    sets = orc.attribution_sets(clip_labels, found["oracle"], sees, label, cfg, seed)
+    sets = orc.attribution_sets(clip_labels, found["oracle"], sees, label, cfg, seed, found["sample"])
     suspects = view[sets["suspects"]]
     estimate, _ = orc.locate_trigger(
         orc.class_scorer(model, weights, label),

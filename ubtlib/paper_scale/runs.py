@@ -360,6 +360,7 @@ def finetune_run(profile: Profile, csv: str, attack: str, out: str, workers: Opt
     check_choice("attack", attack, PAPER_ATTACKS)
     data = caption_pairs(csv, size)
     ranks, device = distributed.start(profile.device)
+    distributed.check_split("finetune_batch_size", profile.finetune.batch_size, ranks)  # before any compute
     prov = provenance(profile, device) | {"processes": ranks.world}
     model, tokenizer = load_model(profile, device)
     ssba_encoder = None

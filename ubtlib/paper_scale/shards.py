@@ -64,12 +64,15 @@ def _shard_samples(shard: pathlib.Path) -> list:
                 if not m.isfile():
                     continue
                 if m.offset_data + m.size > size:
-                    raise DataError(f"{shard}, key {m.name}: the shard ends inside this member (truncated)")
+                    raise DataError(f"{shard}, member {m.name!r}: the shard ends inside it (truncated)")
                 folder, _, name = m.name.rpartition("/")
                 stem, dot, ext = name.partition(".")
                 if not dot:
                     raise DataError(f"{shard}, member {m.name!r}: no extension, so no field of a sample")
-                keys.setdefault(f"{folder}/{stem}" if folder else stem, {})[ext.lower()] = m
+                fields = keys.setdefault(f"{folder}/{stem}" if folder else stem, {})
+                if ext.lower() in fields:
+                    raise DataError(f"{shard}, member {m.name!r}: a second {ext} for its key")
+                fields[ext.lower()] = m
     except tarfile.TarError as e:
         raise DataError(f"{shard}: not a readable tar shard ({e})") from None
     return list(keys.items())
@@ -80,12 +83,16 @@ class ShardPairs(ImageFiles):
     caption, position; `captions`, `is_backdoor`). Errors name the shard and the key."""
 
     def __init__(self, pattern: Union[str, pathlib.Path], image_size: int = 224):
+        super().__init__([], [], image_size)  # checks image_size before any shard is read
         self.shards = shard_files(pattern)
-        self.members, self.keys, captions, flags = [], [], [], []
+        self.members, self.keys, captions, flags, seen = [], [], [], [], {}
         for shard in self.shards:
             with open(shard, "rb") as f:
                 for key, fields in _shard_samples(shard):
                     where = f"{shard}, key {key}"
+                    if key in seen:
+                        raise DataError(f"{where}: the key is also in {seen[key]}; keys must be unique")
+                    seen[key] = shard
                     ext = next((e for e in SHARD_IMAGES if e in fields), None)
                     if ext is None:
                         raise DataError(
@@ -96,20 +103,23 @@ class ShardPairs(ImageFiles):
                     caption = self._text(f, fields["txt"], where).strip()
                     if not caption:
                         raise DataError(f"{where}: empty caption")
-                    if "json" in fields:
-                        flags.append(self._flag(self._text(f, fields["json"], where), where))
-                    elif flags:
-                        raise DataError(f"{where}: no json with is_backdoor, though earlier keys have one")
+                    meta = self._text(f, fields["json"], where) if "json" in fields else None
+                    flags.append(None if meta is None else self._flag(meta, where))
                     self.members.append((shard, fields[ext].offset_data, fields[ext].size, ext))
                     self.keys.append(key)
                     captions.append(caption)
         if not captions:
             raise DataError(f"{pattern}: the shards hold no samples")
-        if flags and len(flags) != len(captions):
-            raise DataError(f"{self.where(0)}: no json with is_backdoor, though later keys have one")
+        flagged = [f is not None for f in flags]
+        if any(flagged) and not all(flagged):  # a poisoned set marks every row, as the CSV's column
+            first = flagged.index(not flagged[0])
+            raise DataError(
+                f"{self.where(first)}: {'no' if flagged[0] else 'an'} is_backdoor in its json, unlike "
+                f"{self.where(0)}: mark every key or none"
+            )
         super().__init__([str(m[0]) for m in self.members], captions, image_size)
         self.captions = captions
-        self.is_backdoor = np.array(flags, bool) if flags else None
+        self.is_backdoor = np.array(flags, bool) if all(flagged) else None
 
     @staticmethod
     def _text(f, member: tarfile.TarInfo, where: str) -> str:
@@ -120,12 +130,16 @@ class ShardPairs(ImageFiles):
             raise DataError(f"{where}: {member.name} is not UTF-8 text ({e.reason})") from None
 
     @staticmethod
-    def _flag(text: str, where: str) -> bool:
+    def _flag(text: str, where: str):
+        """The json's is_backdoor, or None where it has none (img2dataset's own json: url,
+        status, ...)."""
         try:
             meta = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{where}: malformed json ({e})") from None
-        value = meta.get("is_backdoor") if isinstance(meta, dict) else None
+        if not isinstance(meta, dict) or "is_backdoor" not in meta:
+            return None
+        value = meta["is_backdoor"]
         if not isinstance(value, bool) and value not in (0, 1):
             raise DataError(f"{where}: json is_backdoor={value!r} is not accepted: use true / false or 0 / 1")
         return bool(value)
@@ -162,14 +176,17 @@ def write_shards(
     if per_shard < 1:
         raise ValueError(f"per_shard={per_shard} is out of range: accepted >= 1")
     data = CaptionCSV(csv)  # checks every row and file first
+    exts = [pathlib.Path(p).suffix.lower().lstrip(".") for p in data.paths]
+    odd = next((i for i, e in enumerate(exts) if e not in SHARD_IMAGES), None)
+    if odd is not None:
+        raise DataError(f"{data.where(odd)}: a .{exts[odd]} image; shards hold {', '.join(SHARD_IMAGES)}")
     out = pathlib.Path(out)
+    if out.is_dir() and any(out.glob("*.tar")):  # old shards would be read back with the new
+        raise DataError(f"{out}: already holds .tar shards; give an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with wds.ShardWriter(str(out / "%05d.tar"), maxcount=per_shard, verbose=0) as writer:
-        for i, (path, caption) in enumerate(zip(data.paths, data.captions)):
-            ext = pathlib.Path(path).suffix.lower().lstrip(".")
-            if ext not in SHARD_IMAGES:
-                raise DataError(f"{data.where(i)}: a .{ext} image; shards hold {', '.join(SHARD_IMAGES)}")
+        for i, (path, caption, ext) in enumerate(zip(data.paths, data.captions, exts)):
             sample = {"__key__": f"{i:09d}", ext: pathlib.Path(path).read_bytes(), "txt": caption}
             if data.is_backdoor is not None:
                 sample["json"] = {"is_backdoor": bool(data.is_backdoor[i])}

@@ -81,7 +81,9 @@ def oracle_scan(prof: Profile, progress: bool = True) -> dict:
 
         found = orc.oracle_pass(clip_labels, look, data.captions, w.categories, cfg, prof.seed)
         label, oracle_labels = found["label"], found["oracle"]
-        sets = orc.attribution_sets(clip_labels, oracle_labels, found["sees"], label, cfg, prof.seed)
+        sets = orc.attribution_sets(
+            clip_labels, oracle_labels, found["sees"], label, cfg, prof.seed, found["sample"]
+        )
         chosen = sets["suspects"]
         chosen_maps = maps_of(chosen)
         estimate, maps_a = orc.locate_trigger(
@@ -132,8 +134,8 @@ def oracle_scan(prof: Profile, progress: bool = True) -> dict:
                 "footprint_share": footprint.float().mean().item(),
                 "victims": orc.precision_recall(victims, data.is_backdoor),
                 "victims_person": int((oracle_labels[torch.from_numpy(victims)] < 0).sum()),
-                "oracle_label_agreement": 100.0  # on the images the oracle looked at
-                * (oracle_labels == seg.image_labels(drawn, n_cat))[found["looked"]].float().mean().item(),
+                "oracle_label_agreement": 100.0  # on the sample: the tied images over-represent disagreement
+                * (oracle_labels == seg.image_labels(drawn, n_cat))[found["sample"]].float().mean().item(),
                 "attack": prof.attack.name,
                 "device": str(device),
             },
