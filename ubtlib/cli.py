@@ -269,11 +269,10 @@ def _convert_pairs(args) -> None:
 
 
 def _paper_stage(prof, args) -> None:
-    import os
-
     from ubtlib.paper_scale import runs as paper_scale
+    from ubtlib.paper_scale.distributed import launched_processes
 
-    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    processes = launched_processes()
     if processes > 1 and args.stage != "finetune":  # each process would run it whole and write its files
         raise ValueError(
             f"paper {args.stage} runs in one process, not under torchrun ({processes} processes); "

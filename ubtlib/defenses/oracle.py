@@ -51,9 +51,10 @@ class OracleConfig:
 
     kind: str = "learned"  # learned (the Segmenter) | exact (the world's own maps: an upper bound)
     min_share: float = 0.02  # a category must cover this share of an image to be the oracle's label
-    # images (a seeded sample) both labellings give, to find the affected label (0: every image);
-    # the oracle then looks only at the images tied to that label, which is all the rest reads
-    label_sample: int = 0  # 4096 failed SIG and SSBA at seed 0 (see stop 33): every image until understood
+    # images (a seeded sample) both labellings give, to find the affected label, after which the
+    # oracle looks only at the images tied to it; 0: every image, since a sample's reference
+    # images and excess can mislead the trigger estimate
+    label_sample: int = 0
     attribution: str = "occlusion"  # occlusion | gradient
     patch: int = 4  # occlusion window side (px), slid at half its side
     attribution_images: int = 128  # disagreeing images attributed (the first, in training order)
@@ -126,9 +127,7 @@ def oracle_summary(maps: torch.Tensor, n_categories: int, min_share: float) -> t
     """(image labels, N x n_categories bool: which categories each map shows) of label maps:
     `segmenter.image_labels` and `segmenter.shows_label`, all the scan keeps of a map."""
     sees = [seg.shows_label(maps, c, min_share) for c in range(n_categories)]
-    return seg.image_labels(maps, n_categories, min_share), torch.stack(sees, 1).reshape(
-        len(maps), n_categories
-    )
+    return seg.image_labels(maps, n_categories, min_share), torch.stack(sees, 1)
 
 
 def oracle_pass(

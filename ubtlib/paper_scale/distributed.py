@@ -41,12 +41,17 @@ class Ranks:
         return self.rank == 0
 
 
+def launched_processes() -> int:
+    """How many processes torchrun started for this job (WORLD_SIZE; 1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def start(device: str = "auto", timeout_s: float = 1800.0) -> tuple:
     """(Ranks, torch.device) of this process. Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK set)
     the process group is started once, NCCL on CUDA and gloo on a CPU, and a CUDA rank gets the
     device of its local rank; a single process gets `modellib.pick_device(device)`."""
     chosen = modellib.pick_device(device)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launched_processes()
     if world == 1:
         return Ranks(), chosen
     ranks = Ranks(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))

@@ -117,8 +117,7 @@ class ShardPairs(ImageFiles):
                 f"{self.where(first)}: {'no' if flagged[0] else 'an'} is_backdoor in its json, unlike "
                 f"{self.where(0)}: mark every key or none"
             )
-        super().__init__([str(m[0]) for m in self.members], captions, image_size)
-        self.captions = captions
+        self.paths, self.labels, self.captions = [str(m[0]) for m in self.members], captions, captions
         self.is_backdoor = np.array(flags, bool) if all(flagged) else None
 
     @staticmethod
