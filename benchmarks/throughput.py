@@ -14,6 +14,11 @@ the peak is the GPU's bf16 dense peak (--peak-tflops); on a CPU it is what the s
 reach on a large fp32 matrix product (measured here), so CPU MFU says how far the step is from
 the machine's own best. Data loading is not timed: this measures the training loop itself.
 
+`--candidates` also times changes to the step that keep its recipe, each alone on the bare
+loop, for deciding whether the library should adopt them: AdamW's fused kernel, and
+torch.compile of the forward pass and loss (its compile time is reported apart, since every
+process of a build would pay it again).
+
     OMP_NUM_THREADS=2 python benchmarks/throughput.py                     # pocket CLIP, CPU
     python benchmarks/throughput.py --model ViT-B-32 --device cuda --precision bf16
 """
@@ -25,11 +30,13 @@ import copy
 import statistics
 import time
 
+import ubtlib  # noqa: F401, I001  (before open_clip: see ubtlib/_compat.py)
+
+# isort: split
 import open_clip
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import ubtlib  # noqa: F401  (before open_clip: see ubtlib/_compat.py)
 from ubtlib.clip import model as modellib
 from ubtlib.clip.train import TrainConfig, adamw, clip_loss, optimize
 from ubtlib.paper_scale import weights
@@ -63,15 +70,21 @@ def bare_step(model, opt, loss_fn, images, tokens, device):
     opt.step()
 
 
-def bare_loop(model, images, tokens, steps, device) -> float:
-    """Seconds for `steps` steps of a plain open_clip forward / backward / AdamW loop."""
+def bare_loop(model, images, tokens, steps, device, fused=False, forward=None) -> float:
+    """Seconds for `steps` steps of a plain open_clip forward / backward / AdamW loop.
+
+    fused: AdamW's fused kernel; forward: a replacement for model's forward (a compiled one)."""
     loss_fn = open_clip.ClipLoss()
     model.train()
     opt = adamw(model, 1e-5, 0.1)
+    if fused:  # same groups and hyper-parameters, one kernel per group instead of per tensor
+        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in opt.param_groups]
+        d = opt.defaults
+        opt = torch.optim.AdamW(groups, lr=d["lr"], betas=d["betas"], eps=d["eps"], fused=True)
     sync(device)
     start = time.perf_counter()
     for _ in range(steps):
-        bare_step(model, opt, loss_fn, images, tokens, device)
+        bare_step(model if forward is None else forward, opt, loss_fn, images, tokens, device)
     sync(device)
     return time.perf_counter() - start
 
@@ -105,6 +118,7 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed steps per run")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each loop, interleaved; medians reported")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H100 SXM: 989)")
+    ap.add_argument("--candidates", action="store_true", help="also time fused AdamW and torch.compile")
     args = ap.parse_args(argv)
     device = modellib.pick_device(args.device)
     precision = "bf16" if device.type == "cuda" else "fp32"
@@ -125,6 +139,16 @@ def main(argv=None) -> None:
         "library": lambda m, n: library_loop(m, images_u8, tokens, n, device),
         "bare": lambda m, n: bare_loop(m, images, tokens, n, device),
     }
+    compile_s = None
+    if args.candidates:
+        models["fused AdamW"] = copy.deepcopy(model)
+        run["fused AdamW"] = lambda m, n: bare_loop(m, images, tokens, n, device, fused=True)
+        models["compiled"] = copy.deepcopy(model)
+        compiled = torch.compile(models["compiled"])
+        run["compiled"] = lambda m, n: bare_loop(m, images, tokens, n, device, forward=compiled)
+        start = time.perf_counter()
+        run["compiled"](models["compiled"], 1)
+        compile_s = time.perf_counter() - start
     for name in run:  # warm-up: allocations, kernels, optimizer state
         run[name](models[name], 2)
     seconds = {name: [] for name in run}
@@ -139,10 +163,17 @@ def main(argv=None) -> None:
     print(f"{args.model} ({params:.1f}M parameters, {size} px), batch {args.batch}, {precision}, {where}")
     for name in run:
         print(
-            f"  {name:8s} {rate[name]:9.1f} pairs/s   (runs of {args.steps} steps: "
+            f"  {name:11s} {rate[name]:9.1f} pairs/s   (runs of {args.steps} steps: "
             f"{', '.join(f'{s:.2f}' for s in seconds[name])} s)"
         )
-    print(f"  ratio library / bare: {rate['library'] / rate['bare']:.3f}")
+    for name in run:
+        if name != "bare":
+            print(f"  ratio {name} / bare: {rate[name] / rate['bare']:.3f}")
+    if compile_s is not None:
+        print(
+            f"  torch.compile: first step {compile_s:.1f} s (tracing and compiling; inductor keeps its "
+            "kernels on disk, so a later process with the same graphs compiles faster)"
+        )
     m = models["bare"]
     opt = adamw(m, 1e-5, 0.1)
     with FlopCounterMode(display=False) as counter:
@@ -156,7 +187,7 @@ def main(argv=None) -> None:
     print(f"  {flops / args.batch / 1e6:.1f} MFLOP per pair (forward + backward); peak: {of}")
     for name in run:
         achieved = flops * rate[name] / args.batch
-        print(f"  {name:8s} {achieved / 1e9:9.2f} GFLOP/s, MFU {100 * achieved / peak:.1f} %")
+        print(f"  {name:11s} {achieved / 1e9:9.2f} GFLOP/s, MFU {100 * achieved / peak:.1f} %")
 
 
 if __name__ == "__main__":
