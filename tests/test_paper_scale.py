@@ -605,8 +605,8 @@ def _shard(path, samples):
 
 
 def test_shards_and_the_csv_hold_the_same_pairs_and_give_the_same_batches(tmp_path, tiny_paper):
+    from ubtlib.clip.distributed import Ranks
     from ubtlib.paper_scale import shards
-    from ubtlib.paper_scale.distributed import Ranks
 
     rows = [f"img/{k}.png,a photo number {k},{int(k in (2, 5))}" for k in range(8)]
     csv = caption_csv(tmp_path, rows)

@@ -269,14 +269,14 @@ def _convert_pairs(args) -> None:
 
 
 def _paper_stage(prof, args) -> None:
+    from ubtlib.clip.distributed import launched_processes
     from ubtlib.paper_scale import runs as paper_scale
-    from ubtlib.paper_scale.distributed import launched_processes
 
     processes = launched_processes()
-    if processes > 1 and args.stage != "finetune":  # each process would run it whole and write its files
+    if processes > 1 and args.stage not in ("finetune", "defend"):  # each process would run it whole
         raise ValueError(
             f"paper {args.stage} runs in one process, not under torchrun ({processes} processes); "
-            "accepted under torchrun: paper finetune"
+            "accepted under torchrun: paper finetune, paper defend (UBT, CleanCLIP)"
         )
 
     if args.stage == "finetune":

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from ubtlib.checks import check_range
+from ubtlib.clip import distributed
 from ubtlib.clip.model import normalize, to_unit
 from ubtlib.clip.train import TrainConfig, batches, epoch_steps, optimize
 
@@ -128,8 +129,11 @@ def cleanclip(
     seed: int = 0,
     progress: bool = True,
 ) -> list:
-    """Fine-tune `model` in place on clean (uint8 image, caption) pairs with CleanCLIP's loss."""
+    """Fine-tune `model` in place on clean (uint8 image, caption) pairs with CleanCLIP's loss.
+    Under torchrun each rank trains on its share of every batch, and the loss gathers every
+    rank's features (`distributed`)."""
     cfg.validate(len(images))
+    ranks = distributed.current()
     rng = random.Random(seed)
     torch.manual_seed(seed)  # AutoAugment draws from torch's global generator
     augment = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
@@ -139,15 +143,20 @@ def cleanclip(
 
     def loss_step():
         idx = next(order)
-        x = to_unit(images[idx], device)
-        # AutoAugment draws one policy per call: call it per image so each gets its own
-        x_aug = to_unit(torch.stack([augment(img) for img in images[idx]]), device)
-        t = tokens[idx].to(device)
-        t_aug = tokenizer([eda(captions[i], rng, cfg.eda_alpha) for i in idx.tolist()]).to(device)
+        # AutoAugment draws one policy per call: call it per image so each gets its own. Every
+        # rank augments the whole batch, so that both generators advance as in one process
+        x_aug = distributed.shard(torch.stack([augment(img) for img in images[idx]]), ranks)
+        t_aug = distributed.shard(
+            tokenizer([eda(captions[i], rng, cfg.eda_alpha) for i in idx.tolist()]), ranks
+        )
+        idx = distributed.shard(idx, ranks)
+        x, x_aug = to_unit(images[idx], device), to_unit(x_aug, device)
+        t, t_aug = tokens[idx].to(device), t_aug.to(device)
         fi = model.encode_image(normalize(torch.cat([x, x_aug])), normalize=True)
         ft = model.encode_text(torch.cat([t, t_aug]), normalize=True)
         b = len(idx)
-        return cleanclip_loss(fi[:b], ft[:b], fi[b:], ft[b:], model.logit_scale.exp(), cfg.inmodal_weight)
+        fi, ft, fi_aug, ft_aug = (distributed.gather(f, ranks) for f in (fi[:b], ft[:b], fi[b:], ft[b:]))
+        return cleanclip_loss(fi, ft, fi_aug, ft_aug, model.logit_scale.exp(), cfg.inmodal_weight)
 
     train_cfg = TrainConfig(
         epochs=cfg.epochs,
@@ -158,4 +167,7 @@ def cleanclip(
         log_every=10,
     )
     per_step = min(cfg.batch_size, len(images))
-    return optimize(model, loss_step, steps, train_cfg, device, "CleanCLIP", progress, per_step)
+    with distributed.averaged_gradients(model, ranks):
+        return optimize(
+            model, loss_step, steps, train_cfg, device, "CleanCLIP", progress and ranks.main, per_step
+        )

@@ -33,11 +33,11 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
-import open_clip
 import torch
 import torch.nn.functional as F
 
 from ubtlib.checks import check_choice, check_range
+from ubtlib.clip import distributed
 from ubtlib.clip.model import autocast, normalize, to_unit
 from ubtlib.clip.towers import TOWERS, training_towers
 from ubtlib.clip.train import TrainConfig, clip_loss, optimize
@@ -259,16 +259,19 @@ def overfit(
     seed: int = 0,
     progress: bool = True,
 ) -> list:
-    """Eq. 1 on `model` in place: mean (S - 1)^2 over D_susp batches + CLIP loss on D_safe."""
+    """Eq. 1 on `model` in place: mean (S - 1)^2 over D_susp batches + CLIP loss on D_safe.
+    Under torchrun each rank trains on its share of every batch (`distributed`)."""
     g = torch.Generator().manual_seed(seed)
     susp_batches = _sampler(susp, cfg.overfit_batch_size, g)
     safe_batches = _sampler(safe, cfg.overfit_batch_size, g)
-    loss_fn = open_clip.ClipLoss()
+    ranks = distributed.current()
+    loss_fn = distributed.contrastive_loss(ranks)
 
     def loss_step():
-        x, t = _batch(images, tokens, next(susp_batches), device, image_hook)
+        x, t = _batch(images, tokens, distributed.shard(next(susp_batches), ranks), device, image_hook)
         s = (model.encode_image(normalize(x), normalize=True) * model.encode_text(t, normalize=True)).sum(-1)
-        x_safe, t_safe = _batch(images, tokens, next(safe_batches), device, image_hook)
+        safe_batch = distributed.shard(next(safe_batches), ranks)
+        x_safe, t_safe = _batch(images, tokens, safe_batch, device, image_hook)
         return (s - 1).pow(2).mean() + clip_loss(model, x_safe, t_safe, loss_fn)
 
     steps = max(1, math.ceil(cfg.overfit_epochs * len(susp) / min(cfg.overfit_batch_size, len(susp))))
@@ -281,7 +284,17 @@ def overfit(
         log_every=5,
     )
     per_step = min(cfg.overfit_batch_size, len(susp)) + min(cfg.overfit_batch_size, len(safe))
-    return optimize(model, loss_step, steps, train_cfg, device, "UBT: overfitting D_susp", progress, per_step)
+    with distributed.averaged_gradients(model, ranks):
+        return optimize(
+            model,
+            loss_step,
+            steps,
+            train_cfg,
+            device,
+            "UBT: overfitting D_susp",
+            progress and ranks.main,
+            per_step,
+        )
 
 
 def detect(similarity_on_susp: torch.Tensor, susp: torch.Tensor, k: int) -> torch.Tensor:
@@ -456,13 +469,17 @@ def unlearn(
     being unlearned, for `restore_to` "class"; fixed unit embeddings for "clean_image").
 
     `on_step(model, step)`, if given, is called before each step and after the last (for
-    unlearning curves)."""
+    unlearning curves). Under torchrun each rank unlearns its share of every batch; the
+    restoring term runs in one process only."""
+    ranks = distributed.current()
+    if ranks.world > 1 and restore is not None:
+        raise ValueError("the restoring variant (restore=) runs in one process, not under torchrun")
     g = torch.Generator().manual_seed(seed)
     pairs = _sampler(torch.arange(len(unlearn_images)), cfg.unlearn_batch_size, g)
     if retain is not None and cfg.retain_weight > 0:
         retain_tokens, retain_positions = retain
         retain_batches = _sampler(retain_positions, cfg.unlearn_batch_size, g)
-    loss_fn = open_clip.ClipLoss()
+    loss_fn = distributed.contrastive_loss(ranks)
     done = [0]
 
     def loss_step():
@@ -471,7 +488,7 @@ def unlearn(
                 on_step(model, done[0])
             model.train()
         done[0] += 1
-        j = next(pairs)
+        j = distributed.shard(next(pairs), ranks)
         x = _images(images, unlearn_images[j], device, image_hook)
         # a batch of the Cartesian product repeats a few captions: encode each once
         distinct, which = torch.unique(unlearn_tokens[j], dim=0, return_inverse=True)
@@ -489,7 +506,9 @@ def unlearn(
                 pull = (1 - (image[keep.to(device)] * home).sum(-1)).mean()
                 loss = loss + cfg.restore_weight * pull
         if retain is not None and cfg.retain_weight > 0:
-            xr, tr = _batch(images, retain_tokens, next(retain_batches), device, image_hook)
+            xr, tr = _batch(
+                images, retain_tokens, distributed.shard(next(retain_batches), ranks), device, image_hook
+            )
             loss = loss + cfg.retain_weight * clip_loss(model, xr, tr, loss_fn)
         return loss
 
@@ -512,8 +531,10 @@ def unlearn(
         per_step += min(cfg.unlearn_batch_size, len(retain[1]))
     # With the text tower frozen, the similarity can only fall by moving the triggered images:
     # otherwise the cheapest way down is to move the unlearning captions' embeddings instead.
-    with training_towers(model, cfg.unlearn_towers):
-        curve = optimize(model, loss_step, steps, train_cfg, device, "UBT: unlearning", progress, per_step)
+    with training_towers(model, cfg.unlearn_towers), distributed.averaged_gradients(model, ranks):
+        curve = optimize(
+            model, loss_step, steps, train_cfg, device, "UBT: unlearning", progress and ranks.main, per_step
+        )
     if on_step is not None:
         on_step(model, done[0])
     return curve
@@ -549,7 +570,12 @@ def find_poison(
     seconds each part took; `data.is_backdoor` is read only to score the split and the
     detection afterwards. relevance=False skips the token relevance (None in the result)."""
     start = time.perf_counter()
-    clean_sim = pair_similarity(clean_model, data.images, tokens, device, data.image_hook)
+    # under torchrun every rank scores every pair (no faster than one process, but no slower),
+    # and takes rank 0's scores, so that the split and the top k are the same on all ranks
+    ranks = distributed.current()
+    clean_sim = distributed.same_on_all(
+        pair_similarity(clean_model, data.images, tokens, device, data.image_hook), ranks
+    )
     susp, safe = suspicious_split(clean_sim, cfg.susp_fraction)
     t_split = time.perf_counter()
     # a random sample of D_safe, for the retain pool: how much the overfitting raised each one's
@@ -562,14 +588,21 @@ def find_poison(
     )
     op = copy.deepcopy(poisoned_model)
     overfit_curve = overfit(op, data.images, tokens, susp, safe, cfg, device, data.image_hook, seed, progress)
-    op_sim = pair_similarity(op, data.images, tokens, device, data.image_hook, positions=susp)
-    candidate_gain = (
-        pair_similarity(op, data.images, tokens, device, data.image_hook, positions=candidates) - before
+    op_sim = distributed.same_on_all(
+        pair_similarity(op, data.images, tokens, device, data.image_hook, positions=susp), ranks
+    )
+    candidate_gain = distributed.same_on_all(
+        pair_similarity(op, data.images, tokens, device, data.image_hook, positions=candidates) - before,
+        ranks,
     )
     top = detect(op_sim, susp, cfg.top_k)
     t_detect = time.perf_counter()
     # only token-level UBT reads it: its seconds are charged to that variant alone
-    scores = token_relevance(op, data.images, tokens, top, device, data.image_hook) if relevance else None
+    scores = (
+        distributed.same_on_all(token_relevance(op, data.images, tokens, top, device, data.image_hook), ranks)
+        if relevance
+        else None
+    )
     end = time.perf_counter()
     truth = torch.as_tensor(data.is_backdoor)
     return {

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ubtlib.paper_scale.distributed import Ranks, SharedOrder, current
+from ubtlib.clip.distributed import Ranks, SharedOrder, current
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 CSV_COLUMNS = ("image", "caption")  # required; `is_backdoor` is optional

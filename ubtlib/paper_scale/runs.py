@@ -39,13 +39,13 @@ from ubtlib.attacks.ssba import SSBATrigger, StegaEncoder, fixed_secret, train_s
 from ubtlib.attacks.triggers import ATTACKS, make_trigger
 from ubtlib.book.report import provenance
 from ubtlib.checks import check_choice, check_range, read_tensors
+from ubtlib.clip import distributed
 from ubtlib.clip import model as modellib
 from ubtlib.clip.train import TrainConfig, clip_loss, epoch_steps, optimize
 from ubtlib.defenses.cleanclip import cleanclip
 from ubtlib.defenses.ubt import run_ubt
 from ubtlib.evaluation.robustness import redirect, robust_accuracy
 from ubtlib.evaluation.zeroshot import attack_success_rate, classifier, encode_images, topk_accuracy
-from ubtlib.paper_scale import distributed
 from ubtlib.paper_scale import oracle as guided
 from ubtlib.paper_scale.data import (
     CaptionCSV,
@@ -443,10 +443,22 @@ def defend_run(
     on `clean_csv` (a clean subset; the first cleanclip_clean_pairs rows are used), or the
     oracle-guided defense ("oracle") on the training CSV, with the torchvision `segmenter` (one
     of `weights.SEGMENTERS`) whose weights are in `segmenter_weights`; its class names, background
-    first, one per line, are in `segmenter_classes` (default: the 21 Pascal VOC labels)."""
+    first, one per line, are in `segmenter_classes` (default: the 21 Pascal VOC labels).
+    Under torchrun UBT and CleanCLIP train on every rank, each on its share of every batch,
+    and rank 0 writes the weights and the JSON; the oracle-guided defense runs in one process."""
     check_choice("defense", defense, PAPER_DEFENSES)
-    device = modellib.pick_device(profile.device)
     size = check_model(profile, weights)
+    if defense == "oracle" and distributed.launched_processes() > 1:
+        raise ValueError("defense='oracle' runs in one process, not under torchrun")
+    ranks, device = distributed.start(profile.device)
+    if defense == "cleanclip":
+        batches = {"cleanclip_batch_size": profile.cleanclip.batch_size}
+    else:
+        batches = {
+            f"ubt_{k}_batch_size": getattr(profile.ubt, f"{k}_batch_size") for k in ("overfit", "unlearn")
+        }
+    for name, batch_size in batches.items():  # before any compute
+        distributed.check_split(name, batch_size, ranks)
     if defense == "cleanclip":
         if clean_csv is None:
             raise ValueError("defense='cleanclip' needs clean_csv (the defender's clean pairs)")
@@ -467,7 +479,7 @@ def defend_run(
                 "classes, so the scan cannot name it as the affected label",
                 flush=True,
             )
-    prov = provenance(profile, device)
+    prov = provenance(profile, device) | {"processes": ranks.world}
     poisoned_model, tokenizer = load_model(profile, device, weights)
     start = time.perf_counter()
     if defense == "oracle":
@@ -520,7 +532,9 @@ def defend_run(
         **settings[defense if defense in settings else "ubt"],
         "provenance": prov,
     }
-    _finish(pathlib.Path(out), model, record)
+    if ranks.main:
+        _finish(pathlib.Path(out), model, record)
+    distributed.barrier(ranks)  # no rank leaves (and tears the group down) before the weights are written
     return record
 
 

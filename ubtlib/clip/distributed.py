@@ -1,19 +1,26 @@
-"""Paper-scale training over several processes, as `torchrun --nproc_per_node N` starts them.
+"""Training over several processes, as `torchrun --nproc_per_node N` starts them (the
+paper-scale commands; the pocket chapters run one process).
 
 One process per device. Every rank walks the same seeded order of the data and takes its
-share of each global batch (`SharedOrder`), so the global batch, and the result, do not depend
-on N beyond float rounding. DistributedDataParallel averages the gradients; open_clip's
-ClipLoss gathers every rank's features with their gradients, so each rank's loss is the whole
-batch's (the logged curve is the single-process one) and the averaged gradient is exactly the
-single-process gradient. Only rank 0 writes files and shows progress. A rank that raises ends
-the job: torchrun stops the others and reports the error.
+share of each global batch (`SharedOrder`, `shard`), so the global batch, and the result, do
+not depend on N beyond float rounding. Contrastive losses gather every rank's features with
+their gradients (open_clip's ClipLoss with `gather_with_grad`, or `gather`), so each rank
+computes the whole batch's loss; losses that are means over the batch are each rank's mean
+over its share. Averaging the ranks' gradients then gives exactly the single-process gradient.
+Poisoned fine-tuning averages them with DistributedDataParallel, which overlaps the exchange
+with the backward pass but needs the step's one forward to go through it; the defenses encode
+the towers several times per step (D_susp and D_safe, the unlearning captions and the retain
+batch), so they average before each optimizer step (`averaged_gradients`). Only rank 0 writes
+files and shows progress. A rank that raises ends the job: torchrun stops the others and
+reports the error.
 
 Outside torchrun (no WORLD_SIZE in the environment) everything here is the identity: one rank,
-the model unwrapped, open_clip's plain ClipLoss.
+the model unwrapped, open_clip's plain ClipLoss, the batch whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
@@ -21,7 +28,9 @@ from dataclasses import dataclass
 import open_clip
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_autograd
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.data import Sampler
 
 from ubtlib.clip import model as modellib
@@ -105,6 +114,70 @@ def check_split(name: str, batch_size: int, ranks: Ranks) -> None:
             f"{name}={batch_size} does not split over {ranks.world} processes: "
             f"accepted a multiple of {ranks.world}"
         )
+
+
+def shard(batch: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """This rank's consecutive `len(batch) / world` rows of a global batch (the batch itself
+    for one rank)."""
+    if ranks.world == 1:
+        return batch
+    if len(batch) % ranks.world:
+        raise ValueError(
+            f"a batch of {len(batch)} does not split over {ranks.world} processes: "
+            f"accepted a multiple of {ranks.world}"
+        )
+    share = len(batch) // ranks.world
+    return batch[ranks.rank * share : (ranks.rank + 1) * share]
+
+
+def gather(features: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """Every rank's `features` in rank order, the global batch, with gradients flowing back to
+    each rank's own rows (the features themselves for one rank)."""
+    if ranks.world == 1:
+        return features
+    return torch.cat(dist_autograd.all_gather(features))
+
+
+def same_on_all(result: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """Rank 0's `result` on every rank. Each rank scores the data itself, and a choice made
+    from the scores (the split, the top k) must not differ between ranks by a rounding."""
+    if ranks.world == 1:
+        return result
+    # NCCL moves CUDA tensors only
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else result.device
+    sent = result.to(on).contiguous()
+    dist.broadcast(sent, src=0)
+    return sent.to(result.device)
+
+
+@contextlib.contextmanager
+def averaged_gradients(model: torch.nn.Module, ranks: Ranks):
+    """While inside, every optimizer step on `model`'s parameters first averages their gradients
+    over the ranks, in the parameters' order; a parameter that got a gradient on some rank only
+    gets a zero one on the others (nothing at all for one rank)."""
+    if ranks.world == 1:
+        yield
+        return
+    mine = {id(p) for p in model.parameters()}
+
+    def average(optimizer, args, kwargs):
+        params = [p for g in optimizer.param_groups for p in g["params"] if id(p) in mine]
+        if not params:
+            return
+        has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
+        dist.all_reduce(has)
+        for p, n in zip(params, has.tolist()):
+            if n:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+                p.grad.div_(ranks.world)
+
+    handle = register_optimizer_step_pre_hook(average)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 class SharedOrder(Sampler):
