@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ from ubtlib.attacks.poison import triggered_hook
 from ubtlib.attacks.triggers import ATTACKS, at_strength, linf, make_trigger, psnr
 from ubtlib.clip import model as modellib
 from ubtlib.evaluation.robustness import backdoor_metrics
+from ubtlib.pipeline import lanes
 from ubtlib.pipeline.curves import unlearning_curve  # noqa: F401  (chapter 4 calls it from here)
 from ubtlib.pipeline.profiles import Profile
 
@@ -323,13 +325,29 @@ def defense_row(profile: Profile, attack: str, defense: str, progress: bool = Tr
     return {**backdoor_metrics(m.model, m.tokenizer, world, hook, prof.poison.target, device), **extra}
 
 
-def ablation(profile: Profile, attack: str, field: str, values, seeds=None, progress: bool = True) -> list:
-    """UBT with `ubt_<field>` set to each of `values` (everything else as in `profile`), once
-    per seed of `seeds` (None: the profile's own seed); a `restore_*` field runs the
-    restoring variant. A value that is invalid with the others (a top-k larger than D_susp) is skipped,
-    with a note."""
+def warm_row(profile: Profile, attack: str, defense: str) -> None:
+    """The cached stages behind `defense_row` (the poisoned or defended model), without its
+    evaluation: what the helper lane computes (`pipeline.lanes`)."""
+    prof = pipeline.with_attack(profile, attack)
+    if defense == "none":
+        pipeline.poisoned(prof, progress=False)
+    else:
+        pipeline.defended(prof, None, defense, progress=False)
+
+
+def defense_rows(calls: Sequence[tuple], progress: bool = True) -> list:
+    """`defense_row(profile, attack, defense)` for each (profile, attack, defense) of `calls`, in
+    order, in two lanes on a CPU (`pipeline.lanes`)."""
+    if not calls:
+        return []
+    device = modellib.pick_device(calls[0][0].device)
+    return lanes.computed(defense_row, warm_row, calls, device, progress)
+
+
+def _ablation_plan(profile: Profile, attack: str, field: str, values, seeds) -> tuple:
+    """(the settings of each row, the `defense_rows` calls that compute them) of an `ablation`."""
     defense = "ubt_restore" if field.startswith("restore_") else "ubt"
-    rows = []
+    settings, calls = [], []
     for seed in (profile.seed,) if seeds is None else seeds:
         for v in values:
             prof = dataclasses.replace(profile, seed=seed, ubt=dataclasses.replace(profile.ubt, **{field: v}))
@@ -338,10 +356,18 @@ def ablation(profile: Profile, attack: str, field: str, values, seeds=None, prog
             except ValueError as e:
                 print(f"skipped ubt_{field}={v}: {e}")
                 continue
-            rows.append(
-                {field: v, "seed": seed, "defense": defense, **defense_row(prof, attack, defense, progress)}
-            )
-    return rows
+            settings.append({field: v, "seed": seed, "defense": defense})
+            calls.append((prof, attack, defense))
+    return settings, calls
+
+
+def ablation(profile: Profile, attack: str, field: str, values, seeds=None, progress: bool = True) -> list:
+    """UBT with `ubt_<field>` set to each of `values` (everything else as in `profile`), once
+    per seed of `seeds` (None: the profile's own seed); a `restore_*` field runs the
+    restoring variant. A value that is invalid with the others (a top-k larger than D_susp) is skipped,
+    with a note."""
+    settings, calls = _ablation_plan(profile, attack, field, values, seeds)
+    return [{**s, **r} for s, r in zip(settings, defense_rows(calls, progress))]
 
 
 def ablation_grid(base) -> dict:
@@ -373,13 +399,16 @@ def ablations(
     `ablation_grid` of the profile's UBT settings); the fields in `over_seeds` (None: all) run
     once per seed of `seeds`, the others at the profile's seed only."""
     grid = ablation_grid(profile.ubt) if grid is None else grid
-    return {
-        (a, field): ablation(
-            profile, a, field, values, seeds if over_seeds is None or field in over_seeds else None, progress
+    plans = {
+        (a, field): _ablation_plan(
+            profile, a, field, values, seeds if over_seeds is None or field in over_seeds else None
         )
         for a in attacks
         for field, values in grid.items()
     }
+    # one pass over every row, so that the two lanes share the whole grid
+    rows = iter(defense_rows([c for _, calls in plans.values() for c in calls], progress))
+    return {key: [{**s, **next(rows)} for s in settings] for key, (settings, _) in plans.items()}
 
 
 TABLE1_DEFENSES = ("none", "cleanclip", "ubt_no_token", "ubt", "ubt_restore", "oracle")
@@ -391,13 +420,9 @@ def table1(
     """Every (seed, attack, defense) row of the Table 1 analogue. The seeds vary the poison
     choice, the triggers' randomness, the fine-tuning and the defenses; the world and the
     pre-trained model stay those of `profile`, like the paper's single pre-trained CLIP."""
-    rows = []
-    for seed in seeds:
-        prof = dataclasses.replace(profile, seed=seed)
-        for a in attacks:
-            for d in defenses:
-                rows.append({"seed": seed, "attack": a, "defense": d, **defense_row(prof, a, d, progress)})
-    return rows
+    calls = [(dataclasses.replace(profile, seed=s), a, d) for s in seeds for a in attacks for d in defenses]
+    rows = defense_rows(calls, progress)
+    return [{"seed": p.seed, "attack": a, "defense": d, **r} for (p, a, d), r in zip(calls, rows)]
 
 
 def caption_alignment(profile: Profile, attack: str) -> dict:
