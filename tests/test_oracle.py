@@ -373,7 +373,10 @@ def test_scan_readings_follow_the_run():
     )
     scans["badnet"] = scan_record(label="car", iou=0.2)
     r = scan_readings(scans, asr, "banana")
-    assert r["labels_reading"].startswith("The affected label is not the target for BadNet (`car`)")
+    assert r["labels_reading"].startswith(
+        "The affected label is not the target for BadNet (`car`: CLIP gives it -20 images over the "
+        "oracle, `banana` +1400)"
+    )
     assert "misses the bar" in r["trigger_reading"]
     table = scan_table(scans, asr)
     assert (

@@ -71,8 +71,15 @@ def scan_readings(scans: Mapping[str, dict], asr: Mapping[str, float], target: s
         f"The affected label is `{target}` for every planted attack ({', '.join(map(_name, fired))})."
         if not wrong
         else "The affected label is not the target for "
-        + ", ".join(f"{_name(a)} (`{scans[a]['affected_label']}`)" for a in wrong)
-        + f"; for the other planted attacks it is `{target}`."
+        + ", ".join(
+            f"{_name(a)} (`{scans[a]['affected_label']}`: CLIP gives it "
+            f"{scans[a]['excess'][scans[a]['affected_label']]:+d} images over the oracle, `{target}` "
+            f"{scans[a]['excess'].get(target, 0):+d})"
+            for a in wrong
+        )
+        + f"; for the other planted attacks it is `{target}`. The label is the one with the largest "
+        "excess, so a class CLIP over-predicts on its own wins wherever its excess beats the one the "
+        "backdoor gives the target."
     )
     prec = {a: scans[a]["victims"]["precision"] for a in fired}
     rec = {a: scans[a]["victims"]["recall"] for a in fired}
