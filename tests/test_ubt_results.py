@@ -342,7 +342,10 @@ def test_ablation_summary_is_mean_and_std_over_seeds():
         )
     )
     summary = ur.ablation_summary(flat).set_index("value")
-    assert summary.loc["tokens", "ASR"] == 20.0 and summary.loc["tokens", "ASR std"] == 10.0
+    # the sample std (ddof 1), as Table 1's: of 10 and 30, 14.14
+    assert summary.loc["tokens", "ASR"] == 20.0 and summary.loc["tokens", "ASR std"] == pytest.approx(
+        200**0.5
+    )
     assert summary.loc["template", "CA std"] == 0.0 and summary.loc["template", "seeds"] == 2
     assert ur.ablation_value(flat, "caption_form", "tokens", "ASR") == 20.0
     assert math.isnan(ur.ablation_value(flat, "unlearn_floor", -1.0, "ASR"))
@@ -355,8 +358,8 @@ def test_departure_readings_follow_the_evidence():
         )
 
     supports = reading({"tokens": [(50.0, 60.0), (50.0, 70.0)], "template": [(50.0, 1.0), (50.0, 3.0)]})
-    assert supports.startswith("**how kept tokens become a caption** (`ubt_caption_form`): ASR 2.00 ± 1.00 %")
-    assert "against 65.00 ± 5.00 % with the paper's ('tokens'), over 2 seeds" in supports
+    assert supports.startswith("**how kept tokens become a caption** (`ubt_caption_form`): ASR 2.00 ± 1.41 %")
+    assert "against 65.00 ± 7.07 % with the paper's ('tokens'), over 2 seeds" in supports
     assert supports.endswith(": the evidence supports the pocket default.")
     tie = reading({"tokens": [(50.0, 0.5), (50.0, 6.0)], "template": [(50.0, 1.0), (50.0, 3.0)]})
     assert tie.endswith("so this measure does not decide between them.")
@@ -365,7 +368,7 @@ def test_departure_readings_follow_the_evidence():
     # a CA-judged departure: higher is better
     ca = reading({0.0: [(30.0, 0.0), (32.0, 0.0)], 1.0: [(55.0, 1.0), (56.0, 1.0)]}, "retain_weight", 1.0)
     assert ca.startswith(
-        "**a clean-retention term while unlearning** (`ubt_retain_weight`): CA 55.50 ± 0.50 %"
+        "**a clean-retention term while unlearning** (`ubt_retain_weight`): CA 55.50 ± 0.71 %"
     )
     assert ca.endswith("supports the pocket default.")
     assert "not run with both values" in reading({"template": [(50.0, 1.0)]})
@@ -530,7 +533,10 @@ def test_restore_reading_says_why():
         "Its CA (60.0 % on average) lies between the clean model's (59.5 %) and the poisoned model's (61.0 %)"
         in ur.restore_reading(at_ceiling, pulled, clean)
     )
-    assert "(BadNet, SIG lose that much even on the clean model), not a backdoor left in the model." in text
+    assert (
+        "at redirected for BadNet, SIG, is the trigger itself (they lose that much even on the clean model)"
+        in text
+    )
     fine = ur.table1_aggregate(ur.table1_rows(table1(asr)))  # RA 2 below CA
     assert ur.restore_reading(fine, pulled, clean).endswith(
         "That is enough to give the images back their class."

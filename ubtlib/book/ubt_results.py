@@ -555,7 +555,8 @@ def ablation_summary(flat: pd.DataFrame) -> pd.DataFrame:
             row = {"attack": a, "parameter": f, "value": v, "seeds": len(runs)}
             for m in ABLATION_METRICS:
                 x = pd.to_numeric(runs[m], errors="coerce")
-                row[m], row[f"{m} std"] = x.mean(), (x.std(ddof=0) if len(x) > 1 else float("nan"))
+                # the sample std (ddof 1), as Table 1's: the same runs print the same spread
+                row[m], row[f"{m} std"] = x.mean(), (x.std(ddof=1) if len(x) > 1 else float("nan"))
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -1037,11 +1038,12 @@ def restore_reading(agg: pd.DataFrame, targets: Sequence[dict], clean: Mapping |
     clean_ca = float(np.mean([clean[a]["ca"] for a in fired]))
     poisoned_ca = float(_by_attack(agg, "No defense").reindex(fired).CA.mean())
     if clean_ca < poisoned_ca and clean_ca - 0.5 <= r.CA.mean() < poisoned_ca:
+        given_back = min(100.0, 100.0 * (poisoned_ca - r.CA.mean()) / (poisoned_ca - clean_ca))
         text += (
             f"Its CA ({r.CA.mean():.1f} % on average) lies between the clean model's "
             f"({clean_ca:.1f} %) and the poisoned model's ({poisoned_ca:.1f} %): pulling towards the "
-            "clean model's view also takes back part of the clean accuracy the poisoned fine-tuning "
-            "had added. "
+            f"clean model's view also gives back {given_back:.0f} % of the clean accuracy the "
+            "poisoned fine-tuning had added. "
         )
     text += (
         f"The clean pre-trained model itself, which never saw a poison, reaches RA "
@@ -1053,10 +1055,10 @@ def restore_reading(agg: pd.DataFrame, targets: Sequence[dict], clean: Mapping |
         return text + (
             f"The variant comes within {max(short, 0.0):.1f} points of it on every planted attack: "
             + (
-                f"what keeps RA more than {RA_MARGIN:.0f} points below CA is the trigger itself "
-                f"({', '.join(hidden)} {'loses' if len(hidden) == 1 else 'lose'} that much even on "
-                "the clean model), not a backdoor "
-                "left in the model."
+                f"what keeps RA more than {RA_MARGIN:.0f} points below CA, and so the verdict above at "
+                f"redirected for {', '.join(hidden)}, is the trigger itself "
+                f"({'it loses' if len(hidden) == 1 else 'they lose'} that much even on "
+                "the clean model), not a backdoor left in the model."
                 if hidden
                 else "the rest of the gap is clean accuracy the variant keeps from the fine-tuning, "
                 "which the triggered images do not share."
