@@ -121,11 +121,7 @@ def shard(batch: torch.Tensor, ranks: Ranks) -> torch.Tensor:
     for one rank)."""
     if ranks.world == 1:
         return batch
-    if len(batch) % ranks.world:
-        raise ValueError(
-            f"a batch of {len(batch)} does not split over {ranks.world} processes: "
-            f"accepted a multiple of {ranks.world}"
-        )
+    check_split("batch size", len(batch), ranks)
     share = len(batch) // ranks.world
     return batch[ranks.rank * share : (ranks.rank + 1) * share]
 
@@ -202,7 +198,5 @@ class SharedOrder(Sampler):
     def __iter__(self):
         order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
         self.epoch += 1
-        share = self.batch_size // self.ranks.world
         for b in range(len(self)):
-            start = b * self.batch_size + self.ranks.rank * share
-            yield order[start : start + share].tolist()
+            yield shard(order[b * self.batch_size : (b + 1) * self.batch_size], self.ranks).tolist()
