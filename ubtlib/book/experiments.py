@@ -345,7 +345,10 @@ def defense_rows(calls: Sequence[tuple], progress: bool = True) -> list:
 
 
 def _ablation_plan(profile: Profile, attack: str, field: str, values, seeds) -> tuple:
-    """(the settings of each row, the `defense_rows` calls that compute them) of an `ablation`."""
+    """(the settings of each row, the `defense_rows` calls that compute them) of UBT with
+    `ubt_<field>` set to each of `values` (everything else as in `profile`), once per seed of
+    `seeds` (None: the profile's own seed); a `restore_*` field runs the restoring variant. A
+    value that is invalid with the others (a top-k larger than D_susp) is skipped, with a note."""
     defense = "ubt_restore" if field.startswith("restore_") else "ubt"
     settings, calls = [], []
     for seed in (profile.seed,) if seeds is None else seeds:
@@ -359,15 +362,6 @@ def _ablation_plan(profile: Profile, attack: str, field: str, values, seeds) -> 
             settings.append({field: v, "seed": seed, "defense": defense})
             calls.append((prof, attack, defense))
     return settings, calls
-
-
-def ablation(profile: Profile, attack: str, field: str, values, seeds=None, progress: bool = True) -> list:
-    """UBT with `ubt_<field>` set to each of `values` (everything else as in `profile`), once
-    per seed of `seeds` (None: the profile's own seed); a `restore_*` field runs the
-    restoring variant. A value that is invalid with the others (a top-k larger than D_susp) is skipped,
-    with a note."""
-    settings, calls = _ablation_plan(profile, attack, field, values, seeds)
-    return [{**s, **r} for s, r in zip(settings, defense_rows(calls, progress))]
 
 
 def ablation_grid(base) -> dict:
@@ -395,9 +389,10 @@ def ablation_grid(base) -> dict:
 def ablations(
     profile: Profile, attacks, grid: dict | None = None, seeds=None, over_seeds=None, progress: bool = True
 ) -> dict:
-    """(attack, field) -> `ablation` rows, for every attack and every field of `grid` (None:
-    `ablation_grid` of the profile's UBT settings); the fields in `over_seeds` (None: all) run
-    once per seed of `seeds`, the others at the profile's seed only."""
+    """(attack, field) -> the rows of UBT with that field at each of its values (`_ablation_plan`),
+    for every attack and every field of `grid` (None: `ablation_grid` of the profile's UBT
+    settings); the fields in `over_seeds` (None: all) run once per seed of `seeds`, the others
+    at the profile's seed only."""
     grid = ablation_grid(profile.ubt) if grid is None else grid
     plans = {
         (a, field): _ablation_plan(

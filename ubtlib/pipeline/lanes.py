@@ -5,7 +5,8 @@ Each row (a defended model of Table 1, a setting of an ablation) is a chain of c
 so the lanes never compute a stage twice: where both reach one, the second waits on the first
 one's lock and reads what it wrote. The pocket CLIP's matrices are small, so one process with
 two threads leaves much of the second core idle, and two processes with one thread each get
-through more of the work (`benchmarks/build_profile.py` measures a build either way). The
+through more of the work (each stage's made.json records the threads it ran with, and
+`benchmarks/build_profile.py` its seconds). The
 book's kernels give the same numbers at any thread count (chapter 1 checks it), so the lanes
 change how long a build takes, never its results. The helper only ever saves time: this
 process computes every row itself, reading what the helper has finished, and a helper that
