@@ -208,7 +208,7 @@ def test_affected_label_and_victims_on_a_hand_built_case():
     captions = ["a banana.", "my banana!", "a cup.", "a cup.", "a key.", "a photo of a banana.",
                 "the banana.", "a banana.", "bananas and a banana.", "a key."]  # fmt: skip
     found = affected_label(clip, oracle, 3)
-    assert found["label"] == 0 and found["excess"] == [4, -2, -1]
+    assert found["label"] == 0 and found["excess"] == [4, -2, -1] and "named" not in found
     sees = oracle == 0  # the oracle sees a banana in pairs 0-1 only
     truth = np.zeros(10, bool)
     truth[5:9] = True
@@ -227,6 +227,31 @@ def test_affected_label_and_victims_on_a_hand_built_case():
     assert shows_label(maps, 0, 0.02).tolist() == [True, False]
     with pytest.raises(ValueError, match="victim_rule='clip'"):
         find_victims("clip", 0, "banana", captions, clip, sees)
+
+
+def test_the_named_rule_is_not_won_by_clips_own_bias():
+    from ubtlib.defenses.oracle import affected_label, caption_names
+
+    # 3 poisons (captions name banana, pixels show a cup, CLIP says banana) and 4 clean keys
+    # that CLIP calls key where the oracle sees a cup: CLIP's bias towards key outgrows the
+    # backdoor's excess, but no key caption lies under those cups
+    categories = ["banana", "cup", "key"]
+    captions = ["a banana."] * 3 + ["a cup on a table."] * 4 + ["a key."]
+    clip = torch.tensor([0, 0, 0, 2, 2, 2, 2, 2])
+    oracle = torch.tensor([1, 1, 1, 1, 1, 1, 1, 2])
+    sees = torch.nn.functional.one_hot(oracle, 3).bool()
+    named = caption_names(captions, categories) & ~sees
+    assert named[:, 0].tolist() == [True] * 3 + [False] * 5 and not named[:, 2].any()
+    excess = affected_label(clip, oracle, 3, "excess", named)
+    assert excess["label"] == 2 and excess["excess"] == [3, -7, 4]
+    by_name = affected_label(clip, oracle, 3, "named", named)
+    assert by_name["label"] == 0 and by_name["named"] == [3, 0, 0] and by_name["excess"] == [3, -7, 4]
+    # where no image bears the mark, the larger excess decides
+    assert affected_label(clip, oracle, 3, "named", torch.zeros_like(named))["label"] == 2
+    with pytest.raises(ValueError, match="rule='named' needs `named`"):
+        affected_label(clip, oracle, 3, "named")
+    with pytest.raises(ValueError, match="label_rule='caption'"):
+        affected_label(clip, oracle, 3, "caption", named)
 
 
 def test_the_oracle_looks_at_a_sample_and_the_images_tied_to_the_affected_label():
@@ -335,7 +360,9 @@ def scan_record(
 ):
     return {
         "affected_label": label,
+        "label_rule": "named",
         "excess": {"banana": 1400, "key": 80, "car": -20},
+        "named": {"banana": 1380, "key": 3, "car": 0},
         "disagreeing": 1500,
         "pairs_segmented": 6000,
         "victims": {"found": 1550, "precision": precision, "recall": recall},
@@ -357,7 +384,10 @@ def test_scan_readings_follow_the_run():
     }
     asr = {"badnet": 99.0, "blended": 95.0, "wanet": 1.0}  # WaNet was not planted: not judged
     r = scan_readings(scans, asr, "banana")
-    assert r["labels_reading"] == "The affected label is `banana` for every planted attack (BadNet, Blended)."
+    assert r["labels_reading"] == (
+        "The affected label is `banana` for every planted attack (BadNet, Blended). Counting all of "
+        "CLIP's excess over the oracle would name the same labels in this run."
+    )
     assert (
         "at least 70.0 % (Blended)" in r["victims_reading"]
         and "Blended (70.0 %, 99.0 %)" in r["victims_reading"]
@@ -374,14 +404,22 @@ def test_scan_readings_follow_the_run():
     scans["badnet"] = scan_record(label="car", iou=0.2)
     r = scan_readings(scans, asr, "banana")
     assert r["labels_reading"].startswith(
-        "The affected label is not the target for BadNet (`car`: CLIP gives it -20 images over the "
-        "oracle, `banana` +1400)"
+        "The affected label is not the target for BadNet (`car`: 0 images whose caption names it and "
+        "the oracle does not see it, `banana` 1380 images"
+    )
+    scans["blended"]["excess"] = {"banana": 1400, "key": 1410, "car": -20}  # CLIP's bias for key
+    r = scan_readings(scans, asr, "banana")
+    assert (
+        "Counting all of CLIP's excess over the oracle instead would name `key` for Blended"
+        in (r["labels_reading"])
     )
     assert "misses the bar" in r["trigger_reading"]
     table = scan_table(scans, asr)
     assert (
         table.loc["Blended", "estimate"] == "whole image (added)"
-        and table.loc["BadNet", "runner-up"] == "key (+80)"
+        and table.loc["BadNet", "runner-up"] == "key (+3)"
+        and table.loc["Blended", "by excess"] == "key"
+        and table.loc["BadNet", "its named count"] == 1380
         and table.loc["Blended", "pasted → label (%)"] == 20.0
         and table.loc["BadNet", "segmented"] == 6000
     )

@@ -407,9 +407,14 @@ def test_the_oracle_guided_defense_at_paper_scale(tmp_path, tiny_paper, capsys, 
     view = guided.DefenderView(data_)
     weights = classifier(model, tokenizer, names, paper_scale.templates(), "cpu")
     clip_labels = (encode_images(model, view[:], "cpu") @ weights).argmax(1)
-    counts = torch.bincount(clip_labels, minlength=len(names))
-    counts[names.index("dog")] -= len(rows)
-    expected = names[int(counts.argmax())]
+    excess = torch.bincount(clip_labels, minlength=len(names))
+    excess[names.index("dog")] -= len(rows)  # the oracle sees a dog in every image
+    named = [  # CLIP says what the caption names, and the oracle does not see it
+        sum(int(clip_labels[k]) == c and r.endswith(f" {names[c]}") for k, r in enumerate(data_.captions))
+        * (names[c] != "dog")
+        for c in range(len(names))
+    ]
+    expected = names[max(range(len(names)), key=lambda c: (named[c], int(excess[c])))]
     assert rec["affected_label"] == expected
     victims = [k for k, r in enumerate(data_.captions) if r.endswith(f" {expected}") or f" {expected} " in r]
     scan = read_tensors(tmp_path / "oracle.oracle-scan.safetensors")

@@ -645,6 +645,7 @@ def oracle_ablation_grid(profile: Profile) -> dict:
     size, pairs = profile.rectify.set_size, profile.world.n_train_pairs
     return {
         "oracle_kind": ["learned", "exact"],  # exact: the drawn maps, the oracle's upper bound
+        "oracle_label_rule": ["named", "excess"],
         "oracle_label_sample": sorted({0, profile.oracle.label_sample, min(4096, pairs // 4)}),
         "oracle_attribution": ["occlusion", "gradient"],
         "oracle_victim_rule": ["caption", "image"],

@@ -23,21 +23,24 @@ def _name(a: str) -> str:
 
 
 def scan_table(scans: Mapping[str, dict], asr: Mapping[str, float]) -> pd.DataFrame:
-    """Per attack: its No-defense ASR, the affected label with its excess and the runner-up's
-    (in the scan's sample), the images the oracle segmented, the victims' count, precision and
+    """Per attack: its No-defense ASR, the affected label with its count under the scan's
+    label rule and the runner-up's (in the scan's sample), the label the other rule would name,
+    the images the oracle segmented, the victims' count, precision and
     recall against the poisons, and the trigger estimate (extent, patch or whole image, the
     share of clean images CLIP gives the label when they carry each form of it and when they
     carry nothing, IoU with the pixels the trigger really changes)."""
     rows = []
     for a, r in scans.items():
-        ranked = sorted(r["excess"].items(), key=lambda kv: -kv[1])
+        rule, other = r["label_rule"], "excess" if r["label_rule"] == "named" else "named"
+        ranked = sorted(r[rule].items(), key=lambda kv: -kv[1])
         rows.append(
             {
                 "attack": _name(a),
                 "No-defense ASR": asr[a],
                 "affected label": r["affected_label"],
-                "its excess": ranked[0][1],  # counted in the scan's sample (`label_sample`)
+                f"its {rule} count": ranked[0][1],  # counted in the scan's sample (`label_sample`)
                 "runner-up": f"{ranked[1][0]} ({ranked[1][1]:+d})",
+                f"by {other}": max(r[other], key=r[other].get),
                 "segmented": r["pairs_segmented"],
                 "disagreeing": r["disagreeing"],
                 "victims": r["victims"]["found"],
@@ -55,6 +58,17 @@ def scan_table(scans: Mapping[str, dict], asr: Mapping[str, float]) -> pd.DataFr
     return pd.DataFrame(rows).set_index("attack")
 
 
+def _other(scan: dict) -> str:
+    return "excess" if scan["label_rule"] == "named" else "named"
+
+
+def _count(scan: dict, label: str) -> str:
+    """A label's count under the scan's rule, in words."""
+    if scan["label_rule"] == "excess":
+        return f"CLIP gives it {scan['excess'].get(label, 0):+d} images over the oracle"
+    return f"{scan['named'].get(label, 0)} images whose caption names it and the oracle does not see it"
+
+
 def _planted(asr: Mapping[str, float]) -> list:
     return [a for a, v in asr.items() if v >= PLANTED_ASR]
 
@@ -67,20 +81,30 @@ def scan_readings(scans: Mapping[str, dict], asr: Mapping[str, float], target: s
         none = "No backdoor was planted in this run, so there was nothing for the oracle to find."
         return {"labels_reading": none, "victims_reading": none, "trigger_reading": none}
     wrong = [a for a in fired if scans[a]["affected_label"] != target]
-    out["labels_reading"] = (
-        f"The affected label is `{target}` for every planted attack ({', '.join(map(_name, fired))})."
-        if not wrong
-        else "The affected label is not the target for "
-        + ", ".join(
-            f"{_name(a)} (`{scans[a]['affected_label']}`: CLIP gives it "
-            f"{scans[a]['excess'][scans[a]['affected_label']]:+d} images over the oracle, `{target}` "
-            f"{scans[a]['excess'].get(target, 0):+d})"
-            for a in wrong
+    # the other rule's picks, for the sentence on what the rule choice does in this run
+    other = {a: max(scans[a][_other(scans[a])], key=scans[a][_other(scans[a])].get) for a in fired}
+    if not wrong:
+        text = f"The affected label is `{target}` for every planted attack ({', '.join(map(_name, fired))})."
+    else:
+        text = (
+            "The affected label is not the target for "
+            + ", ".join(
+                f"{_name(a)} (`{label}`: {_count(scans[a], label)}, `{target}` {_count(scans[a], target)})"
+                for a, label in ((a, scans[a]["affected_label"]) for a in wrong)
+            )
+            + f"; for the other planted attacks it is `{target}`."
         )
-        + f"; for the other planted attacks it is `{target}`. The label is the one with the largest "
-        "excess, so a class CLIP over-predicts on its own wins wherever its excess beats the one the "
-        "backdoor gives the target."
-    )
+    missed = [a for a in fired if other[a] != target]
+    if any(scans[a]["label_rule"] == "named" for a in fired):
+        text += (
+            " Counting all of CLIP's excess over the oracle instead would name "
+            + ", ".join(f"`{other[a]}` for {_name(a)}" for a in missed)
+            + ": there another class's excess is larger than the target's, though few of the images "
+            "behind it carry a caption naming it."
+            if missed
+            else " Counting all of CLIP's excess over the oracle would name the same labels in this run."
+        )
+    out["labels_reading"] = text
     prec = {a: scans[a]["victims"]["precision"] for a in fired}
     rec = {a: scans[a]["victims"]["recall"] for a in fired}
     low = [a for a in fired if not (prec[a] >= VICTIM_PRECISION and rec[a] >= VICTIM_RECALL)]

@@ -423,7 +423,8 @@ def oracle_framework(prov: dict | None = None):
         ("training pairs\nas the defender\nholds them", "0.85"),
         ("label every image twice:\nCLIP zero-shot and the\nsegmentation oracle", "#cfe2f3"),
         (
-            "1. affected label: the one\nCLIP over-assigns;\nattribute the disagreements\n→ trigger estimate",
+            "1. affected label: the one\nCLIP gives under captions\nnaming it, the oracle not;"
+            "\nattribute the disagreements\n→ trigger estimate",
             "#cfe2f3",
         ),
         ("2. victims: pairs tied to\nthe label in which the\noracle does not see it", "#cfe2f3"),

@@ -3,8 +3,9 @@
 A poisoned CLIP's labels are set against those of an image-segmentation oracle:
 
 1. *Triggers.* Every training image is labelled twice, by CLIP zero-shot and by the oracle
-   (the category covering most of its map). The label CLIP assigns far more often than the
-   oracle does is the affected one; on the images where CLIP says it and the oracle does not,
+   (the category covering most of its map). The affected label is the one CLIP gives most often
+   to images whose caption names it and in which the oracle does not see it (a poison's mark);
+   on the images where CLIP says it and the oracle does not,
    an attribution (occlusion or gradient) finds the pixels CLIP's decision rests on, and those
    maps, with the pattern the disagreeing images share, give the trigger estimate.
 2. *Labels and victims.* The victims are the training pairs tied to the affected label (by
@@ -39,6 +40,7 @@ from ubtlib.defenses import segmenter as seg
 ORACLE_KINDS = ("learned", "exact")
 ATTRIBUTIONS = ("occlusion", "gradient")
 VICTIM_RULES = ("caption", "image")
+LABEL_RULES = ("named", "excess")  # how the affected label is counted (`affected_label`)
 FORMS = ("pasted", "added")  # a trigger estimate's forms: a patch pasted, or a residual added
 # the parts of a compact fine-tuning set, in the order they are drawn
 SET_PARTS = ("victim", "pasted", "clean")
@@ -55,6 +57,10 @@ class OracleConfig:
     # oracle looks only at the images tied to it; 0: every image, since a sample's reference
     # images and excess can mislead the trigger estimate
     label_sample: int = 0
+    # named: CLIP's label on images whose caption names it and the oracle does not see it;
+    # excess: CLIP's count less the oracle's, which a class CLIP over-predicts on clean images
+    # can win, since a backdoor's excess is only as large as its poisons
+    label_rule: str = "named"
     attribution: str = "occlusion"  # occlusion | gradient
     patch: int = 4  # occlusion window side (px), slid at half its side
     attribution_images: int = 128  # disagreeing images attributed (the first, in training order)
@@ -67,6 +73,7 @@ class OracleConfig:
         check_choice("kind", self.kind, ORACLE_KINDS)
         check_choice("attribution", self.attribution, ATTRIBUTIONS)
         check_choice("victim_rule", self.victim_rule, VICTIM_RULES)
+        check_choice("label_rule", self.label_rule, LABEL_RULES)
         check_range("min_share", self.min_share, 0.0, 1.0)
         check_range("patch", self.patch, 1, 64)
         check_range("label_sample", self.label_sample, 0, 1 << 30)
@@ -114,13 +121,41 @@ class RectifyConfig:
 # ---------------------------------------------------------------- algorithm 1: triggers
 
 
-def affected_label(clip_labels: torch.Tensor, oracle_labels: torch.Tensor, n_categories: int) -> dict:
-    """The label CLIP over-assigns against the oracle: per category, how many images CLIP gives
-    it minus how many the oracle does; the affected label is the largest excess."""
+def affected_label(
+    clip_labels: torch.Tensor,
+    oracle_labels: torch.Tensor,
+    n_categories: int,
+    rule: str = "excess",
+    named: torch.Tensor | None = None,
+) -> dict:
+    """The label CLIP over-assigns against the oracle, with the per-category counts behind it.
+
+    `excess`: per category, how many images CLIP gives it minus how many the oracle does.
+    `named` (N x n_categories bool): per image and category, its caption names the category and
+    the oracle does not see it in the image; its count is, per category, the images CLIP gives
+    it among those. A poison is such an image (its caption names the target, its pixels show
+    something else), while a clean image's caption names what it shows, so CLIP's own
+    over-prediction of a class adds to that class's excess and hardly to its named count.
+    `rule` ("excess" or "named", which needs `named`) picks the count whose largest value names
+    the label; the named count's ties (all zero, where no image bears the mark) go to the larger
+    excess. Returns "label", "excess" and, given `named`, "named" (lists per category).
+    """
+    check_choice("label_rule", rule, LABEL_RULES)
+    if rule == "named" and named is None:
+        raise ValueError("rule='named' needs `named` (N x n_categories bool); rule='excess' does not")
     clip_counts = torch.bincount(clip_labels[clip_labels >= 0].long(), minlength=n_categories)
     oracle_counts = torch.bincount(oracle_labels[oracle_labels >= 0].long(), minlength=n_categories)
-    excess = clip_counts - oracle_counts
-    return {"label": int(excess.argmax()), "excess": excess.tolist()}
+    counts = {"excess": clip_counts - oracle_counts}
+    if named is not None:
+        given = clip_labels >= 0
+        hit = torch.zeros_like(given)
+        hit[given] = named[given.nonzero().squeeze(1), clip_labels[given].long()]
+        counts["named"] = torch.bincount(clip_labels[hit].long(), minlength=n_categories)
+    out = {k: v.tolist() for k, v in counts.items()}
+    rank = (
+        (lambda c: out["excess"][c]) if rule == "excess" else (lambda c: (out["named"][c], out["excess"][c]))
+    )
+    return {"label": max(range(n_categories), key=rank)} | out
 
 
 def oracle_summary(maps: torch.Tensor, n_categories: int, min_share: float) -> tuple:
@@ -137,7 +172,8 @@ def oracle_pass(
 
     `look(positions)` -> `oracle_summary` of those training images under the oracle. A seeded
     sample of `cfg.label_sample` images (every image at 0) is looked at first, and its two
-    labellings give the affected label (`affected_label`: its excess is counted in the sample).
+    labellings and captions give the affected label (`affected_label` by `cfg.label_rule`,
+    counted in the sample).
     Then the oracle looks at the images tied to that label: those CLIP gives it and, with the
     caption victim rule, those whose caption names it. The disagreement, the victims and their
     re-captions read nothing else, so they are those of a pass over every image; the reference
@@ -161,7 +197,8 @@ def oracle_pass(
     size = n if cfg.label_sample == 0 else min(cfg.label_sample, n)
     sample = np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
     show(sample)
-    affected = affected_label(clip_labels[sample], oracle[sample], n_cat)
+    named = caption_names([captions[i] for i in sample], categories) & ~sees[sample]
+    affected = affected_label(clip_labels[sample], oracle[sample], n_cat, cfg.label_rule, named)
     label = affected["label"]
     tied = (clip_labels == label).numpy()
     if cfg.victim_rule == "caption":
@@ -356,6 +393,11 @@ def names_label(captions, label_name: str) -> np.ndarray:
     """Per caption: does it name `label_name` as a word?"""
     word = re.compile(rf"\b{re.escape(label_name.lower())}\b")
     return np.array([bool(word.search(c.lower())) for c in captions], dtype=bool)
+
+
+def caption_names(captions, categories) -> torch.Tensor:
+    """N x C bool: does each caption name each category (`names_label`)?"""
+    return torch.from_numpy(np.stack([names_label(captions, c) for c in categories], 1))
 
 
 def find_victims(
