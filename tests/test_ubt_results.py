@@ -348,30 +348,61 @@ def test_ablation_summary_is_mean_and_std_over_seeds():
     )
     assert summary.loc["template", "CA std"] == 0.0 and summary.loc["template", "seeds"] == 2
     assert ur.ablation_value(flat, "caption_form", "tokens", "ASR") == 20.0
+    shown = ur.ablation_display(ur.ablation_summary(flat))
+    row = shown.loc[("Blended", "ubt_caption_form", "tokens")]
+    assert row["ASR (%)"] == "20.00 ± 14.14" and row["ASR, worst seed (%)"] == "30.00"
+    assert row["CA (%)"] == "51.00 ± 1.41" and row["wall time (s)"] == "10.5 ± 0.7"
     assert math.isnan(ur.ablation_value(flat, "unlearn_floor", -1.0, "ASR"))
 
 
 def test_departure_readings_follow_the_evidence():
-    def reading(per_value, field="caption_form", default="template"):
+    def reading(per_value, field="skip_function_words", default=True):
         return ur.departure_reading(
             ur.ablation_summary(ur.ablation_table(ablation_runs(field, per_value))), field, default
         )
 
-    supports = reading({"tokens": [(50.0, 60.0), (50.0, 70.0)], "template": [(50.0, 1.0), (50.0, 3.0)]})
-    assert supports.startswith("**how kept tokens become a caption** (`ubt_caption_form`): ASR 2.00 ± 1.41 %")
-    assert "against 65.00 ± 7.07 % with the paper's ('tokens'), over 2 seeds" in supports
+    what = "**passing over function words, punctuation and common words when keeping a token**"
+    supports = reading({False: [(50.0, 60.0), (50.0, 70.0)], True: [(50.0, 1.0), (50.0, 3.0)]})
+    assert supports.startswith(f"{what} (`ubt_skip_function_words`): ASR 2.00 ± 1.41 %")
+    assert "against 65.00 ± 7.07 % with the paper's rule (False), over 2 seeds" in supports
+    assert "at the worst of the 2 seeds 3.00 % against 70.00 %" in supports
     assert supports.endswith(": the evidence supports the pocket default.")
-    tie = reading({"tokens": [(50.0, 0.5), (50.0, 6.0)], "template": [(50.0, 1.0), (50.0, 3.0)]})
-    assert tie.endswith("so this measure does not decide between them.")
-    against = reading({"tokens": [(50.0, 0.1), (50.0, 0.3)], "template": [(50.0, 40.0), (50.0, 50.0)]})
+    # one seed in three fails: the mean is within the spread, the worst seed decides
+    one_fails = reading(
+        {False: [(50.0, 85.0), (50.0, 0.2), (50.0, 0.4)], True: [(50.0, 0.1), (50.0, 0.2), (50.0, 0.4)]}
+    )
+    assert "at the worst of the 3 seeds 0.40 % against 85.00 %" in one_fails
+    assert one_fails.endswith("the evidence supports the pocket default.")
+    tie = reading({False: [(50.0, 0.5), (50.0, 2.0)], True: [(50.0, 1.0), (50.0, 1.5)]})
+    assert tie.endswith("by the book's rule the default should be the paper's.")
+    against = reading({False: [(50.0, 0.1), (50.0, 0.3)], True: [(50.0, 40.0), (50.0, 50.0)]})
     assert "goes against the pocket default" in against
-    # a CA-judged departure: higher is better
+    # the paper gives no value: a tie keeps the pocket default, for the profile's reason
+    susp = reading({0.05: [(50.0, 0.2), (50.0, 0.4)], 0.1: [(50.0, 0.3), (50.0, 0.5)]}, "susp_fraction", 0.1)
+    assert "with the paper profile's (0.05)" in susp and susp.endswith("for the reason the profile states.")
+    # the pocket default is the paper's value: set against the book's alternative
+    form = {"tokens": [(50.0, 0.6), (50.0, 0.9)], "template": [(50.0, 0.2), (50.0, 0.4)]}
+    kept = reading(form, "caption_form", "tokens")
+    assert (
+        "ASR 0.75 ± 0.21 % with the pocket default, the paper's literal reading ('tokens'), against " in kept
+    )
+    assert "with 'template'" in kept and kept.endswith("so the pocket world keeps the paper's value.")
+    departs = reading(
+        {"tokens": [(50.0, 30.0), (50.0, 40.0)], "template": form["template"]}, "caption_form", "tokens"
+    )
+    assert departs.endswith("so the book's rule would depart to it.")
+    # a CA-judged departure: higher is better, and its worst seed is the lowest
     ca = reading({0.0: [(30.0, 0.0), (32.0, 0.0)], 1.0: [(55.0, 1.0), (56.0, 1.0)]}, "retain_weight", 1.0)
     assert ca.startswith(
         "**a clean-retention term while unlearning** (`ubt_retain_weight`): CA 55.50 ± 0.71 %"
     )
+    assert (
+        "with the paper's, no such term (0.0)" in ca and "worst of the 2 seeds 55.00 % against 30.00 %" in ca
+    )
     assert ca.endswith("supports the pocket default.")
-    assert "not run with both values" in reading({"template": [(50.0, 1.0)]})
+    wall = reading({8: [(50.0, 1.0)] * 2, 1: [(50.0, 1.0)] * 2}, "max_token_captions", 1)
+    assert "wall time 10.50 ± 0.71 s" in wall and "seconds" not in wall
+    assert "not run with both values" in reading({True: [(50.0, 1.0)]})
 
 
 # ------------------------------------------------------------------ chapter 5
@@ -408,6 +439,36 @@ def clean_removal(none=(95.0, 97.0)) -> dict:
     return {"none": none, "cleanclip": (20.0, 30.0), "ubt_no_token": (0.5, 0.5), "ubt": (0.0, 0.2)}
 
 
+def test_cost_reading_says_where_ubts_time_goes():
+    rows = table1({"badnet": clean_removal() | {"ubt_restore": (0.1, 0.1)}})
+    for r in rows:
+        if r["defense"].startswith("ubt"):
+            r["seconds"] = 2.0 + (r["defense"] == "ubt_restore")
+            r |= {"seconds_split": 0.5, "seconds_detect": 1.0, "seconds_unlearn": 0.5}
+        elif r["defense"] == "cleanclip":
+            r["seconds"] = 10.0
+    text = ur.cost_reading(ur.table1_rows(rows))
+    assert text.startswith(
+        "Against CleanCLIP's 10.0 s on average: UBT 2.0 s (0.200), UBT w/o token-level 2.0 s (0.200), "
+        "UBT + restore (book) 3.0 s (0.300). Of UBT's 2.0 s, the split"
+    )
+    assert (
+        "takes 0.5 s, the overfitting with the top k and the token relevance 1.0 s and the unlearning 0.5 s"
+        in text
+    )
+    assert "75 % of UBT's time" in text
+    assert text.endswith(
+        "UBT w/o token-level takes +0.0 s against UBT, UBT + restore (book) takes +1.0 s against UBT."
+    )
+    for r in rows:
+        r["seconds"] = 2.0 if r["defense"].startswith("ubt") else r["seconds"]
+    assert ur.cost_reading(ur.table1_rows(rows)).endswith(
+        "what holds their ratio to CleanCLIP is UBT's detection."
+    )
+    no_cc = ur.table1_rows([r for r in rows if r["defense"] != "cleanclip"])
+    assert ur.cost_reading(no_cc).startswith("There is no CleanCLIP")
+
+
 def test_table1_aggregate_values():
     rows = ur.table1_rows(table1({"badnet": clean_removal(), "wanet": clean_removal(none=(2.0, 4.0))}))
     assert list(dict.fromkeys(rows.defense)) == ["No defense", "CleanCLIP", "UBT w/o token-level", "UBT"]
@@ -418,10 +479,13 @@ def test_table1_aggregate_values():
     assert badnet.seconds == 15.0 and badnet["paper CA"] == 58.95 and badnet["paper ASR"] == 14.6
     assert pd.isna(agg[agg.attack == "wanet"]["paper CA"]).all()
     shown = ur.table1_display(agg)
-    assert shown.loc[("badnet", "CleanCLIP"), "ASR (pocket)"] == "25.00 ± 7.07"
-    assert shown.loc[("badnet", "No defense"), "CA (pocket)"] == "61.00 ± 1.41"
+    assert shown.loc[("BadNet", "CleanCLIP"), "ASR (pocket)"] == "25.00 ± 7.07"
+    assert shown.loc[("BadNet", "No defense"), "CA (pocket)"] == "61.00 ± 1.41"
+    # the poisoned model costs the defender nothing: n/a, not 0
+    assert shown.loc[("BadNet", "No defense"), ["wall time (s)", "pairs trained"]].isna().all()
+    assert shown.loc[("BadNet", "CleanCLIP"), "wall time (s)"] > 0
     one_seed = ur.table1_display(ur.table1_aggregate(rows[rows.seed == 0]))
-    assert one_seed.loc[("badnet", "UBT"), "ASR (pocket)"] == "0.00 ± 0.00"  # no std for one seed: 0
+    assert one_seed.loc[("BadNet", "UBT"), "ASR (pocket)"] == "0.00 ± 0.00"  # no std for one seed: 0
 
 
 def test_table1_results():
@@ -442,6 +506,11 @@ def test_table1_readings_every_planted_backdoor_removed():
         "ubt_verdict": "UBT " + every + "BadNet, Blended, SIG, WaNet, SSBA-style",
         "no_token_verdict": "UBT w/o token-level " + every + "BadNet, Blended, SIG, WaNet, SSBA-style",
         "restore_verdict": "not run",
+        "cleanclip_verdict": "CleanCLIP: "
+        + "; ".join(
+            f"{a}: not removed (ASR 25.0 %)" for a in ("BadNet", "Blended", "SIG", "WaNet", "SSBA-style")
+        ),
+        "oracle_verdict": "not run",
         "not_planted": "none",
         "oracle_bounds": "It was not run.",
         "restore_bounds": "It was not run.",

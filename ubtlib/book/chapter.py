@@ -124,6 +124,8 @@ def setup(chapter: str, namespace: Mapping, notebooks: pathlib.Path = NOTEBOOKS)
             f"leave {', '.join(numerics.PORTABLE)} unset (see ubtlib.numerics)",
             stacklevel=2,
         )
-    chapter_run = Chapter(chapter, profile, device, report.provenance(profile, device), params)
+    chapter_run = Chapter(
+        chapter, profile, device, report.provenance(profile, device, params.get("seeds")), params
+    )
     print(chapter_run.stamp)
     return chapter_run

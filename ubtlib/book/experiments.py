@@ -322,6 +322,13 @@ def defense_row(profile: Profile, attack: str, defense: str, progress: bool = Tr
         extra = {k: m.record[k] for k in ("seconds", "pairs_trained", "pairs_scored")}
         if "detection" in m.record:
             extra["precision"] = m.record["detection"]["precision"]
+        if "seconds_split" in m.record:  # UBT's stages: where its wall time goes
+            r = m.record
+            extra |= {
+                "seconds_split": r["seconds_split"],
+                "seconds_detect": r["seconds_overfit_detect"] + r["seconds_relevance"],
+                "seconds_unlearn": r["seconds_unlearn"],
+            }
     return {**backdoor_metrics(m.model, m.tokenizer, world, hook, prof.poison.target, device), **extra}
 
 
@@ -335,13 +342,13 @@ def warm_row(profile: Profile, attack: str, defense: str) -> None:
         pipeline.defended(prof, None, defense, progress=False)
 
 
-def defense_rows(calls: Sequence[tuple], progress: bool = True) -> list:
+def defense_rows(calls: Sequence[tuple], progress: bool = True, desc: str = "defended rows") -> list:
     """`defense_row(profile, attack, defense)` for each (profile, attack, defense) of `calls`, in
-    order, in two lanes on a CPU (`pipeline.lanes`)."""
+    order, in two lanes on a CPU (`pipeline.lanes`), with one progress bar, `desc`, over them."""
     if not calls:
         return []
     device = modellib.pick_device(calls[0][0].device)
-    return lanes.computed(defense_row, warm_row, calls, device, progress)
+    return lanes.computed(defense_row, warm_row, calls, device, progress, desc)
 
 
 def _ablation_plan(profile: Profile, attack: str, field: str, values, seeds) -> tuple:
@@ -402,7 +409,7 @@ def ablations(
         for field, values in grid.items()
     }
     # one pass over every row, so that the two lanes share the whole grid
-    rows = iter(defense_rows([c for _, calls in plans.values() for c in calls], progress))
+    rows = iter(defense_rows([c for _, calls in plans.values() for c in calls], progress, "ablation runs"))
     return {key: [{**s, **next(rows)} for s in settings] for key, (settings, _) in plans.items()}
 
 
@@ -416,7 +423,7 @@ def table1(
     choice, the triggers' randomness, the fine-tuning and the defenses; the world and the
     pre-trained model stay those of `profile`, like the paper's single pre-trained CLIP."""
     calls = [(dataclasses.replace(profile, seed=s), a, d) for s in seeds for a in attacks for d in defenses]
-    rows = defense_rows(calls, progress)
+    rows = defense_rows(calls, progress, "Table 1 rows")
     return [{"seed": p.seed, "attack": a, "defense": d, **r} for (p, a, d), r in zip(calls, rows)]
 
 

@@ -21,6 +21,11 @@ from ubtlib import numerics
 from ubtlib.pipeline.cache import library_versions, write_json
 
 
+def counted(n: int, noun: str) -> str:
+    """ "1 image", "3 images": a count with its noun in the right number."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def hardware(device: torch.device | str | None = None) -> str:
     """Where the numbers were computed, e.g. 'AMD EPYC, 2 threads, AVX2 kernels, MKL AUTO'."""
     device = torch.device(device) if device is not None else None
@@ -28,7 +33,9 @@ def hardware(device: torch.device | str | None = None) -> str:
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
     kernels = torch.backends.cpu.get_cpu_capability()
     mkl = numerics.mkl_branch().split(" on ")[0]  # the CPU is named once
-    return f"{numerics.cpu_model()}, {torch.get_num_threads()} threads, {kernels} kernels, MKL {mkl}"
+    return (
+        f"{numerics.cpu_model()}, {counted(torch.get_num_threads(), 'thread')}, {kernels} kernels, MKL {mkl}"
+    )
 
 
 def _git_commit() -> str | None:
@@ -50,12 +57,15 @@ def _git_commit() -> str | None:
         return None
 
 
-def provenance(profile, device=None) -> dict:
+def provenance(profile, device=None, seeds=None) -> dict:
+    """Where and how a chapter's numbers were made; `seeds`: the repeats a chapter runs over
+    (its tables' seeds), beside the profile's seed."""
     from ubtlib import __version__
 
     return {
         "profile": profile.name,
         "seed": profile.seed,
+        **({"seeds": list(seeds)} if seeds is not None else {}),
         "hardware": hardware(device),
         "device": str(device) if device is not None else None,
         "versions": {"ubtlib": __version__, **library_versions(), "torch_build": torch.__version__},
@@ -72,7 +82,8 @@ def _now() -> str:
 
 
 def stamp_text(prov: dict) -> str:
-    return f"profile={prov['profile']} · seed={prov['seed']} · {prov['hardware']}"
+    seeds = f" · seeds={', '.join(map(str, prov['seeds']))}" if prov.get("seeds") else ""
+    return f"profile={prov['profile']} · seed={prov['seed']}{seeds} · {prov['hardware']}"
 
 
 def stamp(fig, prov: dict) -> None:

@@ -9,6 +9,7 @@ is chosen by the numbers (the unit tests run them on hand-built results).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -538,6 +539,8 @@ def ablation_table(ablations: Mapping[tuple, list]) -> pd.DataFrame:
 
 
 ABLATION_METRICS = ("CA", "ASR", "RA", "precision", "seconds")
+LOWER_BETTER = ("ASR", "seconds")  # the metrics a defense wants low; the others it wants high
+METRIC_NAMES = {"seconds": "wall time"}
 
 
 def _with_value(df: pd.DataFrame, value) -> pd.DataFrame:
@@ -546,8 +549,9 @@ def _with_value(df: pd.DataFrame, value) -> pd.DataFrame:
 
 
 def ablation_summary(flat: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds of each (attack, parameter, value): columns "<metric>" and
-    "<metric> std" for `ABLATION_METRICS`, and "seeds" (how many)."""
+    """Mean, std and worst seed of each (attack, parameter, value): columns "<metric>",
+    "<metric> std" and "<metric> worst" for `ABLATION_METRICS` (worst: the largest ASR or wall
+    time, the smallest CA, RA or precision), and "seeds" (how many)."""
     rows = []
     for (a, f), sub in flat.groupby(["attack", "parameter"], sort=False):
         for v in list(dict.fromkeys(sub["value"])):
@@ -557,8 +561,36 @@ def ablation_summary(flat: pd.DataFrame) -> pd.DataFrame:
                 x = pd.to_numeric(runs[m], errors="coerce")
                 # the sample std (ddof 1), as Table 1's: the same runs print the same spread
                 row[m], row[f"{m} std"] = x.mean(), (x.std(ddof=1) if len(x) > 1 else float("nan"))
+                row[f"{m} worst"] = x.max() if m in LOWER_BETTER else x.min()
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def ablation_display(summary: pd.DataFrame) -> pd.DataFrame:
+    """`ablation_summary` as chapter 4 shows it: the attack's name, the parameter as the CLI
+    spells it, "mean ± std" per metric (the mean alone for one seed), ASR's worst seed, with
+    units in the column names."""
+
+    def both(m: str, digits: int = 2) -> list:
+        return [
+            "n/a" if pd.isna(v) else f"{v:.{digits}f}" + ("" if pd.isna(e) else f" ± {e:.{digits}f}")
+            for v, e in zip(summary[m], summary[f"{m} std"])
+        ]
+
+    return pd.DataFrame(
+        {
+            "attack": summary.attack.map(lambda a: ATTACK_NAMES.get(a, a)),
+            "parameter": "ubt_" + summary.parameter,
+            "value": summary.value.map(str),
+            "seeds": summary.seeds,
+            "CA (%)": both("CA"),
+            "ASR (%)": both("ASR"),
+            "ASR, worst seed (%)": summary["ASR worst"].map(lambda v: f"{v:.2f}"),
+            "RA (%)": both("RA"),
+            "top-k precision (%)": both("precision", 1),
+            "wall time (s)": both("seconds", 1),
+        }
+    ).set_index(["attack", "parameter", "value"])
 
 
 def ablation_value(flat: pd.DataFrame, field: str, value, metric: str) -> float:
@@ -571,40 +603,51 @@ def ablation_value(flat: pd.DataFrame, field: str, value, metric: str) -> float:
     return float(pd.to_numeric(runs[metric], errors="coerce").mean())
 
 
-# Each departure from the paper that chapter 4 justifies: field -> (what it is, the value it is
-# set against, what that value is, the metric that decides it, True where lower is better).
+class Departure(NamedTuple):
+    """A pocket choice chapter 4 justifies against a value of the paper's (or, where the paper
+    gives none, of the paper profile's)."""
+
+    what: str
+    paper: object  # the value the pocket default is set against
+    whose: str  # whose value that is, in words
+    metric: str  # the metric that decides it
+    paper_gives: bool = True  # False: the paper leaves it open, `paper` is the paper profile's
+    alternative: object = None  # where the pocket default is the paper's: the value it was set against
+
+
+# The book's rule: a pocket value departs from the paper's only where the ablation over seeds
+# says it does better, on the mean beyond the seeds' spread or at the worst seed.
 DEPARTURES = {
-    "caption_form": ("how kept tokens become a caption", "tokens", "the paper's", "ASR", True),
-    "skip_function_words": (
+    "caption_form": Departure(
+        "how kept tokens become a caption",
+        "tokens",
+        "the paper's literal reading",
+        "ASR",
+        alternative="template",
+    ),
+    "skip_function_words": Departure(
         "passing over function words, punctuation and common words when keeping a token",
         False,
-        "the paper's",
+        "the paper's rule",
         "ASR",
-        True,
     ),
-    "susp_fraction": ("the size of D_susp", 0.05, "the paper profile's", "ASR", True),
-    "overfit_epochs": ("the overfitting epochs", 5.0, "the paper's", "seconds", True),
-    "retain_weight": (
-        "a clean-retention term while unlearning",
-        0.0,
-        "the paper's (no such term)",
-        "CA",
-        False,
+    "susp_fraction": Departure("the size of D_susp", 0.05, "the paper profile's", "ASR", paper_gives=False),
+    "overfit_epochs": Departure("the overfitting epochs", 5.0, "the paper's", "seconds"),
+    "retain_weight": Departure(
+        "a clean-retention term while unlearning", 0.0, "the paper's, no such term", "CA"
     ),
-    "retain_fraction": (
+    "retain_fraction": Departure(
         "leaving the pairs the overfitting raised most out of that term",
         1.0,
         "the whole scored sample",
         "ASR",
-        True,
     ),
-    "unlearn_floor": ("a floor on eq. 3", -1.0, "the paper's (no floor)", "CA", False),
-    "max_token_captions": (
+    "unlearn_floor": Departure("a floor on eq. 3", -1.0, "the paper's loss, no floor", "CA"),
+    "max_token_captions": Departure(
         "one token-level caption in the Cartesian product",
         8,
         "8 captions, towards the paper's full product",
         "seconds",
-        True,
     ),
 }
 
@@ -615,35 +658,70 @@ def _stat(row: Mapping, metric: str) -> str:
     return f"{row[metric]:.2f}" + ("" if pd.isna(std) else f" ± {std:.2f}") + unit
 
 
+def _better(ours: Mapping, theirs: Mapping, metric: str) -> str:
+    """ "ours", "theirs" or "" (cannot tell): the mean's gap against the larger spread (at
+    least 1 point, or 1 s), then the worst seed's gap against 1 point (1 s)."""
+    sign = 1 if metric in LOWER_BETTER else -1
+    spread = max(0.0 if pd.isna(r[f"{metric} std"]) else r[f"{metric} std"] for r in (ours, theirs))
+    for gap, bar in (
+        (theirs[metric] - ours[metric], max(spread, 1.0)),
+        (theirs[f"{metric} worst"] - ours[f"{metric} worst"], 1.0),
+    ):
+        if sign * gap > bar:
+            return "ours"
+        if sign * gap < -bar:
+            return "theirs"
+    return ""
+
+
 def departure_reading(summary: pd.DataFrame, field: str, default) -> str:
-    """One departure's computed reason: the pocket default against the paper's value on the
-    metric that decides it (mean ± std over seeds), and whether the evidence supports the
-    default (a gap larger than both spreads and than 1 point or 1 s), goes against it, or
-    cannot tell."""
-    what, paper, whose, metric, lower_better = DEPARTURES[field]
+    """One departure's computed reason: the pocket default against the paper's value (or, where
+    the default is the paper's, against the alternative) on the metric that decides it, as mean
+    ± std over seeds and at the worst seed, and what the book's rule (`DEPARTURES`) makes of it."""
+    d = DEPARTURES[field]
+    other = d.alternative if default == d.paper else d.paper
     sub = summary[summary["parameter"] == field]
-    ours, theirs = _with_value(sub, default), _with_value(sub, paper)
+    ours, theirs = _with_value(sub, default), _with_value(sub, other)
     if ours.empty or theirs.empty:
-        return f"**{what}** (`ubt_{field}`): not run with both values here."
+        return f"**{d.what}** (`ubt_{field}`): not run with both values here."
     ours, theirs = ours.iloc[0], theirs.iloc[0]
-    gap = (theirs[metric] - ours[metric]) * (1 if lower_better else -1)  # > 0: the default is better
-    spread = max(
-        0.0 if pd.isna(ours[f"{metric} std"]) else ours[f"{metric} std"],
-        0.0 if pd.isna(theirs[f"{metric} std"]) else theirs[f"{metric} std"],
-        1.0,
-    )
-    if gap > spread:
-        judged = "the evidence supports the pocket default"
-    elif gap < -spread:
-        judged = "the evidence goes against the pocket default: the other value does better here"
+    metric, name = d.metric, METRIC_NAMES.get(d.metric, d.metric)
+    unit = " s" if metric == "seconds" else " %"
+    better = _better(ours, theirs, metric)
+    if default == d.paper:
+        judged = {
+            "ours": "the paper's value does better, so the pocket world keeps it",
+            "theirs": "the alternative does better here, so the book's rule would depart to it",
+            "": "neither the mean nor the worst seed tells them apart, so the pocket world keeps "
+            "the paper's value",
+        }[better]
+        label = f"with the pocket default, {d.whose} ({default!r}), against {{}} with {other!r}"
     else:
-        judged = "the two lie within the seeds' spread, so this measure does not decide between them"
-    others = [m for m in ("CA", "ASR", "RA") if m != metric]
-    context = "; ".join(f"{m} {_stat(ours, m)} against {_stat(theirs, m)}" for m in others)
+        judged = {
+            "ours": "the evidence supports the pocket default",
+            "theirs": "the evidence goes against the pocket default: the other value does better here",
+            "": "neither the mean nor the worst seed tells them apart; "
+            + (
+                "the paper gives no value, so the pocket default stays for the reason the profile states"
+                if not d.paper_gives
+                else "by the book's rule the default should be the paper's"
+            ),
+        }[better]
+        label = f"with the pocket default ({default!r}) against {{}} with {d.whose} ({other!r})"
+    n = int(ours["seeds"])
+    worst = (
+        f"; at the worst of the {n} seeds {ours[f'{metric} worst']:.2f}{unit} against "
+        f"{theirs[f'{metric} worst']:.2f}{unit}"
+        if n > 1
+        else ""
+    )
+    context = "; ".join(
+        f"{m} {_stat(ours, m)} against {_stat(theirs, m)}" for m in ("CA", "ASR", "RA") if m != metric
+    )
     return (
-        f"**{what}** (`ubt_{field}`): {metric} {_stat(ours, metric)} with the pocket default "
-        f"({default!r}) against {_stat(theirs, metric)} with {whose} ({paper!r}), over "
-        f"{int(ours['seeds'])} seeds ({context}): {judged}."
+        f"**{d.what}** (`ubt_{field}`): {name} {_stat(ours, metric)} "
+        + label.format(_stat(theirs, metric))
+        + f", over {n} seed{'s' if n != 1 else ''}{worst} ({context}): {judged}."
     )
 
 
@@ -822,7 +900,7 @@ def table1_display(agg: pd.DataFrame, base: Mapping[str, dict] | None = None) ->
     """The Table 1 analogue as shown: "mean ± std" of CA, ASR and RA (std 0 for one seed), the
     trigger's base rate (the clean pre-trained model's ASR, `experiments.base_rates`; n/a where
     not given), the redirect, the paper's CA and ASR and the cost columns, indexed by (attack,
-    defense)."""
+    defense); attacks by their names, No defense's costs n/a."""
     table = agg.assign(
         **{
             "base rate": [(base or {}).get(a, {}).get("asr") for a in agg.attack],
@@ -849,7 +927,10 @@ def table1_display(agg: pd.DataFrame, base: Mapping[str, dict] | None = None) ->
             "pairs_trained",
         ]
     ].rename(columns={"seconds": "wall time (s)", "pairs_trained": "pairs trained"})
-    table["pairs trained"] = table["pairs trained"].round().astype(int)
+    table["pairs trained"] = table["pairs trained"].round().astype("Int64")
+    # the poisoned model itself costs the defender nothing: n/a, not 0
+    table.loc[table.defense == "No defense", ["wall time (s)", "pairs trained"]] = pd.NA
+    table["attack"] = table.attack.map(lambda a: ATTACK_NAMES.get(a, a))
     return table.set_index(["attack", "defense"])
 
 
@@ -979,10 +1060,44 @@ def bounds_reading(agg: pd.DataFrame, defense: str, beside: str | None = None) -
     )
 
 
+def cost_reading(rows: pd.DataFrame) -> str:
+    """Each UBT variant's mean wall time against CleanCLIP's, and where UBT's goes: the split
+    (the clean model scores every pair), the overfitting with the top k and token relevance,
+    and the unlearning (`table1_rows` with the stage seconds `experiments.defense_row` adds)."""
+    if (
+        "seconds_split" not in rows
+        or not (rows.defense == "CleanCLIP").any()
+        or not (rows.defense == "UBT").any()
+    ):
+        return "There is no CleanCLIP and UBT run in this table to compare costs with."
+    cc = rows.seconds[rows.defense == "CleanCLIP"].mean()
+    variants = [
+        d for d in ("UBT", "UBT w/o token-level", DEFENSE_NAMES["ubt_restore"]) if (rows.defense == d).any()
+    ]
+    mean = {d: rows.seconds[rows.defense == d].mean() for d in variants}
+    each = ", ".join(f"{d} {mean[d]:.1f} s ({mean[d] / cc:.3f})" for d in variants)
+    ubt = rows[rows.defense == "UBT"]
+    total = ubt.seconds.mean()
+    split, detect, unlearn = (ubt[c].mean() for c in ("seconds_split", "seconds_detect", "seconds_unlearn"))
+    return (
+        f"Against CleanCLIP's {cc:.1f} s on average: {each}. Of UBT's {total:.1f} s, the split (the clean "
+        f"model scores every training pair) takes {split:.1f} s, the overfitting with the top k and the "
+        f"token relevance {detect:.1f} s and the unlearning {unlearn:.1f} s. The variants share the first "
+        f"two, {100 * (split + detect) / total:.0f} % of UBT's time, and differ only in what they unlearn"
+        + (
+            ", so they cost about the same: what holds their ratio to CleanCLIP is UBT's detection."
+            if max(mean.values()) <= 1.1 * min(mean.values())
+            else "; "
+            + ", ".join(f"{d} takes {mean[d] - total:+.1f} s against UBT" for d in variants if d != "UBT")
+            + "."
+        )
+    )
+
+
 def table1_readings(agg: pd.DataFrame) -> dict:
     """Chapter 5's glued readings: {"ubt_verdict", "no_token_verdict", "restore_verdict",
-    "not_planted", "oracle_bounds", "restore_bounds"} -> Markdown text (the restoring variant's
-    and the oracle's where the table has them)."""
+    "cleanclip_verdict", "oracle_verdict", "not_planted", "oracle_bounds", "restore_bounds"} ->
+    Markdown text (each defense's "not run" where the table lacks it)."""
     took, nodef = planted(agg), _by_attack(agg, "No defense")
     restore = DEFENSE_NAMES["ubt_restore"]
     return {
@@ -991,6 +1106,12 @@ def table1_readings(agg: pd.DataFrame) -> dict:
         "ubt_verdict": removal_verdict("UBT", agg),
         "no_token_verdict": removal_verdict("UBT w/o token-level", agg),
         "restore_verdict": removal_verdict(restore, agg) if (agg.defense == restore).any() else "not run",
+        "cleanclip_verdict": removal_verdict("CleanCLIP", agg)
+        if (agg.defense == "CleanCLIP").any()
+        else "not run",
+        "oracle_verdict": removal_verdict(DEFENSE_NAMES["oracle"], agg)
+        if (agg.defense == DEFENSE_NAMES["oracle"]).any()
+        else "not run",
         "not_planted": ", ".join(
             f"{ATTACK_NAMES.get(a, a)} ({nodef.ASR[a]:.1f} %)" for a in took.index if not took[a]
         )

@@ -24,6 +24,7 @@ import signal
 from collections.abc import Callable, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 ACCEPTED_LANES = (1, 2)
 
@@ -44,21 +45,29 @@ def _helper(warm: Callable, calls: Sequence[tuple], threads: int, stop) -> None:
         warm(*args)
 
 
-def computed(row: Callable, warm: Callable, calls: Sequence[tuple], device, progress: bool = True) -> list:
-    """[row(*args, progress=progress) for args in calls], computed here in order while, on a CPU
-    with at least two threads and `lanes()` 2, a helper process runs warm(*args) (the row's
-    cached stages, without what row adds to them) from the last call back. Both processes run
-    at half this one's threads; this one's are given back at the end."""
+def _in_order(row: Callable, calls: Sequence[tuple], progress: bool, desc: str) -> list:
+    # one bar over the rows, not one per stage: a chapter's page keeps what its cell printed
+    return [row(*args, progress=False) for args in tqdm(calls, desc=desc, unit="row", disable=not progress)]
+
+
+def computed(
+    row: Callable, warm: Callable, calls: Sequence[tuple], device, progress: bool = True, desc: str = "rows"
+) -> list:
+    """[row(*args, progress=False) for args in calls], computed here in order (with one progress
+    bar, `desc`, over the rows) while, on a CPU with at least two threads and `lanes()` 2, a
+    helper process runs warm(*args) (the row's cached stages, without what row adds to them)
+    from the last call back. Both processes run at half this one's threads; this one's are
+    given back at the end."""
     threads = torch.get_num_threads()
     if lanes() < 2 or len(calls) < 2 or torch.device(device).type != "cpu" or threads < 2:
-        return [row(*args, progress=progress) for args in calls]
+        return _in_order(row, calls, progress, desc)
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: ubtlib's numerics first
     stop = context.Event()
     helper = context.Process(target=_helper, args=(warm, list(calls), threads // 2, stop), daemon=True)
     torch.set_num_threads(threads // 2)
     helper.start()
     try:
-        rows = [row(*args, progress=progress) for args in calls]
+        rows = _in_order(row, calls, progress, desc)
     finally:
         # every row is done here: the helper can only be reading entries back, or still starting
         stop.set()

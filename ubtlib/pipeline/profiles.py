@@ -212,7 +212,6 @@ PROFILES = {
             unlearn_lr=1e-5,
             unlearn_epochs=3,
             unlearn_batch_size=64,
-            caption_form="tokens",  # web-trained CLIP has seen bare words
             skip_function_words=False,  # the paper keeps the most relevant token, whichever
             # the paper's full Cartesian product, and a retain term over a sample of D_safe
             max_token_captions=1 << 20,
