@@ -98,9 +98,13 @@ def scan_readings(scans: Mapping[str, dict], asr: Mapping[str, float], target: s
     if any(scans[a]["label_rule"] == "named" for a in fired):
         text += (
             " Counting all of CLIP's excess over the oracle instead would name "
-            + ", ".join(f"`{other[a]}` for {_name(a)}" for a in missed)
-            + ": there another class's excess is larger than the target's, though few of the images "
-            "behind it carry a caption naming it."
+            + "; ".join(
+                f"`{other[a]}` for {_name(a)} (excess {scans[a]['excess'][other[a]]:+d} against `{target}`'s "
+                f"{scans[a]['excess'].get(target, 0):+d}, though only {scans[a]['named'][other[a]]} of its "
+                f"images carry a caption naming it, against {scans[a]['named'].get(target, 0)})"
+                for a in missed
+            )
+            + ": a class CLIP over-predicts on clean images outgrows the backdoor's excess there."
             if missed
             else " Counting all of CLIP's excess over the oracle would name the same labels in this run."
         )
