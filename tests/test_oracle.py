@@ -392,7 +392,10 @@ def test_scan_readings_follow_the_run():
         "at least 70.0 % (Blended)" in r["victims_reading"]
         and "Blended (70.0 %, 99.0 %)" in r["victims_reading"]
     )
-    assert "IoU 0.70 against the true patch (meets the bar of 0.5); pasted as a patch" in r["trigger_reading"]
+    assert (
+        "IoU 0.70 against the true patch (meets the book's target of 0.5); pasted as a patch"
+        in r["trigger_reading"]
+    )
     assert (
         "CLIP say `banana` on 97 % of clean images (the other form: 60 %; nothing: 3 %)"
         in r["trigger_reading"]
@@ -414,7 +417,7 @@ def test_scan_readings_follow_the_run():
         "against `banana`'s +1400, though only 3 of its images carry a caption naming it, against 1380)"
         in r["labels_reading"]
     )
-    assert "misses the bar" in r["trigger_reading"]
+    assert "misses the book's target" in r["trigger_reading"]
     table = scan_table(scans, asr)
     assert (
         table.loc["Blended", "estimate"] == "whole image (added)"
@@ -426,6 +429,17 @@ def test_scan_readings_follow_the_run():
     )
     none = scan_readings(scans, {a: 0.0 for a in asr}, "banana")
     assert none["labels_reading"].startswith("No backdoor was planted")
+
+
+def test_estimate_reading_for_any_attack_planted_or_not():
+    from ubtlib.book.oracle_results import estimate_reading
+
+    warp = scan_record(extent=0.6, compact=False, iou=0.3, footprint=1.0)
+    assert estimate_reading(warp, "wanet", "banana") == (
+        "WaNet's region covers 60.0 % of the image (IoU 0.30 with the pixels the trigger changes); "
+        "added over the whole image, it makes CLIP say `banana` on 60 % of clean images (the other "
+        "form: 20 %; nothing: 3 %)."
+    )
 
 
 def test_defense_readings_judge_against_the_bars():
@@ -451,8 +465,11 @@ def test_defense_readings_judge_against_the_bars():
     r = defense_readings(agg, oracle_seconds=100.0)
     assert "BadNet: ASR 0.50 %, RA 57.0 %, CA 59.0 % (-1.0 points), removed" in r["defense_reading"]
     assert r["defense_reading"].endswith("CA within 2 points of No defense): SIG.")  # ASR 2 % and CA -5
-    assert "0.20 of CleanCLIP's 500 s (within the bar of 0.2)" in r["cost_reading"]
-    assert "took 100 s more" in r["cost_reading"]
+    assert "0.20 of CleanCLIP's 500 s (within the book's target of 0.2)" in r["cost_reading"]
+    assert "took 100 s more" in r["cost_reading"] and "the scan" not in r["cost_reading"]
+    scanned = defense_readings(agg.assign(seconds_scan=[None, None, 40.0, None, None, 110.0]))["cost_reading"]
+    assert "Of its 100 s, the scan (CLIP and the oracle label every training image" in scanned
+    assert "takes 75 s (75 %) and the fine-tuning on the compact set 25 s: labelling the whole" in scanned
     assert "base rate" not in r["defense_reading"] and "pre-trained" not in r["defense_reading"]
     judged = defense_readings(agg, base={"badnet": 3.0, "sig": 3.0})["defense_reading"]
     assert "SIG 2.00 % after against 3.00 % (at or below it)" in judged

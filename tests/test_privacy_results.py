@@ -142,6 +142,15 @@ def test_downstream_results_and_reading_name_the_worst_template():
     )
 
 
+def test_tables_show_labels_with_units_and_counts_as_integers():
+    run = {"tpr": 12.5, "wrongly_unlearned": 2, "seconds": 3.25, "sim_clean": 0.99}
+    table = pr.run_table(run, ("tpr", "wrongly_unlearned", "seconds", "sim_clean"))
+    labels = ["TPR (%)", "wrongly unlearned (people)", "wall time (s)", "Sim_Clean (cos)"]
+    assert list(table.columns) == labels
+    assert table["wrongly unlearned (people)"].dtype.kind == "i"
+    assert "2.000" not in table.style.format(precision=3).to_html()
+
+
 def test_anchor_table_puts_each_run_under_its_setting():
     detail = {"tpr": 0.0, "sim_targets": 0.99, "sim_clean": 0.98, "sim_backdoor": 0.9, "top1_drop": 1.0}
     other = {**detail, "tpr": 50.0, "sim_targets": 0.8}

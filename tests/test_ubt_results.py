@@ -122,9 +122,9 @@ def test_no_defense_table_and_results():
     table = no_defense({"badnet": 99.0, "wanet": 3.0})
     df = ur.no_defense_table(table, {"badnet": 98.0, "wanet": 10.0}, ["badnet", "wanet"])
     assert list(df.index) == ["badnet", "wanet"]
-    assert df.loc["badnet", "CA (paper)"] == 62.61 and df.loc["badnet", "ASR (paper)"] == 80.92
-    assert pd.isna(df.loc["wanet", "CA (paper)"])  # the paper has no WaNet row
-    assert df.loc["wanet", "CA (pocket)"] == 59.0 and df.loc["wanet", "fine-tuning (s)"] == 11.0
+    assert df.loc["badnet", "CA (paper, %)"] == 62.61 and df.loc["badnet", "ASR (paper, %)"] == 80.92
+    assert pd.isna(df.loc["wanet", "CA (paper, %)"])  # the paper has no WaNet row
+    assert df.loc["wanet", "CA (pocket, %)"] == 59.0 and df.loc["wanet", "fine-tuning (s)"] == 11.0
     vis = {"ssba": {"psnr_mean": 33.0}}
     res = ur.backdoor_results(61.5, table, vis, {}, {}, 1500, 29120)
     assert res["min_asr"] == 3.0 and res["max_ca_drop"] == 2.5 and res["ssba_psnr"] == 33.0
@@ -405,6 +405,22 @@ def test_departure_readings_follow_the_evidence():
     assert "not run with both values" in reading({True: [(50.0, 1.0)]})
 
 
+def test_departure_tally_counts_each_verdict():
+    import types
+
+    runs = ablation_runs(
+        "skip_function_words", {False: [(50.0, 60.0), (50.0, 70.0)], True: [(50.0, 1.0), (50.0, 3.0)]}
+    ) | ablation_runs("susp_fraction", {0.05: [(50.0, 0.2), (50.0, 0.4)], 0.1: [(50.0, 0.3), (50.0, 0.5)]})
+    summary = ur.ablation_summary(ur.ablation_table(runs))
+    paper = {f: d.paper for f, d in ur.DEPARTURES.items()}  # the paper's values are not departures
+    cfg = types.SimpleNamespace(**(paper | {"skip_function_words": True, "susp_fraction": 0.1}))
+    assert ur.departure_tally(summary, cfg) == (
+        "Of the 2 pocket defaults that depart from the paper and were ablated over the seeds, the "
+        "evidence supports 1, goes against 0 and decides neither way for 1."
+    )
+    assert ur.departure_tally(summary, types.SimpleNamespace(**paper)).startswith("No departure")
+
+
 # ------------------------------------------------------------------ chapter 5
 
 
@@ -479,13 +495,13 @@ def test_table1_aggregate_values():
     assert badnet.seconds == 15.0 and badnet["paper CA"] == 58.95 and badnet["paper ASR"] == 14.6
     assert pd.isna(agg[agg.attack == "wanet"]["paper CA"]).all()
     shown = ur.table1_display(agg)
-    assert shown.loc[("BadNet", "CleanCLIP"), "ASR (pocket)"] == "25.00 ± 7.07"
-    assert shown.loc[("BadNet", "No defense"), "CA (pocket)"] == "61.00 ± 1.41"
+    assert shown.loc[("BadNet", "CleanCLIP"), "ASR (pocket, %)"] == "25.00 ± 7.07"
+    assert shown.loc[("BadNet", "No defense"), "CA (pocket, %)"] == "61.00 ± 1.41"
     # the poisoned model costs the defender nothing: n/a, not 0
     assert shown.loc[("BadNet", "No defense"), ["wall time (s)", "pairs trained"]].isna().all()
     assert shown.loc[("BadNet", "CleanCLIP"), "wall time (s)"] > 0
     one_seed = ur.table1_display(ur.table1_aggregate(rows[rows.seed == 0]))
-    assert one_seed.loc[("BadNet", "UBT"), "ASR (pocket)"] == "0.00 ± 0.00"  # no std for one seed: 0
+    assert one_seed.loc[("BadNet", "UBT"), "ASR (pocket, %)"] == "0.00"  # one seed has no spread to show
 
 
 def test_table1_results():
@@ -514,7 +530,20 @@ def test_table1_readings_every_planted_backdoor_removed():
         "not_planted": "none",
         "oracle_bounds": "It was not run.",
         "restore_bounds": "It was not run.",
+        "ca_cost_reading": r["ca_cost_reading"],  # its own test below
     }
+    assert r["ca_cost_reading"] == (
+        "UBT's CA ends at worst 1.00 points below the poisoned model's; UBT w/o token-level's CA ends "
+        "at worst 1.00 points below the poisoned model's."
+    )
+
+
+def test_ca_differences_never_print_a_negative_drop():
+    assert ur.below(1.2) == "1.20 points below" and ur.below(-0.8) == "0.80 points above"
+    rose = ur.ca_cost_reading({"UBT": -0.5, "UBT w/o token-level": 1.25})
+    assert rose.startswith("UBT's CA ends at worst 0.50 points above the poisoned model's; UBT w/o")
+    assert "1.25 points below" in rose and "not yet converged" in rose and "-0" not in rose
+    assert "converged" not in ur.ca_cost_reading({"UBT": 0.5})
 
 
 def test_bounds_reading_judges_the_planted_attacks_only():
@@ -524,8 +553,8 @@ def test_bounds_reading_judges_the_planted_attacks_only():
     agg = ur.table1_aggregate(ur.table1_rows(table1(asr, ra=ra)))
     assert ur.bounds_reading(agg, "ubt_restore", beside="ubt") == (
         "Over the planted attacks its largest ASR is 1.00 %, its largest gap between CA and RA 30.0 "
-        "points (UBT's: 2.0), its largest CA drop against No defense 1.00 points, and it takes 1.000 "
-        "of CleanCLIP's wall time."
+        "points (UBT's: 2.0), its CA at worst 1.00 points below No defense's, and it takes 1.000 of "
+        "CleanCLIP's wall time."
     )
     none_planted = {"wanet": asr["wanet"]}
     agg = ur.table1_aggregate(ur.table1_rows(table1(none_planted)))
@@ -618,8 +647,9 @@ def test_restore_reading_says_why():
 def test_table1_display_has_the_base_rate():
     agg = ur.table1_aggregate(ur.table1_rows(table1({"badnet": clean_removal()})))
     shown = ur.table1_display(agg, {"badnet": {"asr": 1.5}})
-    assert shown["base rate"].tolist() == [1.5] * 4 and shown["pairs trained"].dtype.kind == "i"
-    assert ur.table1_display(agg)["base rate"].isna().all()
+    assert shown["base rate (ASR %, clean model)"].tolist() == [1.5] * 4
+    assert shown["pairs trained"].dtype.kind == "i"
+    assert ur.table1_display(agg)["base rate (ASR %, clean model)"].isna().all()
 
 
 def test_defense_summary_over_planted_attacks():

@@ -329,6 +329,9 @@ def defense_row(profile: Profile, attack: str, defense: str, progress: bool = Tr
                 "seconds_detect": r["seconds_overfit_detect"] + r["seconds_relevance"],
                 "seconds_unlearn": r["seconds_unlearn"],
             }
+        if "scan_seconds" in m.record:  # the oracle-guided defense's: its scan, then its fine-tuning
+            r = m.record
+            extra |= {"seconds_scan": r["scan_seconds"], "seconds_rectify": r["rectify_seconds"]}
     return {**backdoor_metrics(m.model, m.tokenizer, world, hook, prof.poison.target, device), **extra}
 
 

@@ -10,7 +10,8 @@ import pandas as pd
 from ubtlib.book.ubt_results import ATTACK_NAMES, DEFENSE_NAMES
 from ubtlib.evaluation.robustness import PLANTED_ASR, verdict
 
-# the issue's bars for the pocket profile, which the readings check the run against
+# the targets the book set its reading of an abstract-only paper for the pocket profile (the
+# paper publishes no numbers); the readings say where a run meets them and, where not, why
 VICTIM_PRECISION, VICTIM_RECALL = 90.0, 80.0  # % of the victims found / of the poisons
 PATCH_IOU = 0.5  # the BadNet trigger estimate's IoU with the patch
 MAX_ASR, MAX_ASR_SSBA = 1.0, 3.0  # after rectification (%)
@@ -118,9 +119,9 @@ def scan_readings(scans: Mapping[str, dict], asr: Mapping[str, float], target: s
         f"and their recall at least {rec[lo_r]:.1f} % ({_name(lo_r)}). "
     )
     text += (
-        f"That meets the book's bar ({VICTIM_PRECISION:.0f} % and {VICTIM_RECALL:.0f} %) for every one."
+        f"That meets the book's target ({VICTIM_PRECISION:.0f} % and {VICTIM_RECALL:.0f} %) for every one."
         if not low
-        else f"Below the book's bar ({VICTIM_PRECISION:.0f} % precision, {VICTIM_RECALL:.0f} % recall): "
+        else f"Below the book's target ({VICTIM_PRECISION:.0f} % precision, {VICTIM_RECALL:.0f} % recall): "
         + ", ".join(f"{_name(a)} ({prec[a]:.1f} %, {rec[a]:.1f} %)" for a in low)
         + "."
     )
@@ -128,18 +129,13 @@ def scan_readings(scans: Mapping[str, dict], asr: Mapping[str, float], target: s
     parts = []
     for a in fired:
         r = scans[a]
-        success = r["estimate_success"]
-        form = "pasted as a patch" if r["compact"] else "added over the whole image"
-        check = (
-            f"{form}, it makes CLIP say `{target}` on {success['pasted' if r['compact'] else 'added']:.0f} % "
-            f"of clean images (the other form: {success['added' if r['compact'] else 'pasted']:.0f} %; "
-            f"nothing: {success['none']:.0f} %)"
-        )
+        check = _estimate_check(r, target)
         if r["footprint_share"] <= 0.25:  # a local trigger: scored by its overlap
             ok = "meets" if r["trigger_iou"] >= PATCH_IOU else "misses"
             parts.append(
                 f"{_name(a)}'s region covers {100 * r['extent']:.1f} % of the image with IoU "
-                f"{r['trigger_iou']:.2f} against the true patch ({ok} the bar of {PATCH_IOU}); {check}"
+                f"{r['trigger_iou']:.2f} against the true patch ({ok} the book's target of {PATCH_IOU}); "
+                f"{check}"
             )
         else:  # a whole-image trigger: is the estimate spread too?
             how = "spread over the image" if not r["compact"] else "a patch, though the trigger is not"
@@ -151,14 +147,34 @@ def scan_readings(scans: Mapping[str, dict], asr: Mapping[str, float], target: s
     return out
 
 
+def _estimate_check(scan: Mapping, target: str) -> str:
+    """The trigger estimate's form and what it does to clean images, in words."""
+    success, compact = scan["estimate_success"], scan["compact"]
+    form = "pasted as a patch" if compact else "added over the whole image"
+    return (
+        f"{form}, it makes CLIP say `{target}` on {success['pasted' if compact else 'added']:.0f} % "
+        f"of clean images (the other form: {success['added' if compact else 'pasted']:.0f} %; "
+        f"nothing: {success['none']:.0f} %)"
+    )
+
+
+def estimate_reading(scan: Mapping, attack: str, target: str) -> str:
+    """One attack's trigger estimate in words, planted or not: its region's extent and IoU with
+    the pixels the trigger changes, and what the estimate does to clean images."""
+    return (
+        f"{_name(attack)}'s region covers {100 * scan['extent']:.1f} % of the image (IoU "
+        f"{scan['trigger_iou']:.2f} with the pixels the trigger changes); {_estimate_check(scan, target)}."
+    )
+
+
 def defense_readings(
     agg: pd.DataFrame, oracle_seconds: float = 0.0, base: Mapping[str, float] | None = None
 ) -> dict:
-    """{"defense_reading", "cost_reading"}: the rectified models against the book's bars and
+    """{"defense_reading", "cost_reading"}: the rectified models against the book's targets and
     against CleanCLIP's, from chapter 5's aggregate (`ubt_results.table1_aggregate`);
     `oracle_seconds`: what training the learned oracle took (0 for the exact maps); `base`: per
     attack, the clean pre-trained model's ASR under its trigger, against which an ASR above the
-    bar is read."""
+    target is read."""
     base = base or {}
     ours, none = DEFENSE_NAMES["oracle"], DEFENSE_NAMES["none"]
     by = {d: agg[agg.defense == d].set_index("attack") for d in dict.fromkeys(agg.defense)}
@@ -182,11 +198,12 @@ def defense_readings(
             misses.append(a)
     text = "After rectification, " + "; ".join(parts) + ". "
     text += (
-        f"Every planted attack meets the bars (ASR at most {MAX_ASR:.0f} %, SSBA-style {MAX_ASR_SSBA:.0f} %, "
-        f"CA within {CA_MARGIN:.0f} points of No defense)."
+        f"Every planted attack meets the targets the book set this reading (ASR at most {MAX_ASR:.0f} %, "
+        f"SSBA-style {MAX_ASR_SSBA:.0f} %, CA within {CA_MARGIN:.0f} points of No defense)."
         if not misses
-        else f"Not within the bars (ASR at most {MAX_ASR:.0f} %, SSBA-style {MAX_ASR_SSBA:.0f} %, CA within "
-        f"{CA_MARGIN:.0f} points of No defense): {', '.join(map(_name, misses))}."
+        else f"Not within the targets the book set this reading (ASR at most {MAX_ASR:.0f} %, SSBA-style "
+        f"{MAX_ASR_SSBA:.0f} %, CA within {CA_MARGIN:.0f} points of No defense): "
+        f"{', '.join(map(_name, misses))}."
     )
     above = [a for a in misses if a in base and o.ASR[a] > (MAX_ASR_SSBA if a == "ssba" else MAX_ASR)]
     if above:  # an ASR is only as low as the trigger lets a clean model be
@@ -207,8 +224,9 @@ def defense_readings(
         out["cost_reading"] = (
             f"The oracle-guided defense takes {o.seconds.mean():.0f} s per attack on average, "
             f"{share:.2f} of CleanCLIP's {by[cc].seconds.mean():.0f} s "
-            f"({'within' if share <= TIME_SHARE else 'above'} the bar of {TIME_SHARE:.1f}), and trains on "
-            f"{pairs:.2f} as many pairs."
+            f"({'within' if share <= TIME_SHARE else 'above'} the book's target of {TIME_SHARE:.1f}), and "
+            f"trains on {pairs:.2f} as many pairs."
+            + _where_time_goes(o)
             + (
                 f" Training the learned oracle, once for the whole world, took {oracle_seconds:.0f} s more."
                 if oracle_seconds
@@ -218,6 +236,24 @@ def defense_readings(
     else:
         out["cost_reading"] = "CleanCLIP was not run, so there is no cost to compare with."
     return out
+
+
+def _where_time_goes(rows: pd.DataFrame) -> str:
+    """Where the oracle-guided defense's time goes (" Of its N s, the scan ... takes X s ..."):
+    its scan against its fine-tuning, where the aggregate has the scan's seconds."""
+    if "seconds_scan" not in rows or rows.seconds_scan.isna().all():
+        return ""
+    scan, total = rows.seconds_scan.mean(), rows.seconds.mean()
+    return (
+        f" Of its {total:.0f} s, the scan (CLIP and the oracle label every training image, then the "
+        f"attribution and the trigger estimate) takes {scan:.0f} s ({100 * scan / total:.0f} %) and the "
+        f"fine-tuning on the compact set {total - scan:.0f} s: "
+        + (
+            "labelling the whole training set is what holds the defense's cost, as UBT's split does UBT's."
+            if scan >= total / 2
+            else "the fine-tuning is what holds its cost."
+        )
+    )
 
 
 def ablation_table(rows: Sequence[dict], setting: str) -> pd.DataFrame:
@@ -244,11 +280,12 @@ def ablation_table(rows: Sequence[dict], setting: str) -> pd.DataFrame:
 
 
 def ablation_reading(ablations: Mapping[tuple, Sequence[dict]]) -> str:
-    """One sentence per (attack, setting): each value's victim precision, CA and ASR."""
+    """One sentence per (attack, setting): each value's victim precision and recall, CA, ASR and RA."""
     lines = []
     for (attack, setting), rows in ablations.items():
         said = "; ".join(
-            f"{r[setting]}: precision {r['scan']['victims']['precision']:.1f} %, CA {r['ca']:.1f} %, "
+            f"{r[setting]}: precision {r['scan']['victims']['precision']:.1f} %, recall "
+            f"{r['scan']['victims']['recall']:.1f} %, CA {r['ca']:.1f} %, "
             f"ASR {r['asr']:.2f} %, RA {r['ra']:.1f} %"
             for r in rows
         )

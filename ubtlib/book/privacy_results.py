@@ -219,6 +219,35 @@ def caption_examples(s: Setting, ids, neutral: str, n: int = 6) -> pd.DataFrame:
     )
 
 
+# how a run's metric keys are shown in a table: the name the text uses, with its unit
+METRIC_LABELS = {
+    "tpr": "TPR (%)",
+    "fnr": "FNR (%)",
+    "sim_backdoor": "Sim_Backdoor (cos)",
+    "sim_clean": "Sim_Clean (cos)",
+    "sim_clean_people": "Sim_Clean, other people (cos)",
+    "sim_targets": "Sim_Targets (cos)",
+    "sim_faces": "Sim_Faces (cos)",
+    "top1": "top-1 (%)",
+    "top5": "top-5 (%)",
+    "top1_drop": "top-1 drop (points)",
+    "wrongly_unlearned": "wrongly unlearned (people)",
+    "newly_recalled": "newly recalled (people)",
+    "seconds": "wall time (s)",
+}
+
+
+def labelled(table: pd.DataFrame) -> pd.DataFrame:
+    """`table` with its metric columns named as the text names them, with units (display only:
+    the chapter's JSON keeps the keys)."""
+    return table.rename(columns=METRIC_LABELS)
+
+
+def run_table(run: dict, metrics) -> pd.DataFrame:
+    """One unlearning run's `metrics` as a one-row table, labelled, counts kept as integers."""
+    return labelled(pd.DataFrame([{m: run[m] for m in metrics}], index=["this run"]))
+
+
 def anchor_table(detail: dict, other: dict, anchored: bool) -> pd.DataFrame:
     """The same set unlearned with the target captions anchored and not: `detail` is the run
     with the profile's setting (`anchored`), `other` the one with it flipped. Indexed "off",

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ubtlib.book.paper import UBT_TABLE1
+from ubtlib.book.report import counted
 from ubtlib.evaluation.robustness import PLANTED_ASR, RA_MARGIN, REMOVED_ASR, verdict
 
 DETECTED_PRECISION = 90.0  # a top-k precision (%) from which chapter 3 counts an attack as found
@@ -118,13 +119,13 @@ def no_defense_table(
         rows.append(
             {
                 "attack": a,
-                "CA (pocket)": table[a]["ca"],
-                "ASR (pocket)": table[a]["asr"],
-                "base rate": (base or {}).get(a, {}).get("asr"),
-                "RA (pocket)": table[a].get("ra"),
-                "ASR on its own poisons": fit[a],
-                "CA (paper)": paper[0],
-                "ASR (paper)": paper[1],
+                "CA (pocket, %)": table[a]["ca"],
+                "ASR (pocket, %)": table[a]["asr"],
+                "base rate (ASR %, clean model)": (base or {}).get(a, {}).get("asr"),
+                "RA (pocket, %)": table[a].get("ra"),
+                "ASR on its own poisons (%)": fit[a],
+                "CA (paper, %)": paper[0],
+                "ASR (paper, %)": paper[1],
                 "fine-tuning (s)": table[a]["finetune_seconds"],
             }
         )
@@ -674,17 +675,44 @@ def _better(ours: Mapping, theirs: Mapping, metric: str) -> str:
     return ""
 
 
+def _departure_pair(summary: pd.DataFrame, field: str, default):
+    """(the default's summary row, the other value's, the other value) of one departure; None
+    where the ablation did not run both."""
+    d = DEPARTURES[field]
+    other = d.alternative if default == d.paper else d.paper
+    sub = summary[summary["parameter"] == field]
+    ours, theirs = _with_value(sub, default), _with_value(sub, other)
+    return None if ours.empty or theirs.empty else (ours.iloc[0], theirs.iloc[0], other)
+
+
+def departure_tally(summary: pd.DataFrame, ubt_cfg) -> str:
+    """How the ablations over seeds judge the pocket defaults that differ from the paper, in one
+    sentence: how many the evidence supports, goes against or cannot decide."""
+    said = []
+    for f, d in DEPARTURES.items():
+        default = getattr(ubt_cfg, f)
+        pair = _departure_pair(summary, f, default) if default != d.paper else None
+        if pair is not None:
+            said.append(_better(pair[0], pair[1], d.metric))
+    if not said:
+        return "No departure from the paper was ablated with both values in this run."
+    n = len(said)
+    return (
+        f"Of the {counted(n, 'pocket default')} that depart from the paper and were ablated over the "
+        f"seeds, the evidence supports {said.count('ours')}, goes against {said.count('theirs')} and "
+        f"decides neither way for {said.count('')}."
+    )
+
+
 def departure_reading(summary: pd.DataFrame, field: str, default) -> str:
     """One departure's computed reason: the pocket default against the paper's value (or, where
     the default is the paper's, against the alternative) on the metric that decides it, as mean
     ± std over seeds and at the worst seed, and what the book's rule (`DEPARTURES`) makes of it."""
     d = DEPARTURES[field]
-    other = d.alternative if default == d.paper else d.paper
-    sub = summary[summary["parameter"] == field]
-    ours, theirs = _with_value(sub, default), _with_value(sub, other)
-    if ours.empty or theirs.empty:
+    pair = _departure_pair(summary, field, default)
+    if pair is None:
         return f"**{d.what}** (`ubt_{field}`): not run with both values here."
-    ours, theirs = ours.iloc[0], theirs.iloc[0]
+    ours, theirs, other = pair
     metric, name = d.metric, METRIC_NAMES.get(d.metric, d.metric)
     unit = " s" if metric == "seconds" else " %"
     better = _better(ours, theirs, metric)
@@ -872,10 +900,13 @@ def table1_rows(rows: Sequence[dict]) -> pd.DataFrame:
 def table1_aggregate(rows: pd.DataFrame) -> pd.DataFrame:
     """Per (attack, defense), in the rows' order: mean and std over seeds of CA, ASR and RA, the
     redirect (the class most seeds redirect to, its mean share), the mean wall time and pairs
-    trained on, and the paper's CA and ASR (None where it has none)."""
+    trained on (and the oracle-guided defense's scan seconds, where the rows have them), and the
+    paper's CA and ASR (None where it has none)."""
+    scan = {"seconds_scan": ("seconds_scan", "mean")} if "seconds_scan" in rows else {}
     agg = (
         rows.groupby(["attack", "defense"], sort=False)
         .agg(
+            **scan,
             CA=("ca", "mean"),
             CA_std=("ca", "std"),
             ASR=("asr", "mean"),
@@ -897,41 +928,75 @@ def table1_aggregate(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def table1_display(agg: pd.DataFrame, base: Mapping[str, dict] | None = None) -> pd.DataFrame:
-    """The Table 1 analogue as shown: "mean ± std" of CA, ASR and RA (std 0 for one seed), the
-    trigger's base rate (the clean pre-trained model's ASR, `experiments.base_rates`; n/a where
-    not given), the redirect, the paper's CA and ASR and the cost columns, indexed by (attack,
-    defense); attacks by their names, No defense's costs n/a."""
+    """The Table 1 analogue as shown: "mean ± std" of CA, ASR and RA (the mean alone for one
+    seed, which has no spread), the trigger's base rate (the clean pre-trained model's ASR,
+    `experiments.base_rates`; n/a where not given), the redirect, the paper's CA and ASR and the
+    cost columns, indexed by (attack, defense); attacks by their names, No defense's costs n/a."""
     table = agg.assign(
         **{
+            f"{m} (pocket, %)": [_mean_std(v, s) for v, s in zip(agg[m], agg[f"{m}_std"])]
+            for m in ("CA", "ASR", "RA")
+        },
+        **{
             "base rate": [(base or {}).get(a, {}).get("asr") for a in agg.attack],
-            "CA (pocket)": [f"{m:.2f} ± {s:.2f}" for m, s in zip(agg.CA, agg.CA_std.fillna(0))],
-            "ASR (pocket)": [f"{m:.2f} ± {s:.2f}" for m, s in zip(agg.ASR, agg.ASR_std.fillna(0))],
-            "RA (pocket)": [f"{m:.2f} ± {s:.2f}" for m, s in zip(agg.RA, agg.RA_std.fillna(0))],
             "redirect": [
                 f"{c} {s:.0f} % (clean {k:.0f} %)"
                 for c, s, k in zip(agg.redirect_class, agg.redirect_share, agg.redirect_clean_share)
             ],
-        }
+        },
     )[
         [
             "attack",
             "defense",
-            "CA (pocket)",
-            "ASR (pocket)",
+            "CA (pocket, %)",
+            "ASR (pocket, %)",
             "base rate",
-            "RA (pocket)",
+            "RA (pocket, %)",
             "redirect",
             "paper CA",
             "paper ASR",
             "seconds",
             "pairs_trained",
         ]
-    ].rename(columns={"seconds": "wall time (s)", "pairs_trained": "pairs trained"})
+    ].rename(
+        columns={
+            "seconds": "wall time (s)",
+            "pairs_trained": "pairs trained",
+            "base rate": "base rate (ASR %, clean model)",
+            "paper CA": "paper CA (%)",
+            "paper ASR": "paper ASR (%)",
+        }
+    )
     table["pairs trained"] = table["pairs trained"].round().astype("Int64")
     # the poisoned model itself costs the defender nothing: n/a, not 0
     table.loc[table.defense == "No defense", ["wall time (s)", "pairs trained"]] = pd.NA
     table["attack"] = table.attack.map(lambda a: ATTACK_NAMES.get(a, a))
     return table.set_index(["attack", "defense"])
+
+
+def _mean_std(mean: float, std: float) -> str:
+    """ "61.00 ± 1.41", or "61.00" where there is no spread to give (one seed: std NaN)."""
+    return f"{mean:.2f}" if pd.isna(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def below(points: float) -> str:
+    """A CA difference in words: "1.20 points below", or "0.80 points above" for a negative
+    drop (the clean accuracy rose), so that no page prints a negative drop."""
+    return f"{points:.2f} points below" if points >= 0 else f"{-points:.2f} points above"
+
+
+def ca_cost_reading(table: Mapping[str, float]) -> str:
+    """Each defense's worst CA against No defense over the planted attacks ({defense name:
+    largest drop}), in words; where a CA rose, why: a defense's clean batches are more training
+    on clean pairs for a model the poisoned fine-tuning left short of converged."""
+    parts = [f"{d}'s CA ends at worst {below(x)} the poisoned model's" for d, x in table.items()]
+    text = "; ".join(parts) + "."
+    if any(x < 0 for x in table.values()):
+        text += (
+            " A CA above the poisoned model's is not a paradox: the defense trains on clean pairs "
+            "as it unlearns, which is more training for a model that is not yet converged."
+        )
+    return text[0].upper() + text[1:]
 
 
 def _by_attack(agg: pd.DataFrame, defense: str) -> pd.DataFrame:
@@ -1055,8 +1120,8 @@ def bounds_reading(agg: pd.DataFrame, defense: str, beside: str | None = None) -
     )
     return (
         f"Over the planted attacks its largest ASR is {d['max_asr']:.2f} %, its largest gap between "
-        f"CA and RA {d['max_ra_gap']:.1f} points{other}, its largest CA drop against No defense "
-        f"{d['max_ca_drop']:.2f} points, and {cost}."
+        f"CA and RA {d['max_ra_gap']:.1f} points{other}, its CA at worst {below(d['max_ca_drop'])} No "
+        f"defense's, and {cost}."
     )
 
 
@@ -1095,12 +1160,18 @@ def cost_reading(rows: pd.DataFrame) -> str:
 
 
 def table1_readings(agg: pd.DataFrame) -> dict:
-    """Chapter 5's glued readings: {"ubt_verdict", "no_token_verdict", "restore_verdict",
+    """Chapter 5's glued readings: {"ca_cost_reading", "ubt_verdict", "no_token_verdict", "restore_verdict",
     "cleanclip_verdict", "oracle_verdict", "not_planted", "oracle_bounds", "restore_bounds"} ->
     Markdown text (each defense's "not run" where the table lacks it)."""
     took, nodef = planted(agg), _by_attack(agg, "No defense")
     restore = DEFENSE_NAMES["ubt_restore"]
+    drops = {
+        d: float((nodef.CA - _by_attack(agg, d).CA).max())
+        for d in ("UBT", "UBT w/o token-level")
+        if (agg.defense == d).any()
+    }
     return {
+        "ca_cost_reading": ca_cost_reading(drops) if drops else "UBT was not run.",
         "oracle_bounds": bounds_reading(agg, "oracle"),
         "restore_bounds": bounds_reading(agg, "ubt_restore", beside="ubt"),
         "ubt_verdict": removal_verdict("UBT", agg),
