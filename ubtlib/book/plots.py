@@ -313,9 +313,10 @@ def token_relevance(examples: list, prov: dict):
         ax.bar(range(len(ex["tokens"])), ex["relevance"], color=colour)
         ax.set_xticks(range(len(ex["tokens"])), ex["tokens"], fontsize=8)
         ax.set_ylim(0, 1)
-        ax.set_yticks([])
+        ax.set_yticks([0, 1], ["0", "1"], fontsize=6)
         ax.set_ylabel("poisoned" if ex["poisoned"] else "clean", fontsize=7, rotation=0, ha="right")
     axes[0, 0].set_title("Token relevance for S(I, T) (Chefer et al.), per caption")
+    axes[-1, 0].set_xlabel("caption token (bar: its share of the caption's relevance, 0 to 1)", fontsize=8)
     fig.tight_layout()
     stamp(fig, prov)
     return fig

@@ -145,6 +145,13 @@ def _x(ax, sizes):
     ax.grid(alpha=0.3)
 
 
+def _unit(metric: str) -> str:
+    """A panel's y label: the metric's unit (the title names the metric)."""
+    if metric.startswith("sim_"):
+        return "cosine similarity"
+    return "people" if metric in ("wrongly_unlearned", "newly_recalled") else "%"
+
+
 def sweep(
     summary,
     metrics,
@@ -181,6 +188,7 @@ def sweep(
                 ax.scatter(*zip(*pts), marker="x", color="k", zorder=4, label="paper (ViT-B/32)")
         _x(ax, sizes)
         ax.set_title((TITLES if titles is None else titles).get(m, m), fontsize=9)
+        ax.set_ylabel(_unit(m), fontsize=8)
         if ylims and m in ylims:  # a suggested range, widened to show every value
             low = np.nanmin((summary[m] - summary[f"{m}_std"]).to_numpy())
             lo, hi = ylims[m]
