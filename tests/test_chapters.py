@@ -59,6 +59,7 @@ def test_chapter_runs_at_smoke(chapter, book):
     assert prov["numerics"]["threads"] >= 1
     assert {"ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA"} <= set(prov["numerics"])
     assert prov["machine"]["cpu"] and prov["machine"]["torch_build"]["blas"]
+    assert 0 < prov["run_minutes"] < 10  # the run's own time, for the teaching page's table
 
 
 def test_unknown_chapter_parameter_is_refused_before_running(book):

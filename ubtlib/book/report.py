@@ -101,11 +101,16 @@ def publish(
     Scalars are glued under their own key (nested dicts as `outer_inner`), for use as
     {glue:text}`key:.1f` in the chapter's text.
     """
+    finished = _now()
+    # how long this run of the chapter took so far, its cached stages read rather than computed
+    minutes = (
+        datetime.datetime.fromisoformat(finished) - datetime.datetime.fromisoformat(prov["started_utc"])
+    ).total_seconds() / 60
     record = {
         "chapter": chapter,
         "parameters": params,
         "profile_config": dataclasses.asdict(profile),
-        "provenance": {**prov, "finished_utc": _now()},
+        "provenance": {**prov, "finished_utc": finished, "run_minutes": minutes},
         "results": results,
     }
     path = pathlib.Path(out_dir) / f"{chapter}.json"
@@ -118,6 +123,7 @@ def publish(
         from IPython.display import Markdown
 
         glue("stamp", Markdown(stamp_text(prov)), display=False)  # {glue:md}`stamp`
+        glue("run_minutes", minutes, display=False)  # the teaching page's table of chapter times
     return path
 
 
