@@ -107,11 +107,11 @@ def test_no_backdoor_planted():
 def test_clean_accuracy_reading_says_why_it_rose():
     table = no_defense({"badnet": 99.0, "blended": 98.0}, ca=60.0)  # CA 60 and 59
     rose = ur.clean_accuracy_reading(58.0, table)
-    assert rose.startswith("No poisoned model lost clean accuracy: every CA is at or above the pre-trained")
-    assert "(by up to 2.00 points), because the poisoned fine-tune is also more training" in rose
+    assert rose.startswith("No poisoned model lost clean accuracy: every CA rose above the pre-trained")
+    assert "58.00 %, by 1.00 to 2.00 points, because the poisoned fine-tune is mostly more training" in rose
     mixed = ur.clean_accuracy_reading(59.5, table)
     assert mixed.startswith("Clean accuracy is at most 0.50 points below the pre-trained model's 59.50 %")
-    assert ", and it rose for BadNet: the poisoned fine-tune" in mixed
+    assert ", and it rose for BadNet: the poisoned fine-tune is mostly" in mixed
     assert (
         ur.clean_accuracy_reading(61.0, table)
         == "Clean accuracy is at most 2.00 points below the pre-trained model's 61.00 %."
@@ -128,6 +128,7 @@ def test_no_defense_table_and_results():
     vis = {"ssba": {"psnr_mean": 33.0}}
     res = ur.backdoor_results(61.5, table, vis, {}, {}, 1500, 29120)
     assert res["min_asr"] == 3.0 and res["max_ca_drop"] == 2.5 and res["ssba_psnr"] == 33.0
+    assert round(res["poison_percent"], 2) == 5.15 and round(res["paper_rate_multiple"], 1) == 17.2
     assert "curve" not in res["attacks"]["badnet"] and res["curves"]["wanet"] == [{"step": 0}]
     assert ur.paper_rows(["badnet", "wanet"]) == {"badnet": {"ca": 62.61, "asr": 80.92}}
 

@@ -5,6 +5,7 @@ ViT-B/32, ImageNet zero-shot). CA and ASR in %.
 """
 
 UBT_PRETRAINED_CA = 62.69  # Table 1, "Pretrained CLIP" row: ImageNet zero-shot top-1, ViT-B/32
+UBT_POISONS, UBT_TRAIN_PAIRS = 1500, 500_000  # Sec. 4: poisons among the CC3M subset's pairs
 
 UBT_TABLE1 = {  # attack -> defense -> (CA, ASR)
     "badnet": {

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from ubtlib.book.paper import UBT_TABLE1
+from ubtlib.book.paper import UBT_POISONS, UBT_TABLE1, UBT_TRAIN_PAIRS
 from ubtlib.book.report import counted
 from ubtlib.evaluation.robustness import PLANTED_ASR, RA_MARGIN, REMOVED_ASR, verdict
 
@@ -150,6 +150,11 @@ def backdoor_results(
         "pretrained_ca": pretrained_ca,
         "poison_count": poison_count,
         "n_train_pairs": n_train_pairs,
+        # the poison rate against the paper's (None where the profile has no pocket world)
+        "poison_percent": 100 * poison_count / n_train_pairs if n_train_pairs else None,
+        "paper_rate_multiple": (poison_count / n_train_pairs) / (UBT_POISONS / UBT_TRAIN_PAIRS)
+        if n_train_pairs
+        else None,
         "attacks": {a: {k: v for k, v in table[a].items() if k != "curve"} for a in attacks},
         "visibility": visibility,
         "min_asr": min(table[a]["asr"] for a in attacks),
@@ -168,13 +173,14 @@ def clean_accuracy_reading(pretrained_ca: float, table: Mapping[str, dict]) -> s
     worst = max(drops.values())
     rose = [a for a, d in drops.items() if d < 0]
     why = (
-        "the poisoned fine-tune is also more training on the clean pairs, most of the data, from "
-        "which the pocket CLIP, far from converged, still learns"
+        "the poisoned fine-tune is mostly more training on clean pairs, from which the pocket CLIP, "
+        "far from converged, still learns"
     )
     if worst <= 0:
+        low, high = -max(drops.values()), -min(drops.values())
         return (
-            f"No poisoned model lost clean accuracy: every CA is at or above the pre-trained model's "
-            f"{pretrained_ca:.2f} % (by up to {-min(drops.values()):.2f} points), because {why}."
+            f"No poisoned model lost clean accuracy: every CA rose above the pre-trained model's "
+            f"{pretrained_ca:.2f} %, by {low:.2f} to {high:.2f} points, because {why}."
         )
     text = f"Clean accuracy is at most {worst:.2f} points below the pre-trained model's {pretrained_ca:.2f} %"
     if rose:
