@@ -365,7 +365,7 @@ def test_departure_readings_follow_the_evidence():
     what = "**passing over function words, punctuation and common words when keeping a token**"
     supports = reading({False: [(50.0, 60.0), (50.0, 70.0)], True: [(50.0, 1.0), (50.0, 3.0)]})
     assert supports.startswith(f"{what} (`ubt_skip_function_words`): ASR 2.00 ± 1.41 %")
-    assert "against 65.00 ± 7.07 % with the paper's rule (False), over 2 seeds" in supports
+    assert "against 65.00 ± 7.07 % with the paper's rule (off), over 2 seeds" in supports
     assert "at the worst of the 2 seeds 3.00 % against 70.00 %" in supports
     assert supports.endswith(": the evidence supports the pocket default.")
     # one seed in three fails: the mean is within the spread, the worst seed decides
@@ -384,10 +384,8 @@ def test_departure_readings_follow_the_evidence():
     # the pocket default is the paper's value: set against the book's alternative
     form = {"tokens": [(50.0, 0.6), (50.0, 0.9)], "template": [(50.0, 0.2), (50.0, 0.4)]}
     kept = reading(form, "caption_form", "tokens")
-    assert (
-        "ASR 0.75 ± 0.21 % with the pocket default, the paper's literal reading ('tokens'), against " in kept
-    )
-    assert "with 'template'" in kept and kept.endswith("so the pocket world keeps the paper's value.")
+    assert "ASR 0.75 ± 0.21 % with the pocket default, the paper's literal reading (tokens), against " in kept
+    assert "with template" in kept and kept.endswith("so the pocket world keeps the paper's value.")
     departs = reading(
         {"tokens": [(50.0, 30.0), (50.0, 40.0)], "template": form["template"]}, "caption_form", "tokens"
     )
@@ -397,12 +395,10 @@ def test_departure_readings_follow_the_evidence():
     assert ca.startswith(
         "**a clean-retention term while unlearning** (`ubt_retain_weight`): CA 55.50 ± 0.71 %"
     )
-    assert (
-        "with the paper's, no such term (0.0)" in ca and "worst of the 2 seeds 55.00 % against 30.00 %" in ca
-    )
+    assert "with the paper's, no such term (0)" in ca and "worst of the 2 seeds 55.00 % against 30.00 %" in ca
     assert ca.endswith("supports the pocket default.")
-    wall = reading({8: [(50.0, 1.0)] * 2, 1: [(50.0, 1.0)] * 2}, "max_token_captions", 1)
-    assert "wall time 10.50 ± 0.71 s" in wall and "seconds" not in wall
+    wall = reading({5.0: [(50.0, 1.0)] * 2, 1.0: [(50.0, 1.0)] * 2}, "overfit_epochs", 1.0)
+    assert "wall time 10.50 ± 0.71 s" in wall and "seconds" not in wall and "(5)" in wall
     assert "not run with both values" in reading({True: [(50.0, 1.0)]})
 
 

@@ -654,9 +654,16 @@ DEPARTURES = {
         "one token-level caption in the Cartesian product",
         8,
         "8 captions, towards the paper's full product",
-        "seconds",
+        "ASR",
     ),
 }
+
+
+def _shown(value) -> str:
+    """A setting's value as the text says it: "on" / "off", 5 rather than 5.0, a word unquoted."""
+    if isinstance(value, (bool, np.bool_)):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
 
 
 def _stat(row: Mapping, metric: str) -> str:
@@ -729,7 +736,7 @@ def departure_reading(summary: pd.DataFrame, field: str, default) -> str:
             "": "neither the mean nor the worst seed tells them apart, so the pocket world keeps "
             "the paper's value",
         }[better]
-        label = f"with the pocket default, {d.whose} ({default!r}), against {{}} with {other!r}"
+        label = f"with the pocket default, {d.whose} ({_shown(default)}), against {{}} with {_shown(other)}"
     else:
         judged = {
             "ours": "the evidence supports the pocket default",
@@ -741,7 +748,7 @@ def departure_reading(summary: pd.DataFrame, field: str, default) -> str:
                 else "by the book's rule the default should be the paper's"
             ),
         }[better]
-        label = f"with the pocket default ({default!r}) against {{}} with {d.whose} ({other!r})"
+        label = f"with the pocket default ({_shown(default)}) against {{}} with {d.whose} ({_shown(other)})"
     n = int(ours["seeds"])
     worst = (
         f"; at the worst of the {n} seeds {ours[f'{metric} worst']:.2f}{unit} against "

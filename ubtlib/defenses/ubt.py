@@ -91,10 +91,10 @@ class UBTConfig:
     caption_form: str = "tokens"
     # distinct token-level captions kept for the Cartesian product (the most frequent). In the
     # pocket world the top k's captions reduce to the target word, plus a few colour words of
-    # the images' descriptions. One caption keeps the unlearning time flat: chapter 4 ablates
-    # 1 and 8 (8 took 1.5x as long there; their effect on CA is within the seed noise). Without
-    # a cap, a top k of mostly clean pairs (an attack that planted nothing) has all different
-    # tokens, and the product, hence the unlearning time, grows with k squared
+    # the images' descriptions. One caption keeps the unlearning on the target word (chapter 4
+    # ablates 1 and 8 over seeds and reads them on ASR; 8 also costs several times the time).
+    # Without a cap, a top k of mostly clean pairs (an attack that planted nothing) has all
+    # different tokens, and the product, hence the unlearning time, grows with k squared
     max_token_captions: int = 1
     # relevance may keep a function word ("the", "of", ...) or a punctuation mark as a
     # caption's most relevant token; a caption "a photo of a the." or "a photo of a .." then
