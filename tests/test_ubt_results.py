@@ -632,6 +632,16 @@ def test_restore_reading_says_why():
         "at redirected for BadNet, SIG, is the trigger itself (they lose that much even on the clean model)"
         in text
     )
+    based = {a: {"ca": 59.5, "ra": 47.0, "asr": 3.0} for a in asr}
+    assert (
+        "Its ASR stays below every trigger's base rate, the clean pre-trained model's own ASR under it "
+        "(at most 0.50 %, BadNet, against 3.00 %): what is left is the trigger"
+        in ur.restore_reading(at_ceiling, pulled, based)
+    )
+    based["sig"]["asr"] = 0.25
+    assert "for SIG (0.50 % against 0.25 %): part of the backdoor is left there." in ur.restore_reading(
+        at_ceiling, pulled, based
+    )
     fine = ur.table1_aggregate(ur.table1_rows(table1(asr)))  # RA 2 below CA
     assert ur.restore_reading(fine, pulled, clean).endswith(
         "That is enough to give the images back their class."

@@ -1203,6 +1203,24 @@ def table1_readings(agg: pd.DataFrame) -> dict:
     }
 
 
+def _asr_against_base(asr: pd.Series, base: Mapping[str, float]) -> str:
+    """A defended model's ASR per attack against each trigger's base rate (the clean pre-trained
+    model's ASR under it), in words: below it, what is left is the trigger, not the backdoor."""
+    above = [a for a in base if asr[a] > base[a]]
+    worst = max(base, key=lambda a: asr[a])
+    if not above:
+        return (
+            f"Its ASR stays below every trigger's base rate, the clean pre-trained model's own ASR "
+            f"under it (at most {asr[worst]:.2f} %, {ATTACK_NAMES.get(worst, worst)}, against "
+            f"{base[worst]:.2f} %): what is left is the trigger hiding part of the object, not the backdoor. "
+        )
+    return (
+        "Its ASR is above the trigger's base rate, the clean pre-trained model's own ASR under it, for "
+        + ", ".join(f"{ATTACK_NAMES.get(a, a)} ({asr[a]:.2f} % against {base[a]:.2f} %)" for a in above)
+        + ": part of the backdoor is left there. "
+    )
+
+
 def restore_reading(agg: pd.DataFrame, targets: Sequence[dict], clean: Mapping | None = None) -> str:
     """Why the restoring variant does or does not give the images back their class: its RA
     against UBT's and CA over the planted attacks, against the clean pre-trained model's own RA
@@ -1223,6 +1241,8 @@ def restore_reading(agg: pd.DataFrame, targets: Sequence[dict], clean: Mapping |
         f"Over the planted attacks the restoring variant's RA is {r.RA.mean():.1f} % on average "
         f"(UBT's: {u.RA.mean():.1f} %), at most {gap:.1f} points below its CA. "
     )
+    if clean and all("asr" in clean.get(a, {}) for a in fired):
+        text += _asr_against_base(r.ASR, {a: clean[a]["asr"] for a in fired})
     rows = [t for t in targets if t["attack"] in fired and t["poisons_pulled"]]
     if rows:
         share = sum(t["true_class_share"] * t["poisons_pulled"] for t in rows) / sum(
