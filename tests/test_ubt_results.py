@@ -549,9 +549,15 @@ def test_bounds_reading_judges_the_planted_attacks_only():
     ra = {("badnet", "ubt_restore"): 30.0}
     agg = ur.table1_aggregate(ur.table1_rows(table1(asr, ra=ra)))
     assert ur.bounds_reading(agg, "ubt_restore", beside="ubt") == (
-        "Over the planted attacks its largest ASR is 1.00 %, its largest gap between CA and RA 30.0 "
-        "points (UBT's: 2.0), its CA at worst 1.00 points below No defense's, and it takes 1.000 of "
-        "CleanCLIP's wall time."
+        "Over the planted attacks, UBT + restore (book)'s largest ASR is 1.00 %, its largest gap "
+        "between CA and RA 30.0 points (UBT's: 2.0), its CA at worst 1.00 points below No defense's, "
+        "and it takes 1.000 of CleanCLIP's wall time."
+    )
+    based = ur.bounds_reading(agg, "ubt_restore", base={"badnet": {"asr": 3.0}, "wanet": {"asr": 2.0}})
+    assert based.endswith(
+        "wall time. Its ASR stays below every trigger's base rate, the clean pre-trained "
+        "model's own ASR under it (at most 1.00 %, BadNet, against 3.00 %): what is left is the "
+        "trigger hiding part of the object, not the backdoor."
     )
     none_planted = {"wanet": asr["wanet"]}
     agg = ur.table1_aggregate(ur.table1_rows(table1(none_planted)))
@@ -649,6 +655,17 @@ def test_restore_reading_says_why():
     assert ur.restore_reading(ur.table1_aggregate(ur.table1_rows(table1({"sig": clean_removal()}))), []) == (
         "The restoring variant was not run."
     )
+
+
+def test_redirect_class_over_seeds_names_each_seeds_class_where_they_differ():
+    rows = table1({"badnet": clean_removal()})
+    for r, c in zip((r for r in rows if r["defense"] == "ubt"), ("tree", "clock")):
+        r["redirect_class"] = c
+    agg = ur.table1_aggregate(ur.table1_rows(rows))
+    ubt = agg[agg.defense == "UBT"].iloc[0]
+    assert ubt.redirect_class == "tree / clock"
+    assert agg[agg.defense == "CleanCLIP"].iloc[0].redirect_class == "clock"  # both seeds agree
+    assert ur._one_class("tree / clock") == "one class per seed (tree / clock)"
 
 
 def test_table1_display_has_the_base_rate():

@@ -910,9 +910,16 @@ def table1_rows(rows: Sequence[dict]) -> pd.DataFrame:
     return df
 
 
+def _seed_classes(classes: pd.Series) -> str:
+    """The class the triggered images went to most, over seeds: one name where every seed agrees,
+    else each seed's in seed order ("tree / clock / mushroom")."""
+    return " / ".join(dict.fromkeys(classes))
+
+
 def table1_aggregate(rows: pd.DataFrame) -> pd.DataFrame:
     """Per (attack, defense), in the rows' order: mean and std over seeds of CA, ASR and RA, the
-    redirect (the class most seeds redirect to, its mean share), the mean wall time and pairs
+    redirect (the class each seed's triggered images go to most, one name where the seeds agree,
+    and the mean of those largest shares), the mean wall time and pairs
     trained on (and the oracle-guided defense's scan seconds, where the rows have them), and the
     paper's CA and ASR (None where it has none)."""
     scan = {"seconds_scan": ("seconds_scan", "mean")} if "seconds_scan" in rows else {}
@@ -926,7 +933,7 @@ def table1_aggregate(rows: pd.DataFrame) -> pd.DataFrame:
             ASR_std=("asr", "std"),
             RA=("ra", "mean"),
             RA_std=("ra", "std"),
-            redirect_class=("redirect_class", lambda c: c.mode().iloc[0]),
+            redirect_class=("redirect_class", _seed_classes),
             redirect_share=("redirect_share", "mean"),
             redirect_clean_share=("redirect_clean_share", "mean"),
             seconds=("seconds", "mean"),
@@ -1081,6 +1088,11 @@ def planted(agg: pd.DataFrame) -> pd.Series:
     return _by_attack(agg, "No defense").ASR >= PLANTED_ASR
 
 
+def _one_class(classes: str) -> str:
+    """`_seed_classes`' text in a sentence: "clock", or "one class per seed (tree / clock / ...)"."""
+    return f"one class per seed ({classes})" if " / " in classes else classes
+
+
 def removal_verdict(variant: str, agg: pd.DataFrame) -> str:
     """What the defense `variant` did to each planted backdoor, by the book's one definition
     (`robustness.verdict` on the seed means): removed, redirected (to which class, how
@@ -1104,17 +1116,20 @@ def removal_verdict(variant: str, agg: pd.DataFrame) -> str:
             parts.append(
                 f"{name}: redirected, not removed (ASR {t.ASR[a]:.1f} %, but RA {t.RA[a]:.1f} % against CA "
                 f"{t.CA[a]:.1f} %; {t.redirect_share[a]:.0f} % of triggered images go to "
-                f"{t.redirect_class[a]}, {t.redirect_clean_share[a]:.0f} % without the trigger)"
+                f"{_one_class(t.redirect_class[a])}, {t.redirect_clean_share[a]:.0f} % without the trigger)"
             )
         else:
             parts.append(f"{name}: not removed (ASR {t.ASR[a]:.1f} %)")
     return f"{variant}: " + "; ".join(parts)
 
 
-def bounds_reading(agg: pd.DataFrame, defense: str, beside: str | None = None) -> str:
+def bounds_reading(
+    agg: pd.DataFrame, defense: str, beside: str | None = None, base: Mapping[str, dict] | None = None
+) -> str:
     """`defense`'s (an experiments name, ``oracle``) worst ASR, CA - RA gap and CA drop over the
-    planted attacks (with `beside`'s gap, where given) and its wall time against CleanCLIP's;
-    where no backdoor was planted, only the time, since there is nothing to judge."""
+    planted attacks (with `beside`'s gap, where given), its ASR against each trigger's base rate
+    (`base`: attack -> `experiments.base_rates` row, where given) and its wall time against
+    CleanCLIP's; where no backdoor was planted, only the time, since there is nothing to judge."""
     summary = defense_summary(agg)
     if defense not in summary:
         return "It was not run."
@@ -1131,10 +1146,17 @@ def bounds_reading(agg: pd.DataFrame, defense: str, beside: str | None = None) -
         if beside in summary
         else ""
     )
+    name = DEFENSE_NAMES.get(defense, defense)
+    fired = [a for a, p in planted(agg).items() if p]
+    against = (
+        " " + _asr_against_base(_by_attack(agg, name).ASR, {a: base[a]["asr"] for a in fired}).strip()
+        if base and all(a in base for a in fired)
+        else ""
+    )
     return (
-        f"Over the planted attacks its largest ASR is {d['max_asr']:.2f} %, its largest gap between "
+        f"Over the planted attacks, {name}'s largest ASR is {d['max_asr']:.2f} %, its largest gap between "
         f"CA and RA {d['max_ra_gap']:.1f} points{other}, its CA at worst {below(d['max_ca_drop'])} No "
-        f"defense's, and {cost}."
+        f"defense's, and {cost}.{against}"
     )
 
 
@@ -1172,7 +1194,7 @@ def cost_reading(rows: pd.DataFrame) -> str:
     )
 
 
-def table1_readings(agg: pd.DataFrame) -> dict:
+def table1_readings(agg: pd.DataFrame, base: Mapping[str, dict] | None = None) -> dict:
     """Chapter 5's glued readings: {"ca_cost_reading", "ubt_verdict", "no_token_verdict", "restore_verdict",
     "cleanclip_verdict", "oracle_verdict", "not_planted", "oracle_bounds", "restore_bounds"} ->
     Markdown text (each defense's "not run" where the table lacks it)."""
@@ -1185,7 +1207,7 @@ def table1_readings(agg: pd.DataFrame) -> dict:
     }
     return {
         "ca_cost_reading": ca_cost_reading(drops) if drops else "UBT was not run.",
-        "oracle_bounds": bounds_reading(agg, "oracle"),
+        "oracle_bounds": bounds_reading(agg, "oracle", base=base),
         "restore_bounds": bounds_reading(agg, "ubt_restore", beside="ubt"),
         "ubt_verdict": removal_verdict("UBT", agg),
         "no_token_verdict": removal_verdict("UBT w/o token-level", agg),
@@ -1263,12 +1285,12 @@ def restore_reading(agg: pd.DataFrame, targets: Sequence[dict], clean: Mapping |
     clean_ca = float(np.mean([clean[a]["ca"] for a in fired]))
     poisoned_ca = float(_by_attack(agg, "No defense").reindex(fired).CA.mean())
     if clean_ca < poisoned_ca and clean_ca - 0.5 <= r.CA.mean() < poisoned_ca:
-        given_back = min(100.0, 100.0 * (poisoned_ca - r.CA.mean()) / (poisoned_ca - clean_ca))
+        given_up = min(100.0, 100.0 * (poisoned_ca - r.CA.mean()) / (poisoned_ca - clean_ca))
         text += (
             f"Its CA ({r.CA.mean():.1f} % on average) lies between the clean model's "
             f"({clean_ca:.1f} %) and the poisoned model's ({poisoned_ca:.1f} %): pulling towards the "
-            f"clean model's view also gives back {given_back:.0f} % of the clean accuracy the "
-            "poisoned fine-tuning had added. "
+            f"clean model's view also gives up {given_up:.0f} % of the clean accuracy the "
+            "poisoned fine-tuning had added (its CA falls back towards the clean model's). "
         )
     text += (
         f"The clean pre-trained model itself, which never saw a poison, reaches RA "
