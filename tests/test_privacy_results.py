@@ -288,10 +288,10 @@ def test_faces_results_over_a_hand_built_sweep():
         "hardly picks out its targets"
     )
     assert pr.regularisation_reading(out).startswith(
-        "no measurable difference: the paired runs differ by -20.0 to 0.0"
+        "no measurable difference: the FNR without the regularisation is -20.0 to +0.0 points from"
     )
     assert pr.regularisation_reading({**out, "fnr_cost_of_reg_max": -5.0}).startswith(
-        "-10.00 points on average"
+        "the regularisation raises the FNR by 10.00 points on average, every paired run moving"
     )
     assert pr.both_reading(out) == "keeps the TPR at 0 for sets of up to 1 person, and at most 10.0 % beyond"
     assert pr.both_reading({**out, "both_max_tpr": 0.0}) == "keeps the attack's TPR at 0 at every set size"

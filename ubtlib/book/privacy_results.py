@@ -627,12 +627,18 @@ def regularisation_reading(r: Mapping) -> str:
     """The image defence's FNR with the weight regularisation against without, per paired run
     (from `faces_results`): a difference only where every pair moves the same way."""
     lo, hi, mean = r["fnr_cost_of_reg_min"], r["fnr_cost_of_reg_max"], r["fnr_cost_of_reg"]
+    # the gaps are FNR without less FNR with: positive where the regularisation lowers the FNR
     if not (lo > 0 or hi < 0):
         return (
-            f"no measurable difference: the paired runs differ by {lo:.1f} to {hi:.1f} points "
-            f"({mean:.2f} on average)"
+            f"no measurable difference: the FNR without the regularisation is {lo:+.1f} to {hi:+.1f} "
+            f"points from the FNR with it, run by run ({mean:+.2f} points on average; positive: the "
+            "regularisation lowers the FNR)"
         )
-    return f"{mean:.2f} points on average, every paired run moving the same way ({lo:.1f} to {hi:.1f})"
+    way = "lowers" if mean > 0 else "raises"
+    return (
+        f"the regularisation {way} the FNR by {abs(mean):.2f} points on average, every paired run "
+        f"moving the same way ({abs(lo):.1f} to {abs(hi):.1f} points)"
+    )
 
 
 def both_reading(r: Mapping) -> str:
