@@ -245,11 +245,11 @@ def _where_time_goes(rows: pd.DataFrame) -> str:
         return ""
     scan, total = rows.seconds_scan.mean(), rows.seconds.mean()
     return (
-        f" Of its {total:.0f} s, the scan (CLIP and the oracle label every training image, then the "
+        f" Of its {total:.0f} s, the scan (CLIP and the oracle label the training images, then the "
         f"attribution and the trigger estimate) takes {scan:.0f} s ({100 * scan / total:.0f} %) and the "
         f"fine-tuning on the compact set {total - scan:.0f} s: "
         + (
-            "labelling the whole training set is what holds the defense's cost, as UBT's split does UBT's."
+            "labelling the training images is what holds the defense's cost, as UBT's split does UBT's."
             if scan >= total / 2
             else "the fine-tuning is what holds its cost."
         )

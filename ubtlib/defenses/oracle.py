@@ -54,8 +54,8 @@ class OracleConfig:
     kind: str = "learned"  # learned (the Segmenter) | exact (the world's own maps: an upper bound)
     min_share: float = 0.02  # a category must cover this share of an image to be the oracle's label
     # images (a seeded sample) both labellings give, to find the affected label, after which the
-    # oracle looks only at the images tied to it; 0: every image, since a sample's reference
-    # images and excess can mislead the trigger estimate
+    # oracle looks only at the images tied to it; 0: every image, which the excess rule needs (a
+    # sample's excess can name a class CLIP over-predicts), and which costs most of the scan
     label_sample: int = 0
     # named: CLIP's label on images whose caption names it and the oracle does not see it;
     # excess: CLIP's count less the oracle's, which a class CLIP over-predicts on clean images
