@@ -182,14 +182,21 @@ def _install(tar: tarfile.TarFile, path: pathlib.Path, root: pathlib.Path) -> di
         raise ValueError(f"{path}: manifest format {manifest.get('format')!r}, this checkout reads {FORMAT}")
     by_entry = _members(tar, path)
     result = {"installed": [], "present": [], "refused": {}}
-    for item in manifest.get("entries", []):
+
+    def place(item) -> int:  # where the entry's first file lies in the tarball
+        return min((m.offset for m in by_entry.get((item["stage"], item["digest"]), {}).values()), default=-1)
+
+    # entries and their files in the order they lie in the tarball: a compressed tarball reads
+    # forward only, and every step back would decompress it again from its start
+    for item in sorted(manifest.get("entries", []), key=place):
         stage, digest = item["stage"], item["digest"]
         name = f"{stage}/{digest}"
         files = by_entry.get((stage, digest), {})
         if "key.json" not in files:
             result["refused"][name] = "the tarball has no key.json for it"
             continue
-        key = tar.extractfile(files["key.json"]).read()
+        data = {f: tar.extractfile(m).read() for f, m in sorted(files.items(), key=lambda fm: fm[1].offset)}
+        key = data.pop("key.json")
         desc = json.loads(key)
         problem = entry_problem(desc, digest)
         if problem:
@@ -202,9 +209,8 @@ def _install(tar: tarfile.TarFile, path: pathlib.Path, root: pathlib.Path) -> di
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{digest}.import.", dir=folder.parent))
         try:
-            for fname, member in files.items():
-                if fname != "key.json":
-                    (tmp / fname).write_bytes(tar.extractfile(member).read())
+            for fname, content in data.items():
+                (tmp / fname).write_bytes(content)
             (tmp / "key.json").write_bytes(key)  # last: the entry is complete
             os.rename(tmp, folder)
         except OSError:
