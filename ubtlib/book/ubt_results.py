@@ -1006,8 +1006,8 @@ def below(points: float) -> str:
 
 
 def ca_cost_reading(table: Mapping[str, float]) -> str:
-    """Each defense's worst CA against No defense over the planted attacks ({defense name:
-    largest drop}), in words; where a CA rose, why: a defense's clean batches are more training
+    """Each defense's worst CA against No defense over the attacks ({defense name: largest drop}),
+    in words; where a CA rose, why: a defense's clean batches are more training
     on clean pairs for a model the poisoned fine-tuning left short of converged."""
     parts = [f"{d}'s CA ends at worst {below(x)} the poisoned model's" for d, x in table.items()]
     text = "; ".join(parts) + "."
@@ -1149,7 +1149,7 @@ def bounds_reading(
     name = DEFENSE_NAMES.get(defense, defense)
     fired = [a for a, p in planted(agg).items() if p]
     against = (
-        " " + _asr_against_base(_by_attack(agg, name).ASR, {a: base[a]["asr"] for a in fired}).strip()
+        " " + _asr_against_base(_by_attack(agg, name).ASR, {a: base[a]["asr"] for a in fired})
         if base and all(a in base for a in fired)
         else ""
     )
@@ -1234,12 +1234,12 @@ def _asr_against_base(asr: pd.Series, base: Mapping[str, float]) -> str:
         return (
             f"Its ASR stays below every trigger's base rate, the clean pre-trained model's own ASR "
             f"under it (at most {asr[worst]:.2f} %, {ATTACK_NAMES.get(worst, worst)}, against "
-            f"{base[worst]:.2f} %): what is left is the trigger hiding part of the object, not the backdoor. "
+            f"{base[worst]:.2f} %): what is left is the trigger hiding part of the object, not the backdoor."
         )
     return (
         "Its ASR is above the trigger's base rate, the clean pre-trained model's own ASR under it, for "
         + ", ".join(f"{ATTACK_NAMES.get(a, a)} ({asr[a]:.2f} % against {base[a]:.2f} %)" for a in above)
-        + ": part of the backdoor is left there. "
+        + ": part of the backdoor is left there."
     )
 
 
@@ -1264,7 +1264,7 @@ def restore_reading(agg: pd.DataFrame, targets: Sequence[dict], clean: Mapping |
         f"(UBT's: {u.RA.mean():.1f} %), at most {gap:.1f} points below its CA. "
     )
     if clean and all("asr" in clean.get(a, {}) for a in fired):
-        text += _asr_against_base(r.ASR, {a: clean[a]["asr"] for a in fired})
+        text += _asr_against_base(r.ASR, {a: clean[a]["asr"] for a in fired}) + " "
     rows = [t for t in targets if t["attack"] in fired and t["poisons_pulled"]]
     if rows:
         share = sum(t["true_class_share"] * t["poisons_pulled"] for t in rows) / sum(
