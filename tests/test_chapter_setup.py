@@ -1,6 +1,7 @@
 """ubtlib.setup: a chapter's parameters read from its own parameters cell, validated up front."""
 
 import json
+import pathlib
 
 import nbformat
 import pytest
@@ -126,3 +127,70 @@ def test_cli_parameters_read_as_yaml_with_exponents_as_numbers():
     parsed = cli._parse_params([("names_lr", "1e-4"), ("seed", "3"), ("seeds", "[0, 1]"), ("attack", "sig")])
     assert parsed == {"names_lr": 1e-4, "seed": 3, "seeds": [0, 1], "attack": "sig"}
     assert cli._parse_params([("token_level", "false")]) == {"token_level": False}
+
+
+def test_chapter_inputs_follow_what_the_pages_follow_from(notebooks, monkeypatch):
+    from ubtlib import cli
+    from ubtlib.pipeline import cache
+
+    nb = nbformat.read(notebooks / "09_demo.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("%matplotlib inline\nfrom ubtlib.book import report"))
+    nbformat.write(nb, notebooks / "09_demo.ipynb")
+    inputs = lambda **params: cli.chapter_inputs("09_demo", params, notebooks)  # noqa: E731
+    first = inputs(profile="smoke")
+    assert first == inputs(profile="smoke")  # stable
+    assert first != inputs(profile="pocket")
+    sources = cache.package_sources()
+
+    def with_report(extra):
+        changed = {**sources, "ubtlib.book.report": sources["ubtlib.book.report"] + extra}
+        monkeypatch.setattr(cache, "package_sources", lambda: changed)
+        return inputs(profile="smoke")
+
+    assert with_report("\n# a reworded comment\n") == first
+    assert with_report("\nEXTRA = 1\n") != first  # code the notebook's imports reach
+    monkeypatch.setattr(cache, "package_sources", lambda: sources)
+    nb.cells.append(nbformat.v4.new_markdown_cell("A new paragraph."))
+    nbformat.write(nb, notebooks / "09_demo.ipynb")
+    assert inputs(profile="smoke") != first
+
+
+def test_the_book_keeps_a_chapter_executed_from_the_same_inputs(notebooks, tmp_path, monkeypatch, capsys):
+    from ubtlib import cli
+
+    out = tmp_path / "chapters"
+    monkeypatch.setenv("UBT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(cli, "NOTEBOOKS", notebooks)
+    monkeypatch.setattr(cli, "DEFAULT_OUT", out)
+    monkeypatch.setattr(cli, "chapters", lambda: ["09_demo"])
+    monkeypatch.setattr(cli, "notebook_parameters", lambda c: {"profile": {}})
+    ran = []
+
+    def fake_execute(source, target, **kw):  # what papermill leaves: the executed notebook
+        ran.append(kw["parameters"])
+        (out / "09_demo.json").write_text("{}")
+        pathlib.Path(target).write_text(pathlib.Path(source).read_text())
+
+    import papermill
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    cli.execute_book({"profile": "smoke"})
+    assert ran == [{"profile": "smoke"}] and cli.is_current("09_demo", {"profile": "smoke"})
+    cli.execute_book({"profile": "smoke"})
+    assert len(ran) == 1 and "09_demo: kept" in capsys.readouterr().out
+    cli.execute_book({"profile": "smoke"}, rerun=True)
+    assert len(ran) == 2
+    cli.execute_book({"profile": "pocket"})  # other parameters
+    assert ran[-1] == {"profile": "pocket"}
+    (out / "09_demo.json").unlink()  # an output gone: executed again
+    cli.execute_book({"profile": "pocket"})
+    assert len(ran) == 4
+
+    def failing(source, target, **kw):
+        pathlib.Path(target).write_text("partial")
+        raise RuntimeError("the kernel died")
+
+    monkeypatch.setattr(papermill, "execute_notebook", failing)
+    with pytest.raises(RuntimeError):
+        cli.execute_book({"profile": "pocket"}, rerun=True)
+    assert not cli.is_current("09_demo", {"profile": "pocket"})  # a partial run never passes

@@ -60,6 +60,8 @@ def test_chapter_runs_at_smoke(chapter, book):
     assert {"ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA"} <= set(prov["numerics"])
     assert prov["machine"]["cpu"] and prov["machine"]["torch_build"]["blas"]
     assert 0 < prov["run_minutes"] < 10  # the run's own time, for the teaching page's table
+    # `make book` keeps it until its notebook, parameters, code, libraries or kernels change
+    assert cli.is_current(chapter, {"profile": "smoke"}, out.parent)
 
 
 def test_unknown_chapter_parameter_is_refused_before_running(book):

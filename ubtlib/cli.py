@@ -2,7 +2,8 @@
 
     python -m ubtlib chapters                        list the chapters
     python -m ubtlib run CHAPTER [-p NAME VALUE]...  execute one chapter (papermill)
-    python -m ubtlib book [--profile P]              execute every chapter, then build the HTML
+    python -m ubtlib book [--profile P] [--rerun]    execute every chapter (those not executed from
+                                                     the same inputs before), then build the HTML
     python -m ubtlib student                         the student edition (no solutions) of the built book
     python -m ubtlib cache ls | export FILE | import FILE
                                                      list the cached stages; share them (a class cache)
@@ -17,6 +18,7 @@ book/chapters/), where it also writes <CHAPTER>.json with its numbers and proven
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import pathlib
 import subprocess
@@ -55,11 +57,12 @@ def resolve_chapter(name: str) -> str:
 def run_chapter(
     chapter: str,
     parameters: dict,
-    out_dir: pathlib.Path = DEFAULT_OUT,
+    out_dir: pathlib.Path | None = None,
     progress: bool = True,
     cell_timeout: int | None = None,
 ) -> pathlib.Path:
-    """Execute one chapter with papermill; fails before compute on unknown parameters.
+    """Execute one chapter with papermill into `out_dir` (default: the book's); fails before
+    compute on unknown parameters. Records its `chapter_inputs` beside it once it has run.
 
     `cell_timeout` (seconds per cell, None: no limit) makes a stuck kernel fail fast; the
     smoke tests set it, the book does not (Table 1's one cell runs for over an hour at pocket).
@@ -74,9 +77,12 @@ def run_chapter(
             f"chapter {chapter!r} has no parameter {', '.join(map(repr, unknown))}: "
             f"accepted are {', '.join(sorted(known))}"
         )
-    out_dir = pathlib.Path(out_dir)
+    out_dir = pathlib.Path(out_dir or DEFAULT_OUT)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{chapter}.ipynb"
+    inputs = chapter_inputs(chapter, parameters)
+    # a run that fails or is stopped leaves a partial notebook: it must never pass for current
+    inputs_file(out_dir, chapter).unlink(missing_ok=True)
     start = time.perf_counter()
     papermill.execute_notebook(
         str(NOTEBOOKS / f"{chapter}.ipynb"),
@@ -89,7 +95,89 @@ def run_chapter(
         execution_timeout=cell_timeout,
     )
     print(f"{chapter}: executed in {time.perf_counter() - start:.0f} s -> {out}", flush=True)
+    if chapter_inputs(chapter, parameters) == inputs:  # nothing was edited while it ran
+        from ubtlib.pipeline.cache import write_json
+
+        write_json(inputs_file(out_dir, chapter), inputs)
     return out
+
+
+def inputs_file(out_dir: pathlib.Path, chapter: str) -> pathlib.Path:
+    """Where an executed chapter keeps the `chapter_inputs` it ran with."""
+    return pathlib.Path(out_dir) / f"{chapter}.inputs.json"
+
+
+def _imports_of(notebook_text: str) -> str | None:
+    """The import statements of a notebook's code cells, as one module's source (None where a
+    cell does not parse as Python once its IPython lines are dropped)."""
+    found = []
+    for cell in json.loads(notebook_text)["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        src = "\n".join(line for line in src.splitlines() if not line.lstrip().startswith(("%", "!")))
+        try:
+            tree = ast.parse(src)
+        except SyntaxError:
+            return None
+        found += [ast.unparse(n) for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    return "\n".join(found)
+
+
+def chapter_inputs(chapter: str, parameters: dict, notebooks: pathlib.Path | None = None) -> dict:
+    """What an executed chapter's pages follow from: the notebook's text, the parameters it is
+    given, the code of the ubtlib modules its imports reach (hashed as a stage's code is, so an
+    edited comment keeps it; the files as they are now), every installed distribution's
+    version, the kernels torch computes with and the GPUs it sees. The cached stages are
+    functions of these, so equal inputs make the same pages."""
+    import hashlib
+    import importlib.metadata
+
+    import torch
+
+    from ubtlib import numerics
+    from ubtlib.pipeline import cache
+
+    text = ((notebooks or NOTEBOOKS) / f"{chapter}.ipynb").read_text()
+    sources = cache.package_sources()
+    imports = _imports_of(text)
+    module = "ubtlib._chapter"  # the notebook's imports, seen as a module of the package
+    code = (
+        cache.code_hash(module, {**sources, module: imports})
+        if imports is not None
+        else hashlib.sha256("".join(sources.values()).encode()).hexdigest()[:16]  # every module
+    )
+    dists = sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions())
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return json.loads(
+        json.dumps(
+            {
+                "notebook": hashlib.sha256(text.encode()).hexdigest()[:16],
+                "parameters": parameters,
+                "code": code,
+                "distributions": hashlib.sha256("\n".join(dists).encode()).hexdigest()[:16],
+                "numerics": numerics.key(),
+                "gpus": gpus,
+            },
+            sort_keys=True,
+            default=str,
+        )
+    )
+
+
+def is_current(
+    chapter: str, parameters: dict, out_dir: pathlib.Path | None = None, notebooks: pathlib.Path | None = None
+) -> bool:
+    """True when `out_dir` (default: the book's) holds the chapter executed with today's
+    `chapter_inputs`."""
+    out_dir = pathlib.Path(out_dir or DEFAULT_OUT)
+    if not all((out_dir / f"{chapter}{ext}").exists() for ext in (".ipynb", ".json")):
+        return False
+    try:
+        saved = json.loads(inputs_file(out_dir, chapter).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return saved == chapter_inputs(chapter, parameters, notebooks)
 
 
 def build_book(root: pathlib.Path = ROOT, student: bool = False) -> pathlib.Path:
@@ -369,6 +457,9 @@ def main(argv=None) -> None:
     book = sub.add_parser("book", help="execute every chapter, then build the HTML book")
     book.add_argument("--profile", default=None, help="smoke, pocket (default) or paper")
     book.add_argument(
+        "--rerun", action="store_true", help="execute every chapter, also those whose inputs are unchanged"
+    )
+    book.add_argument(
         "-p",
         "--parameter",
         nargs=2,
@@ -408,7 +499,7 @@ def main(argv=None) -> None:
         params = _parse_params(args.parameter)
         if args.profile:
             params["profile"] = args.profile
-        execute_book(params)
+        execute_book(params, rerun=args.rerun)
         build_book()
 
 
@@ -420,10 +511,11 @@ def book_timings_file() -> pathlib.Path:
     return cache_root() / "book-timings.json"
 
 
-def execute_book(params: dict) -> dict:
+def execute_book(params: dict, rerun: bool = False) -> dict:
     """Execute every chapter with the `params` it takes, saying before each which chapter of
     how many it is, the time so far and what the last build took for the chapters left;
-    returns {chapter: seconds}, also saved in `book_timings_file`."""
+    returns {chapter: seconds}, also saved in `book_timings_file`. A chapter already executed
+    from the same inputs (`is_current`) is kept, unless `rerun`."""
     from ubtlib.pipeline.cache import write_json
 
     # a build with other parameters (more seeds, another attack) takes its own time
@@ -449,12 +541,20 @@ def execute_book(params: dict) -> dict:
         )
         print(f"[book {i}/{len(names)}] {c}: {_minutes(so_far)} so far{hint}", flush=True)
         known = notebook_parameters(c)
+        taken = {k: v for k, v in params.items() if k in known}
         start = time.perf_counter()
-        run_chapter(c, {k: v for k, v in params.items() if k in known})
+        if not rerun and is_current(c, taken):
+            print(f"{c}: kept, executed from the same notebook, parameters, code, libraries and kernels")
+            continue  # its time stays that of the run that made it
+        run_chapter(c, taken)
         timings[c] = round(time.perf_counter() - start, 1)
         # saved after each chapter, so a build stopped half-way still informs the next one
         write_json(path, {**saved, build: {**last, **timings}})
-    print(f"[book] every chapter executed in {_minutes(time.perf_counter() - begun)}:", json.dumps(timings))
+    kept = len(names) - len(timings)
+    print(
+        f"[book] {len(timings)} chapters executed, {kept} kept, in {_minutes(time.perf_counter() - begun)}:",
+        json.dumps(timings),
+    )
     return timings
 
 
