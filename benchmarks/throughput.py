@@ -15,9 +15,9 @@ reach on a large fp32 matrix product (measured here), so CPU MFU says how far th
 the machine's own best. Data loading is not timed: this measures the training loop itself.
 
 `--candidates` also times changes to the step that keep its recipe, each alone on the bare
-loop, for deciding whether the library should adopt them: AdamW's fused kernel, and
+loop, for deciding whether the library should adopt them: AdamW's fused kernel,
 torch.compile of the forward pass and loss (its compile time is reported apart, since every
-process of a build would pay it again).
+process of a build would pay it again), and the two together ("both").
 
     OMP_NUM_THREADS=2 python benchmarks/throughput.py                     # pocket CLIP, CPU
     python benchmarks/throughput.py --model ViT-B-32 --device cuda --precision bf16
@@ -149,6 +149,10 @@ def main(argv=None) -> None:
         start = time.perf_counter()
         run["compiled"](models["compiled"], 1)
         compile_s = time.perf_counter() - start
+        models["both"] = copy.deepcopy(model)  # fused AdamW and the compiled forward together
+        both = torch.compile(models["both"])
+        run["both"] = lambda m, n: bare_loop(m, images, tokens, n, device, fused=True, forward=both)
+        run["both"](models["both"], 1)
     for name in run:  # warm-up: allocations, kernels, optimizer state
         run[name](models[name], 2)
     seconds = {name: [] for name in run}

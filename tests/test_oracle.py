@@ -464,7 +464,10 @@ def test_defense_readings_judge_against_the_bars():
     )
     r = defense_readings(agg, oracle_seconds=100.0)
     assert "BadNet: ASR 0.50 %, RA 57.0 %, CA 59.0 % (-1.0 points), removed" in r["defense_reading"]
-    assert r["defense_reading"].endswith("CA within 2 points of No defense): SIG.")  # ASR 2 % and CA -5
+    assert "CA within 2 points of No defense): SIG." in r["defense_reading"]  # ASR 2 % and CA -5
+    assert "the retain-weight ablation below" in r["defense_reading"]  # SIG's CA cost
+    asr_only = defense_readings(agg.assign(CA=[60.0, 58.0, 59.0, 60.0, 58.0, 59.0]))["defense_reading"]
+    assert asr_only.endswith("): SIG.") and "retain-weight" not in asr_only
     assert "0.20 of CleanCLIP's 500 s (within the book's target of 0.2)" in r["cost_reading"]
     assert "took 100 s more" in r["cost_reading"] and "the scan" not in r["cost_reading"]
     scanned = defense_readings(agg.assign(seconds_scan=[None, None, 40.0, None, None, 110.0]))["cost_reading"]

@@ -652,7 +652,7 @@ def segmenter_examples(profile: Profile, n: int = 6) -> dict:
 
 def oracle_ablation_grid(profile: Profile) -> dict:
     """Chapter 9's ablations: setting -> the values tried (the profile's own among them)."""
-    size, pairs = profile.rectify.set_size, profile.world.n_train_pairs
+    size, pairs, retain = profile.rectify.set_size, profile.world.n_train_pairs, profile.rectify.retain_weight
     return {
         "oracle_kind": ["learned", "exact"],  # exact: the drawn maps, the oracle's upper bound
         "oracle_label_rule": ["named", "excess"],
@@ -661,7 +661,8 @@ def oracle_ablation_grid(profile: Profile) -> dict:
         "oracle_victim_rule": ["caption", "image"],
         "rectify_set_size": sorted({max(1, size // 3), size, min(2 * size, pairs)}),
         "rectify_towers": ["both", "image"],
-        "rectify_retain_weight": sorted({0.0, profile.rectify.retain_weight}),
+        # none, the default and twice it: what the term buys in CA, and what it costs in ASR
+        "rectify_retain_weight": sorted({0.0, retain, 2 * retain}),
     }
 
 

@@ -205,6 +205,12 @@ def defense_readings(
         f"{MAX_ASR_SSBA:.0f} %, CA within {CA_MARGIN:.0f} points of No defense): "
         f"{', '.join(map(_name, misses))}."
     )
+    if any(n.CA[a] - o.CA[a] > CA_MARGIN for a in misses):
+        text += (
+            " The rectification's CA cost is held back by the term that keeps clean images' embeddings "
+            "where the poisoned model put them; the retain-weight ablation below shows what a larger "
+            "weight gives back in CA and what it costs in ASR."
+        )
     above = [a for a in misses if a in base and o.ASR[a] > (MAX_ASR_SSBA if a == "ssba" else MAX_ASR)]
     if above:  # an ASR is only as low as the trigger lets a clean model be
         text += " Against the clean pre-trained model's ASR under the same trigger: " + ", ".join(
