@@ -15,7 +15,8 @@ reach on a large fp32 matrix product (measured here), so CPU MFU says how far th
 the machine's own best. Data loading is not timed: this measures the training loop itself.
 
 `--candidates` also times changes to the step that keep its recipe, each alone on the bare
-loop, for deciding whether the library should adopt them: AdamW's fused kernel,
+loop, for deciding whether the library should adopt them: AdamW's fused kernel (which the
+library's `train.adamw` now uses, so "library" includes it),
 torch.compile of the forward pass and loss (its compile time is reported apart, since every
 process of a build would pay it again), and the two together ("both").
 
