@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
+from ubtlib.book.privacy_results import METRIC_LABELS
 from ubtlib.book.report import stamp
 
 # panel titles of the unlearning sweeps' metrics (sweep's default)
@@ -146,10 +147,10 @@ def _x(ax, sizes):
 
 
 def _unit(metric: str) -> str:
-    """A panel's y label: the metric's unit (the title names the metric)."""
-    if metric.startswith("sim_"):
-        return "cosine similarity"
-    return "people" if metric in ("wrongly_unlearned", "newly_recalled") else "%"
+    """A panel's y label: the metric's unit as the tables give it (`METRIC_LABELS`; the title
+    names the metric)."""
+    unit = METRIC_LABELS[metric].rpartition("(")[2].rstrip(")")
+    return "cosine similarity" if unit == "cos" else unit
 
 
 def sweep(
