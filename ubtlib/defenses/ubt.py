@@ -92,7 +92,7 @@ class UBTConfig:
     # distinct token-level captions kept for the Cartesian product (the most frequent). In the
     # pocket world the top k's captions reduce to the target word, plus a few colour words of
     # the images' descriptions. One caption keeps the unlearning on the target word (chapter 4
-    # ablates 1 and 8 over seeds and reads them on ASR; 8 also costs several times the time).
+    # ablates 1 and 8 over seeds and reads them on ASR; 8 also makes each unlearning step longer).
     # Without a cap, a top k of mostly clean pairs (an attack that planted nothing) has all
     # different tokens, and the product, hence the unlearning time, grows with k squared
     max_token_captions: int = 1
