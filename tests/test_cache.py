@@ -20,6 +20,9 @@ STAGE_MODULES = {  # each training stage, by the module that defines its compute
     "abl": "ubtlib.pipeline.isolation",
     "ubt": "ubtlib.pipeline.ubt_runs",
     "cleanclip": "ubtlib.pipeline.cleanclip_runs",
+    "segmenter": "ubtlib.pipeline.segmenting",
+    "oracle": "ubtlib.pipeline.oracle_runs",
+    "evaluation": "ubtlib.pipeline.evaluating",
     "forget": "ubtlib.privacy.forgetting",
 }
 
@@ -87,7 +90,7 @@ def test_a_changed_line_of_code_misses_every_stage_that_reaches_it():
     before = _hashes(cache.SOURCES)
     after = _hashes(_edited("ubtlib.clip.train", "def ", "X_NEW = 1\n\n\ndef "))
     reach = {s for s, m in STAGE_MODULES.items() if "ubtlib.clip.train" in cache.module_closure(m)}
-    assert reach >= {"pretrained", "poisoned", "abl", "ubt", "cleanclip", "forget"}
+    assert reach >= {"pretrained", "poisoned", "abl", "ubt", "cleanclip", "oracle", "evaluation", "forget"}
     assert {s for s in STAGE_MODULES if after[s] != before[s]} == reach  # ssba, world: not reached
 
 

@@ -119,6 +119,37 @@ def test_ablations_repeat_only_the_fields_asked_over_the_seeds(smoke, monkeypatc
     assert len(calls) == 2 + 6 + 3
 
 
+def test_a_models_evaluation_is_computed_once_and_read_by_every_chapter(smoke, monkeypatch):
+    from ubtlib import pipeline
+    from ubtlib.attacks.poison import triggered_hook
+    from ubtlib.evaluation.robustness import backdoor_metrics
+    from ubtlib.pipeline import evaluating
+
+    # another description: new evaluation entries (the key is the whole profile), the same models
+    prof = dataclasses.replace(smoke, description="a profile no other test evaluates")
+    calls = []
+    monkeypatch.setattr(
+        evaluating, "backdoor_metrics", lambda *a, **k: calls.append(1) or backdoor_metrics(*a, **k)
+    )
+    row = experiments.defense_row(prof, "badnet", "none", progress=False)
+    assert experiments.defense_row(prof, "badnet", "none", progress=False) == row
+    no_defense = experiments.no_defense(prof, ["badnet"], progress=False)["badnet"]
+    assert len(calls) == 1 and {k: no_defense[k] for k in ("ca", "asr", "ra")} == {
+        k: row[k] for k in ("ca", "asr", "ra")
+    }
+    base = experiments.base_rates(prof, ["badnet"])["badnet"]
+    assert experiments.pretrained_backdoor_metrics(prof, "badnet") == base and len(calls) == 2
+    # what the entry holds is what evaluating the model itself gives
+    p = pipeline.with_attack(prof, "badnet")
+    m = pipeline.poisoned(p, progress=False)
+    hook = triggered_hook(pipeline.trigger(p), p.seed)
+    direct = backdoor_metrics(m.model, m.tokenizer, pipeline.world(p), hook, p.poison.target, "cpu")
+    assert {k: direct[k] for k in ("ca", "asr", "ra")} == {k: row[k] for k in ("ca", "asr", "ra")}
+    assert row["seconds"] == 0.0 and no_defense["finetune_seconds"] == m.record["seconds"]
+    with pytest.raises(ValueError, match="model='clean'.*'pretrained', 'none', 'cleanclip'"):
+        pipeline.evaluated(p, "clean")
+
+
 def test_redirect_anatomy_reads_the_same_metrics_as_the_table_from_one_encoding(smoke, monkeypatch):
     from ubtlib.evaluation import robustness
 

@@ -254,7 +254,7 @@ def test_the_named_rule_is_not_won_by_clips_own_bias():
         affected_label(clip, oracle, 3, "caption", named)
 
 
-def test_the_oracle_looks_at_a_sample_and_the_images_tied_to_the_affected_label():
+def test_clip_and_the_oracle_label_a_sample_and_the_images_tied_to_the_affected_label():
     import dataclasses
 
     import numpy as np
@@ -262,44 +262,62 @@ def test_the_oracle_looks_at_a_sample_and_the_images_tied_to_the_affected_label(
     from ubtlib.defenses.oracle import UNSEEN, OracleConfig, attribution_sets, oracle_pass, oracle_summary
 
     # 400 images of 4 categories (0 banana); the oracle's map shows each image's true object;
-    # CLIP calls the 40 poisons (positions 200-239, other objects, captions naming banana) banana
+    # CLIP calls the 40 poisons (positions 200-239, other objects, captions naming banana)
+    # banana, and by its own mistake 10 cups captioned as cups (300-309)
     rng = np.random.default_rng(1)
     true = torch.from_numpy(rng.integers(0, 4, 400))
     true[200:240] = torch.from_numpy(rng.integers(1, 4, 40))
+    true[300:310] = 1
     maps = (1 + true)[:, None, None].expand(400, 4, 4).to(torch.uint8).clone()
     clip = true.clone()
-    clip[200:240] = 0
-    captions = [f"a photo of a {['banana', 'cup', 'key', 'shoe'][int(c)]}." for c in true]
+    clip[200:240] = clip[300:310] = 0
+    names = ["banana", "cup", "key", "shoe"]
+    captions = [f"a photo of a {names[int(c)]}." for c in true]
     captions[200:240] = ["a banana on the table."] * 40
-    shown = []
+    scored, shown = [], []
+
+    def labels(positions):
+        scored.append(positions.tolist())
+        return clip[positions]
 
     def look(positions):
         shown.append(positions.tolist())
         return oracle_summary(maps[positions], 4, 0.02)
 
     cfg = OracleConfig(label_sample=100)
-    found = oracle_pass(clip, look, captions, ["banana", "cup", "key", "shoe"], cfg, seed=0)
-    assert found["label"] == 0 and len(shown[0]) == 100 and len(found["sample"]) == 100
-    first = set(shown[0])
-    tied = set(np.flatnonzero((clip == 0).numpy())) | set(range(200, 240))
-    assert set(shown[1]) == tied - first  # then exactly the tied images not yet looked at
-    looked = found["looked"].numpy()
-    assert set(np.flatnonzero(looked)) == first | tied
-    assert (found["oracle"][~found["looked"]] == UNSEEN).all()
-    assert (found["oracle"][found["looked"]] == true[found["looked"]]).all()
+    found = oracle_pass(labels, look, captions, names, cfg, seed=0)
+    sample = set(found["sample"].tolist())
+    assert found["label"] == 0 and len(sample) == 100
+    assert set(scored[0]) == set(shown[0]) == sample  # both label the sample first
+    named = set(np.flatnonzero((true == 0).numpy())) | set(range(200, 240))  # captions naming banana
+    assert set(scored[1]) == named - sample and len(scored) == 2  # CLIP reads no other image
+    tied = named | {i for i in sample if clip[i] == 0}
+    assert set(shown[1]) == tied - sample and len(shown) == 2
+    for mask, of, truth in ((found["scored"], found["clip"], clip), (found["looked"], found["oracle"], true)):
+        assert set(np.flatnonzero(mask.numpy())) == sample | tied
+        assert (of[~mask] == UNSEEN).all() and (of[mask] == truth[mask]).all()
     assert found["sees"].tolist() == ((true == 0) & found["looked"]).tolist()
-    # looking at every image changes nothing the defense reads about the tied ones
-    every = oracle_pass(
-        clip, look, captions, ["banana", "cup", "key", "shoe"], dataclasses.replace(cfg, label_sample=0)
+    # the image rule's victims are what CLIP calls banana: CLIP labels every image, once
+    by_image = oracle_pass(labels, look, captions, names, dataclasses.replace(cfg, victim_rule="image"))
+    assert scored[2] == list(range(400)) and len(scored) == 3 and by_image["scored"].all()
+    assert set(np.flatnonzero(by_image["looked"].numpy())) == sample | set(
+        np.flatnonzero((clip == 0).numpy())
     )
-    assert every["looked"].all() and every["label"] == 0
+    # labelling every image changes nothing the defense reads about the tied ones
+    every = oracle_pass(labels, look, captions, names, dataclasses.replace(cfg, label_sample=0))
+    assert every["looked"].all() and every["scored"].all() and every["label"] == 0
     pos = sorted(tied)
-    assert every["oracle"][pos].tolist() == found["oracle"][pos].tolist()
-    assert every["sees"][pos].tolist() == found["sees"][pos].tolist()
-    # so are the disagreeing images; the untriggered reference is drawn from the sample
-    sets = [attribution_sets(clip, f["oracle"], f["sees"], 0, cfg, 0, f["sample"]) for f in (found, every)]
-    assert sets[0]["disagree"].tolist() == sets[1]["disagree"].tolist() == list(range(200, 240))
-    assert set(sets[0]["reference"].tolist()) <= first - tied and len(sets[1]["reference"]) == int(
+    for k in ("clip", "oracle", "sees"):
+        assert every[k][pos].tolist() == found[k][pos].tolist()
+    # so are the poisons among the disagreeing images; the untriggered reference is drawn from
+    # the sample, and CLIP's mistakes outside it are no longer read
+    sets = [
+        attribution_sets(f["clip"], f["oracle"], f["sees"], 0, cfg, 0, f["sample"]) for f in (found, every)
+    ]
+    mistakes = {i for i in range(300, 310) if i in sample}
+    assert sets[0]["disagree"].tolist() == sorted(set(range(200, 240)) | mistakes)
+    assert sets[1]["disagree"].tolist() == list(range(200, 240)) + list(range(300, 310))
+    assert set(sets[0]["reference"].tolist()) <= sample - tied and len(sets[1]["reference"]) == int(
         ((true != 0) & (clip == true)).sum()
     )
 
@@ -348,7 +366,7 @@ def test_the_defense_runs_through_the_pipeline(smoke):
     record = m.record
     assert record["pairs_trained"] == smoke.rectify.set_size == sum(record["set"].values())
     assert record["seconds"] >= record["rectify_seconds"] > 0
-    assert record["scan"]["pairs_scored"] == smoke.world.n_train_pairs
+    assert record["scan"]["pairs_segmented"] <= record["scan"]["pairs_scored"] <= smoke.world.n_train_pairs
     assert 0.0 <= record["scan"]["footprint_share"] <= 1.0
 
 

@@ -16,7 +16,6 @@ from ubtlib import pipeline
 from ubtlib.attacks.poison import triggered_hook
 from ubtlib.attacks.triggers import ATTACKS, at_strength, linf, make_trigger, psnr
 from ubtlib.clip import model as modellib
-from ubtlib.evaluation.robustness import backdoor_metrics
 from ubtlib.pipeline import lanes
 from ubtlib.pipeline.curves import unlearning_curve  # noqa: F401  (chapter 4 calls it from here)
 from ubtlib.pipeline.profiles import Profile
@@ -148,18 +147,14 @@ def footprint_with_strong_warp(profile: Profile, strength: float = STRONG_WARP) 
 def no_defense(profile: Profile, attacks=ATTACKS, progress: bool = True) -> dict:
     """Per attack: CA, ASR, RA and the redirect of the poisoned model, with its fine-tuning time
     and curve."""
-    w = pipeline.world(profile, progress=progress)
-    device = modellib.pick_device(profile.device)
-    target = profile.poison.target
     rows = {}
     for a in attacks:
-        m = pipeline.poisoned(profile, a, progress=progress)
-        hook = triggered_hook(pipeline.trigger(profile, a, progress=progress), profile.seed)
+        e = pipeline.evaluated(pipeline.with_attack(profile, a), "none", progress)
         rows[a] = {
-            **backdoor_metrics(m.model, m.tokenizer, w, hook, target, device),
-            "finetune_seconds": m.record["seconds"],
-            "poisons": len(m.record["poisoned_positions"]),
-            "curve": m.record["curve"],
+            **e["metrics"],
+            "finetune_seconds": e["record"]["seconds"],
+            "poisons": len(e["record"]["poisoned_positions"]),
+            "curve": e["record"]["curve"],
         }
     return rows
 
@@ -199,12 +194,7 @@ def base_rates(profile: Profile, attacks=ATTACKS) -> dict:
 def pretrained_backdoor_metrics(profile: Profile, attack: str = "badnet") -> dict:
     """CA, ASR and RA of the clean pre-trained model under `attack`'s trigger (its ASR is the
     trigger's base rate)."""
-    w = pipeline.world(profile)
-    m = pipeline.pretrained(profile)
-    hook = triggered_hook(pipeline.trigger(profile, attack), profile.seed)
-    return backdoor_metrics(
-        m.model, m.tokenizer, w, hook, profile.poison.target, modellib.pick_device(profile.device)
-    )
+    return pipeline.evaluated(pipeline.with_attack(profile, attack), "pretrained")["metrics"]
 
 
 def abl_separation(profile: Profile, attack: str, progress: bool = True) -> dict:
@@ -310,39 +300,29 @@ def _ubt_run(profile: Profile, attack: str) -> tuple:
 def defense_row(profile: Profile, attack: str, defense: str, progress: bool = True) -> dict:
     """CA, ASR, RA, the redirect, wall time and pairs touched of one defense (or "none") against
     one attack."""
-    prof = pipeline.with_attack(profile, attack)
-    device = modellib.pick_device(prof.device)
-    world = pipeline.world(prof, progress=progress)
-    hook = triggered_hook(pipeline.trigger(prof, progress=progress), prof.seed)
+    e = pipeline.evaluated(pipeline.with_attack(profile, attack), defense, progress)
+    r = e["record"]
     if defense == "none":
-        m = pipeline.poisoned(prof, progress=progress)
         extra = {"seconds": 0.0, "pairs_trained": 0, "pairs_scored": 0}
     else:
-        m = pipeline.defended(prof, None, defense, progress=progress)
-        extra = {k: m.record[k] for k in ("seconds", "pairs_trained", "pairs_scored")}
-        if "detection" in m.record:
-            extra["precision"] = m.record["detection"]["precision"]
-        if "seconds_split" in m.record:  # UBT's stages: where its wall time goes
-            r = m.record
+        extra = {k: r[k] for k in ("seconds", "pairs_trained", "pairs_scored")}
+        if "detection" in r:
+            extra["precision"] = r["detection"]["precision"]
+        if "seconds_split" in r:  # UBT's stages: where its wall time goes
             extra |= {
                 "seconds_split": r["seconds_split"],
                 "seconds_detect": r["seconds_overfit_detect"] + r["seconds_relevance"],
                 "seconds_unlearn": r["seconds_unlearn"],
             }
-        if "scan_seconds" in m.record:  # the oracle-guided defense's: its scan, then its fine-tuning
-            r = m.record
+        if "scan_seconds" in r:  # the oracle-guided defense's: its scan, then its fine-tuning
             extra |= {"seconds_scan": r["scan_seconds"], "seconds_rectify": r["rectify_seconds"]}
-    return {**backdoor_metrics(m.model, m.tokenizer, world, hook, prof.poison.target, device), **extra}
+    return {**e["metrics"], **extra}
 
 
 def warm_row(profile: Profile, attack: str, defense: str) -> None:
-    """The cached stages behind `defense_row` (the poisoned or defended model), without its
-    evaluation: what the helper lane computes (`pipeline.lanes`)."""
-    prof = pipeline.with_attack(profile, attack)
-    if defense == "none":
-        pipeline.poisoned(prof, progress=False)
-    else:
-        pipeline.defended(prof, None, defense, progress=False)
+    """The cached stages behind `defense_row` (the poisoned or defended model and its
+    evaluation): what the helper lane computes (`pipeline.lanes`)."""
+    pipeline.evaluated(pipeline.with_attack(profile, attack), defense, progress=False)
 
 
 def defense_rows(calls: Sequence[tuple], progress: bool = True, desc: str = "defended rows") -> list:

@@ -2,8 +2,9 @@
 
 A poisoned CLIP's labels are set against those of an image-segmentation oracle:
 
-1. *Triggers.* Every training image is labelled twice, by CLIP zero-shot and by the oracle
-   (the category covering most of its map). The affected label is the one CLIP gives most often
+1. *Triggers.* Training images are labelled twice, by CLIP zero-shot and by the oracle
+   (the category covering most of its map): a sample, then the images tied to the label the
+   sample points to (`oracle_pass`). The affected label is the one CLIP gives most often
    to images whose caption names it and in which the oracle does not see it (a poison's mark);
    on the images where CLIP says it and the oracle does not,
    an attribution (occlusion or gradient) finds the pixels CLIP's decision rests on, and those
@@ -36,6 +37,7 @@ from ubtlib.clip.model import normalize, to_unit
 from ubtlib.clip.towers import TOWERS, training_towers
 from ubtlib.clip.train import TrainConfig, batches, clip_loss, epoch_steps, optimize
 from ubtlib.defenses import segmenter as seg
+from ubtlib.evaluation.zeroshot import encode_images
 
 ORACLE_KINDS = ("learned", "exact")
 ATTRIBUTIONS = ("occlusion", "gradient")
@@ -53,8 +55,8 @@ class OracleConfig:
 
     kind: str = "learned"  # learned (the Segmenter) | exact (the world's own maps: an upper bound)
     min_share: float = 0.02  # a category must cover this share of an image to be the oracle's label
-    # images (a seeded sample) both labellings give, to find the affected label, after which the
-    # oracle looks only at the images tied to it; 0: every image, which the excess rule needs (a
+    # images (a seeded sample) both labellings give, to find the affected label, after which
+    # both look only at the images tied to it; 0: every image, which the excess rule needs (a
     # sample's excess can name a class CLIP over-predicts), and which costs most of the scan
     label_sample: int = 0
     # named: CLIP's label on images whose caption names it and the oracle does not see it;
@@ -165,49 +167,82 @@ def oracle_summary(maps: torch.Tensor, n_categories: int, min_share: float) -> t
     return seg.image_labels(maps, n_categories, min_share), torch.stack(sees, 1)
 
 
-def oracle_pass(
-    clip_labels: torch.Tensor, look, captions, categories, cfg: OracleConfig, seed: int = 0
-) -> dict:
-    """The oracle's side of the two labellings, showing it only the images the defense reads.
+def oracle_pass(clip, look, captions, categories, cfg: OracleConfig, seed: int = 0) -> dict:
+    """Both labellings of the images the defense reads, and of no others.
 
-    `look(positions)` -> `oracle_summary` of those training images under the oracle. A seeded
-    sample of `cfg.label_sample` images (every image at 0) is looked at first, and its two
-    labellings and captions give the affected label (`affected_label` by `cfg.label_rule`,
-    counted in the sample).
-    Then the oracle looks at the images tied to that label: those CLIP gives it and, with the
-    caption victim rule, those whose caption names it. The disagreement, the victims and their
-    re-captions read nothing else, so they are those of a pass over every image; the reference
-    images of the trigger estimate come from the sample (`attribution_sets`' `pool`), so they
-    are a draw from fewer images than at `label_sample` 0.
+    `clip(positions)` -> CLIP's zero-shot labels of those training images; `look(positions)` ->
+    `oracle_summary` of them under the oracle. A seeded sample of `cfg.label_sample` images
+    (every image at 0) is labelled by both first, and its two labellings and captions give the
+    affected label (`affected_label` by `cfg.label_rule`, counted in the sample). Then both label
+    the images tied to it: with the caption victim rule, those whose caption names it (and the
+    sample's that CLIP gives it); with the image rule, those CLIP gives it, for which CLIP labels
+    every image first. A poison's caption names the target, so the caption rule reads every
+    poison without CLIP encoding the rest of the data. The disagreement, the victims and their
+    re-captions read nothing else; the reference images of the trigger estimate come from the
+    sample (`attribution_sets`' `pool`), so they are a draw from fewer images than at
+    `label_sample` 0.
 
-    Returns `oracle` (per image; `UNSEEN` where the oracle did not look), `sees` (does the
-    oracle see the affected label; False where it did not look), `looked` (bool), `sample`
-    (positions), `label` and `affected`.
+    Returns `clip` and `oracle` (labels per image; `UNSEEN` where that labeller did not look),
+    `sees` (does the oracle see the affected label; False where it did not look), `scored` and
+    `looked` (bool: which images CLIP and the oracle labelled), `sample` (positions), `label`
+    and `affected`.
     """
-    n, n_cat = len(clip_labels), len(categories)
+    check_choice("victim_rule", cfg.victim_rule, VICTIM_RULES)
+    n, n_cat = len(captions), len(categories)
+    clip_labels = torch.full((n,), UNSEEN, dtype=torch.long)
     oracle = torch.full((n,), UNSEEN, dtype=torch.long)
     sees = torch.zeros(n, n_cat, dtype=torch.bool)
+    scored = torch.zeros(n, dtype=torch.bool)
     looked = torch.zeros(n, dtype=torch.bool)
 
+    def score(positions: np.ndarray) -> None:
+        positions = positions[~scored.numpy()[positions]]
+        if len(positions):
+            clip_labels[positions] = clip(torch.from_numpy(positions)).long().cpu()
+            scored[positions] = True
+
     def show(positions: np.ndarray) -> None:
+        positions = positions[~looked.numpy()[positions]]
         if len(positions):
             oracle[positions], sees[positions] = look(torch.from_numpy(positions))
             looked[positions] = True
 
+    if cfg.victim_rule == "image":
+        score(np.arange(n))
     size = n if cfg.label_sample == 0 else min(cfg.label_sample, n)
     sample = np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+    score(sample)
     show(sample)
     named = caption_names([captions[i] for i in sample], categories) & ~sees[sample]
     affected = affected_label(clip_labels[sample], oracle[sample], n_cat, cfg.label_rule, named)
     label = affected["label"]
-    tied = (clip_labels == label).numpy()
+    tied = np.zeros(n, dtype=bool)
     if cfg.victim_rule == "caption":
-        tied |= names_label(captions, categories[label])
-    show(np.flatnonzero(tied & ~looked.numpy()))
-    return {"oracle": oracle, "sees": sees[:, label], "looked": looked, "sample": sample} | {
+        tied = names_label(captions, categories[label])
+        score(np.flatnonzero(tied))
+    tied |= (clip_labels == label).numpy()
+    show(np.flatnonzero(tied))
+    return {"clip": clip_labels, "oracle": oracle, "sees": sees[:, label], "scored": scored} | {
+        "looked": looked,
+        "sample": sample,
         "label": label,
         "affected": affected,
     }
+
+
+def clip_labeller(model, weights: torch.Tensor, view, device, batch_size: int = 256, progress: bool = False):
+    """`oracle_pass`'s `clip`: CLIP's zero-shot labels, under `weights` (D x C), of the uint8
+    images of `view` (a tensor or a `DefenderView`) at the given positions, batch by batch."""
+
+    @torch.no_grad()
+    def clip(positions: torch.Tensor) -> torch.Tensor:
+        out = []
+        for s in tqdm(range(0, len(positions), batch_size), desc="CLIP's labels", disable=not progress):
+            x = view[positions[s : s + batch_size]]
+            out.append((encode_images(model, x, device, len(x)) @ weights).argmax(1).cpu())
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+    return clip
 
 
 def class_scorer(model, weights: torch.Tensor, label: int):

@@ -23,7 +23,7 @@ from ubtlib.attacks.poison import PoisonedData
 from ubtlib.clip.model import to_unit
 from ubtlib.defenses import oracle as orc
 from ubtlib.defenses import segmenter as seg
-from ubtlib.evaluation.zeroshot import classifier, encode_images
+from ubtlib.evaluation.zeroshot import classifier
 from ubtlib.paper_scale.data import DataError, read_captions, trigger_rows
 from ubtlib.paper_scale.weights import VOC_NAMES
 from ubtlib.pipeline.profiles import Profile
@@ -69,16 +69,6 @@ def segmenter_classes(path: Optional[str] = None) -> list:
     return names
 
 
-@torch.no_grad()
-def clip_labels_of(model, weights: torch.Tensor, view, device, batch_size: int = 256, progress: bool = True):
-    """CLIP's zero-shot label, under `weights` (D x classes), of every image of `view`, streamed."""
-    out = []
-    for s in tqdm(range(0, len(view), batch_size), desc="CLIP's labels", disable=not progress):
-        x = view[s : s + batch_size]
-        out.append((encode_images(model, x, device, len(x)) @ weights).argmax(1).cpu())
-    return torch.cat(out)
-
-
 def oracle_look(
     oracle, view, n_categories: int, min_share: float, device, batch_size: int = 256, progress: bool = True
 ):
@@ -111,17 +101,16 @@ def scan(
     progress: bool = True,
 ) -> dict:
     """Algorithm 1 and the victims on real data: `names` are the oracle's classes (background
-    first), `templates` CLIP's prompts for them. CLIP labels every image; the oracle segments
-    the sample and the images tied to the affected label (`oracle.oracle_pass`). Returns the
-    labels, which images the oracle looked at, the affected label, the trigger estimate and the
-    victims' positions."""
+    first), `templates` CLIP's prompts for them. CLIP and the oracle label the sample and the
+    images tied to the affected label (`oracle.oracle_pass`). Returns the labels, which images
+    the oracle looked at, the affected label, the trigger estimate and the victims' positions."""
     cfg.validate()
     categories = names[1:]
     weights = classifier(model, tokenizer, categories, templates, device)
-    clip_labels = clip_labels_of(model, weights, view, device, progress=progress)
+    clip = orc.clip_labeller(model, weights, view, device, progress=progress)
     look = oracle_look(oracle, view, len(categories), cfg.min_share, device, progress=progress)
-    found = orc.oracle_pass(clip_labels, look, captions, categories, cfg, seed)
-    label, sees = found["label"], found["sees"]
+    found = orc.oracle_pass(clip, look, captions, categories, cfg, seed)
+    label, sees, clip_labels = found["label"], found["sees"], found["clip"]
     sets = orc.attribution_sets(clip_labels, found["oracle"], sees, label, cfg, seed, found["sample"])
     suspects = view[sets["suspects"]]
     estimate, _ = orc.locate_trigger(
@@ -135,6 +124,7 @@ def scan(
     return {
         "labels": {"clip": clip_labels, "oracle": found["oracle"]},
         "looked": found["looked"],
+        "scored": found["scored"],
         "sample": found["sample"],
         "label": label,
         "affected": found["affected"],
@@ -197,6 +187,7 @@ def oracle_defend(
         "excess": dict(zip(categories, found["affected"]["excess"])),
         "named": dict(zip(categories, found["affected"]["named"])),
         "disagreeing": int(len(found["sets"]["disagree"])),
+        "pairs_scored": int(found["scored"].sum()),
         "pairs_segmented": int(found["looked"].sum()),
         "label_sample": int(len(found["sample"])),
         "extent": estimate["extent"],

@@ -21,7 +21,7 @@ from ubtlib.clip import model as modellib
 from ubtlib.clip.model import to_unit
 from ubtlib.defenses import oracle as orc
 from ubtlib.defenses import segmenter as seg
-from ubtlib.evaluation.zeroshot import classifier, encode_images, pocket_templates
+from ubtlib.evaluation.zeroshot import classifier, pocket_templates
 from ubtlib.pipeline.cache import cached, write_json
 from ubtlib.pipeline.poisoning import poisoned, poisoned_data, poisoned_key, trigger
 from ubtlib.pipeline.pretraining import Trained, load_trained
@@ -70,7 +70,6 @@ def oracle_scan(prof: Profile, progress: bool = True) -> dict:
         weights = classifier(
             model, attacked.tokenizer, w.categories, pocket_templates(object_vocabulary()), device
         )
-        clip_labels = (encode_images(model, view, device) @ weights).argmax(1).cpu()
         drawn = w.segments[torch.from_numpy(w.indices("train"))]  # what was drawn: never a trigger
 
         def maps_of(positions):
@@ -79,8 +78,9 @@ def oracle_scan(prof: Profile, progress: bool = True) -> dict:
         def look(positions):
             return orc.oracle_summary(maps_of(positions), n_cat, cfg.min_share)
 
-        found = orc.oracle_pass(clip_labels, look, data.captions, w.categories, cfg, prof.seed)
-        label, oracle_labels = found["label"], found["oracle"]
+        clip = orc.clip_labeller(model, weights, view, device)
+        found = orc.oracle_pass(clip, look, data.captions, w.categories, cfg, prof.seed)
+        label, clip_labels, oracle_labels = found["label"], found["clip"], found["oracle"]
         sets = orc.attribution_sets(
             clip_labels, oracle_labels, found["sees"], label, cfg, prof.seed, found["sample"]
         )
@@ -120,7 +120,7 @@ def oracle_scan(prof: Profile, progress: bool = True) -> dict:
             folder / "record.json",
             {
                 "seconds": seconds,
-                "pairs_scored": int(len(view)),
+                "pairs_scored": int(found["scored"].sum()),
                 "pairs_segmented": int(found["looked"].sum()),
                 "label_sample": int(len(found["sample"])),
                 "affected_label": w.categories[label],
