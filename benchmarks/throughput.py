@@ -18,7 +18,9 @@ the machine's own best. Data loading is not timed: this measures the training lo
 loop, for deciding whether the library should adopt them: AdamW's fused kernel (which the
 library's `train.adamw` now uses, so "library" includes it),
 torch.compile of the forward pass and loss (its compile time is reported apart, since every
-process of a build would pay it again), and the two together ("both").
+process of a build would pay it again), the two together ("both") and, on a CPU, bf16 autocast
+(which changes the numbers by more than float rounding, and which a CPU without bf16 matrix
+units runs slower than fp32).
 
     OMP_NUM_THREADS=2 python benchmarks/throughput.py                     # pocket CLIP, CPU
     python benchmarks/throughput.py --model ViT-B-32 --device cuda --precision bf16
@@ -62,8 +64,9 @@ def library_loop(model, images_u8, tokens, steps, device) -> float:
     return time.perf_counter() - start
 
 
-def bare_step(model, opt, loss_fn, images, tokens, device):
-    with modellib.autocast(device):
+def bare_step(model, opt, loss_fn, images, tokens, device, bf16=False):
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else modellib.autocast(device)
+    with autocast:
         out = model(images, tokens)
         loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
     opt.zero_grad(set_to_none=True)
@@ -71,10 +74,11 @@ def bare_step(model, opt, loss_fn, images, tokens, device):
     opt.step()
 
 
-def bare_loop(model, images, tokens, steps, device, fused=False, forward=None) -> float:
+def bare_loop(model, images, tokens, steps, device, fused=False, forward=None, bf16=False) -> float:
     """Seconds for `steps` steps of a plain open_clip forward / backward / AdamW loop.
 
-    fused: AdamW's fused kernel; forward: a replacement for model's forward (a compiled one)."""
+    fused: AdamW's fused kernel; forward: a replacement for model's forward (a compiled one);
+    bf16: the forward and loss in bf16 autocast (on a CPU too)."""
     loss_fn = open_clip.ClipLoss()
     model.train()
     opt = adamw(model, 1e-5, 0.1)
@@ -85,7 +89,7 @@ def bare_loop(model, images, tokens, steps, device, fused=False, forward=None) -
     sync(device)
     start = time.perf_counter()
     for _ in range(steps):
-        bare_step(model if forward is None else forward, opt, loss_fn, images, tokens, device)
+        bare_step(model if forward is None else forward, opt, loss_fn, images, tokens, device, bf16)
     sync(device)
     return time.perf_counter() - start
 
@@ -119,7 +123,9 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed steps per run")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each loop, interleaved; medians reported")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H100 SXM: 989)")
-    ap.add_argument("--candidates", action="store_true", help="also time fused AdamW and torch.compile")
+    ap.add_argument(
+        "--candidates", action="store_true", help="also time fused AdamW, torch.compile and bf16 autocast"
+    )
     args = ap.parse_args(argv)
     device = modellib.pick_device(args.device)
     precision = "bf16" if device.type == "cuda" else "fp32"
@@ -154,6 +160,9 @@ def main(argv=None) -> None:
         both = torch.compile(models["both"])
         run["both"] = lambda m, n: bare_loop(m, images, tokens, n, device, fused=True, forward=both)
         run["both"](models["both"], 1)
+        if device.type == "cpu":  # on CUDA the library already trains in bf16 autocast
+            models["bf16 autocast"] = copy.deepcopy(model)
+            run["bf16 autocast"] = lambda m, n: bare_loop(m, images, tokens, n, device, bf16=True)
     for name in run:  # warm-up: allocations, kernels, optimizer state
         run[name](models[name], 2)
     seconds = {name: [] for name in run}
@@ -168,7 +177,7 @@ def main(argv=None) -> None:
     print(f"{args.model} ({params:.1f}M parameters, {size} px), batch {args.batch}, {precision}, {where}")
     for name in run:
         print(
-            f"  {name:11s} {rate[name]:9.1f} pairs/s   (runs of {args.steps} steps: "
+            f"  {name:13s} {rate[name]:9.1f} pairs/s   (runs of {args.steps} steps: "
             f"{', '.join(f'{s:.2f}' for s in seconds[name])} s)"
         )
     for name in run:
@@ -192,7 +201,7 @@ def main(argv=None) -> None:
     print(f"  {flops / args.batch / 1e6:.1f} MFLOP per pair (forward + backward); peak: {of}")
     for name in run:
         achieved = flops * rate[name] / args.batch
-        print(f"  {name:11s} {achieved / 1e9:9.2f} GFLOP/s, MFU {100 * achieved / peak:.1f} %")
+        print(f"  {name:13s} {achieved / 1e9:9.2f} GFLOP/s, MFU {100 * achieved / peak:.1f} %")
 
 
 if __name__ == "__main__":
