@@ -103,7 +103,7 @@ def scan(
     """Algorithm 1 and the victims on real data: `names` are the oracle's classes (background
     first), `templates` CLIP's prompts for them. CLIP and the oracle label the sample and the
     images tied to the affected label (`oracle.oracle_pass`). Returns the labels, which images
-    the oracle looked at, the affected label, the trigger estimate and the victims' positions."""
+    each of them labelled, the affected label, the trigger estimate and the victims' positions."""
     cfg.validate()
     categories = names[1:]
     weights = classifier(model, tokenizer, categories, templates, device)

@@ -1,8 +1,9 @@
 """The cached stages a chapter calls, in the order the data moves:
 
 world -> pretrained -> (ssba trigger) -> poisoned_data -> poisoned -> ubt_detection / abl_losses
--> defended -> evaluated. Each stage computes its result or finds it in the cache (cache.py), so a chapter
-run alone builds everything it depends on, and chapters run one after another share the work.
+-> defended -> evaluated. Each stage computes its result or finds it in the cache (cache.py), so
+a chapter run alone builds everything it depends on, and chapters run one after another share
+the work.
 Each stage's compute lives in its own module, so its cache key covers only the code it reaches.
 """
 
