@@ -489,8 +489,8 @@ def test_defense_readings_judge_against_the_bars():
     assert "0.20 of CleanCLIP's 500 s (within the book's target of 0.2)" in r["cost_reading"]
     assert "took 100 s more" in r["cost_reading"] and "the scan" not in r["cost_reading"]
     scanned = defense_readings(agg.assign(seconds_scan=[None, None, 40.0, None, None, 110.0]))["cost_reading"]
-    assert "Of its 100 s, the scan (CLIP and the oracle label the training images" in scanned
-    assert "takes 75 s (75 %) and the fine-tuning on the compact set 25 s: labelling the training" in scanned
+    assert "Of its 100 s, the scan (CLIP and the oracle label a sample and the images tied" in scanned
+    assert "takes 75 s (75 %) and the fine-tuning on the compact set 25 s: the scan is what holds" in scanned
     assert "base rate" not in r["defense_reading"] and "pre-trained" not in r["defense_reading"]
     judged = defense_readings(agg, base={"badnet": 3.0, "sig": 3.0})["defense_reading"]
     assert "SIG 2.00 % after against 3.00 % (at or below it)" in judged

@@ -251,14 +251,11 @@ def _where_time_goes(rows: pd.DataFrame) -> str:
         return ""
     scan, total = rows.seconds_scan.mean(), rows.seconds.mean()
     return (
-        f" Of its {total:.0f} s, the scan (CLIP and the oracle label the training images, then the "
-        f"attribution and the trigger estimate) takes {scan:.0f} s ({100 * scan / total:.0f} %) and the "
-        f"fine-tuning on the compact set {total - scan:.0f} s: "
-        + (
-            "labelling the training images is what holds the defense's cost, as UBT's split does UBT's."
-            if scan >= total / 2
-            else "the fine-tuning is what holds its cost."
-        )
+        f" Of its {total:.0f} s, the scan (CLIP and the oracle label a sample and the images tied to the "
+        f"affected label, then the attribution and the trigger estimate) takes {scan:.0f} s "
+        f"({100 * scan / total:.0f} %) and the fine-tuning on the compact set {total - scan:.0f} s: "
+        + ("the scan" if scan >= total / 2 else "the fine-tuning")
+        + " is what holds its cost."
     )
 
 
