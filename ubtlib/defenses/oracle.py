@@ -240,7 +240,7 @@ def clip_labeller(model, weights: torch.Tensor, view, device, batch_size: int = 
         for s in tqdm(range(0, len(positions), batch_size), desc="CLIP's labels", disable=not progress):
             x = view[positions[s : s + batch_size]]
             out.append((encode_images(model, x, device, len(x)) @ weights).argmax(1).cpu())
-        return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+        return torch.cat(out)
 
     return clip
 
