@@ -6,7 +6,9 @@ Both train the same model (same initial weights) on the same batch, held on the 
   normalises it and returns `train.clip_loss` (exactly what every stage of the book runs,
   with its schedule, temperature clamp, loss logging and bf16 autocast on CUDA);
 * bare: model(images, tokens) -> open_clip.ClipLoss -> backward -> AdamW step, on images
-  already normalised (what a plain open_clip script does after its DataLoader).
+  already normalised (what a plain open_clip script does after its DataLoader), with open_clip's
+  own tower forwards, which compute every token (`ubtlib.clip.pooled` computes only the tokens
+  the features read).
 
 Prints pairs/s of both and their ratio, and the model FLOPs utilisation: the FLOPs of one
 forward + backward (torch's FlopCounterMode) times the steps per second, over a peak. On CUDA
@@ -15,8 +17,8 @@ reach on a large fp32 matrix product (measured here), so CPU MFU says how far th
 the machine's own best. Data loading is not timed: this measures the training loop itself.
 
 `--candidates` also times changes to the step that keep its recipe, each alone on the bare
-loop, for deciding whether the library should adopt them: AdamW's fused kernel (which the
-library's `train.adamw` now uses, so "library" includes it),
+loop, for deciding whether the library should adopt them: the pooled-token towers and AdamW's
+fused kernel (both of which the library uses, so "library" includes them),
 torch.compile of the forward pass and loss (its compile time is reported apart, since every
 process of a build would pay it again), the two together ("both") and, on a CPU, bf16 autocast
 (which changes the numbers by more than float rounding, and which a CPU without bf16 matrix
@@ -41,6 +43,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ubtlib.clip import model as modellib
+from ubtlib.clip import pooled
 from ubtlib.clip.train import TrainConfig, adamw, clip_loss, optimize
 from ubtlib.paper_scale import weights
 
@@ -141,27 +144,30 @@ def main(argv=None) -> None:
     images_u8 = torch.randint(0, 256, (args.batch, 3, size, size), dtype=torch.uint8, device=device)
     tokens = tokenizer([CAPTIONS[k % len(CAPTIONS)] + f" number {k}" for k in range(args.batch)]).to(device)
     images = modellib.normalize(images_u8.float() / 255)
-    models = {"library": copy.deepcopy(model), "bare": copy.deepcopy(model)}
+    plain = pooled.open_clip_forwards(copy.deepcopy(model))  # the bare loop's model
+    models = {"library": copy.deepcopy(model), "bare": copy.deepcopy(plain)}
     run = {
         "library": lambda m, n: library_loop(m, images_u8, tokens, n, device),
         "bare": lambda m, n: bare_loop(m, images, tokens, n, device),
     }
     compile_s = None
     if args.candidates:
-        models["fused AdamW"] = copy.deepcopy(model)
+        models["pooled tokens"] = copy.deepcopy(model)  # the library's towers, on the bare loop
+        run["pooled tokens"] = lambda m, n: bare_loop(m, images, tokens, n, device)
+        models["fused AdamW"] = copy.deepcopy(plain)
         run["fused AdamW"] = lambda m, n: bare_loop(m, images, tokens, n, device, fused=True)
-        models["compiled"] = copy.deepcopy(model)
+        models["compiled"] = copy.deepcopy(plain)
         compiled = torch.compile(models["compiled"])
         run["compiled"] = lambda m, n: bare_loop(m, images, tokens, n, device, forward=compiled)
         start = time.perf_counter()
         run["compiled"](models["compiled"], 1)
         compile_s = time.perf_counter() - start
-        models["both"] = copy.deepcopy(model)  # fused AdamW and the compiled forward together
+        models["both"] = copy.deepcopy(plain)  # fused AdamW and the compiled forward together
         both = torch.compile(models["both"])
         run["both"] = lambda m, n: bare_loop(m, images, tokens, n, device, fused=True, forward=both)
         run["both"](models["both"], 1)
         if device.type == "cpu":  # on CUDA the library already trains in bf16 autocast
-            models["bf16 autocast"] = copy.deepcopy(model)
+            models["bf16 autocast"] = copy.deepcopy(plain)
             run["bf16 autocast"] = lambda m, n: bare_loop(m, images, tokens, n, device, bf16=True)
     for name in run:  # warm-up: allocations, kernels, optimizer state
         run[name](models[name], 2)
@@ -188,20 +194,30 @@ def main(argv=None) -> None:
             f"  torch.compile: first step {compile_s:.1f} s (tracing and compiling; inductor keeps its "
             "kernels on disk, so a later process with the same graphs compiles faster)"
         )
-    m = models["bare"]
-    opt = adamw(m, 1e-5, 0.1)
-    with FlopCounterMode(display=False) as counter:
-        bare_step(m, opt, open_clip.ClipLoss(), images, tokens, device)
-    flops = counter.get_total_flops()
+
+    def step_flops(m) -> int:
+        with FlopCounterMode(display=False) as counter:
+            bare_step(m, adamw(m, 1e-5, 0.1), open_clip.ClipLoss(), images, tokens, device)
+        return counter.get_total_flops()
+
+    flops, executed = step_flops(copy.deepcopy(plain)), step_flops(copy.deepcopy(model))
     if device.type == "cuda":
         peak, of = args.peak_tflops * 1e12, f"the bf16 dense peak, {args.peak_tflops:.0f} TFLOP/s"
     else:
         peak = matmul_peak(device)
         of = f"a 2048 x 2048 fp32 matrix product on {threads} threads, {peak / 1e9:.1f} GFLOP/s"
-    print(f"  {flops / args.batch / 1e6:.1f} MFLOP per pair (forward + backward); peak: {of}")
+    print(
+        f"  {flops / args.batch / 1e6:.1f} MFLOP per pair (forward + backward) with open_clip's "
+        f"forwards, {executed / args.batch / 1e6:.1f} computed by the pooled-token towers; peak: {of}"
+    )
+    print("  MFU counts the model's FLOPs (open_clip's forwards); 'computed' what the loop ran")
     for name in run:
         achieved = flops * rate[name] / args.batch
-        print(f"  {name:13s} {achieved / 1e9:9.2f} GFLOP/s, MFU {100 * achieved / peak:.1f} %")
+        ran = (executed if name in ("library", "pooled tokens") else flops) * rate[name] / args.batch
+        print(
+            f"  {name:13s} {achieved / 1e9:9.2f} GFLOP/s, MFU {100 * achieved / peak:.1f} %"
+            f" (computed: {ran / 1e9:.2f} GFLOP/s, {100 * ran / peak:.1f} %)"
+        )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from safetensors.torch import save_file
 
 from ubtlib.checks import check_range, read_tensors
+from ubtlib.clip import pooled
 from ubtlib.layers import PatchEmbedding, SplitAffineLayerNorm
 
 
@@ -90,7 +91,8 @@ def register(cfg: ModelConfig) -> str:
 
 def create(cfg: ModelConfig, device="cpu"):
     """A randomly initialised pocket CLIP and its tokenizer (open_clip's BPE); its layer norms
-    train to the same weights at any thread count (`ubtlib.layers`)."""
+    train to the same weights at any thread count (`ubtlib.layers`), and its towers compute
+    only the tokens their features read (`pooled`)."""
     name = register(cfg)
     # open_clip warns that no pretrained weights were loaded: expected for a model we train
     quiet = logging.Filter()
@@ -106,7 +108,7 @@ def create(cfg: ModelConfig, device="cpu"):
     conv = model.visual.conv1
     assert conv.kernel_size == conv.stride == (cfg.patch_size,) * 2 and conv.bias is None
     conv.__class__ = PatchEmbedding
-    return model, open_clip.get_tokenizer(name)
+    return pooled.install(model), open_clip.get_tokenizer(name)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

@@ -334,8 +334,10 @@ def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
 def attention_probabilities(transformer):
     """Within the block, each residual block of `transformer` computes its attention explicitly
     and appends its (B x heads x L x L) probabilities, with gradients retained, to the list
-    yielded. The arithmetic is that of nn.MultiheadAttention (checked in the tests)."""
+    yielded; every token is computed (`pooled`'s shortcut is off). The arithmetic is that of
+    nn.MultiheadAttention (checked in the tests)."""
     captured, originals = [], []
+    transformer.every_token = True
     for block in transformer.resblocks:
         originals.append(block.attention)
 
@@ -360,6 +362,7 @@ def attention_probabilities(transformer):
     finally:
         for block, original in zip(transformer.resblocks, originals):
             block.attention = original
+        transformer.every_token = False
 
 
 def token_relevance(

@@ -20,6 +20,7 @@ import torch
 from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from ubtlib.checks import read_tensors
+from ubtlib.clip import pooled
 
 
 def check_model_name(name: str) -> str:
@@ -39,10 +40,11 @@ def image_size(model) -> int:
 
 
 def random_model(name: str, device="cpu"):
-    """open_clip architecture `name` at its real size, randomly initialised, and its tokenizer
-    (for tests and benchmarks; open_clip logs that it loaded no weights, which is the point)."""
+    """open_clip architecture `name` at its real size, randomly initialised, with the
+    pooled-token towers (`ubtlib.clip.pooled`), and its tokenizer (for tests and benchmarks;
+    open_clip logs that it loaded no weights, which is the point)."""
     model = open_clip.create_model(check_model_name(name), device=device, output_dict=True)
-    return model, open_clip.get_tokenizer(name)
+    return pooled.install(model), open_clip.get_tokenizer(name)
 
 
 def weights_file(name: str, pretrained: str, cache_dir: Optional[str] = None) -> pathlib.Path:
@@ -106,7 +108,8 @@ def load_pretrained(
     cache_dir: Optional[str] = None,
     quick_gelu: Optional[bool] = None,
 ):
-    """open_clip model `name` with published weights (eval mode), and its tokenizer, offline.
+    """open_clip model `name` with published weights (eval mode) and the pooled-token towers
+    (`ubtlib.clip.pooled`), and its tokenizer, offline.
 
     `pretrained` is an open_clip tag ("openai", "laion400m_e32", ...) looked up in the Hugging
     Face cache (or `cache_dir`), or a local .safetensors file. QuickGELU follows the tag (the
@@ -122,7 +125,7 @@ def load_pretrained(
         model.load_state_dict(open_clip_state(model, state), strict=True)
     except RuntimeError as e:  # a strict load: say which file and which model
         raise ValueError(f"{path}: not weights of open_clip model {name}: {e}") from None
-    return model.to(device).eval(), open_clip.get_tokenizer(name)
+    return pooled.install(model).to(device).eval(), open_clip.get_tokenizer(name)
 
 
 def open_clip_state(model, state: dict) -> dict:
