@@ -52,3 +52,18 @@ def test_load_refuses_a_pickle(tmp_path):
 def test_cpu_autocast_is_a_no_op():
     with modellib.autocast(torch.device("cpu")):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_tokenize_tokenizes_each_distinct_caption_once_and_gives_the_tokenizers_tensor():
+    _, tokenizer = modellib.create(modellib.ModelConfig())
+    captions = ["a photo of a dog.", "a red car.", "a photo of a dog.", "", "a red car.", "a dog."]
+    seen = []
+
+    def counting(texts):
+        seen.append(list(texts))
+        return tokenizer(texts)
+
+    tokens = modellib.tokenize(counting, captions)
+    assert torch.equal(tokens, tokenizer(captions))
+    assert seen == [["a photo of a dog.", "a red car.", "", "a dog."]]
+    assert torch.equal(modellib.tokenize(tokenizer, captions[:2]), tokenizer(captions[:2]))

@@ -111,6 +111,17 @@ def create(cfg: ModelConfig, device="cpu"):
     return pooled.install(model), open_clip.get_tokenizer(name)
 
 
+def tokenize(tokenizer, captions: list) -> torch.Tensor:
+    """`tokenizer(captions)`, tokenizing each distinct caption once: captions written from
+    templates repeat (the pocket world's 29K training pairs have about 4K distinct ones), and
+    open_clip's tokenizer cleans every string it is given in Python."""
+    distinct = list(dict.fromkeys(captions))
+    if len(distinct) == len(captions):
+        return tokenizer(list(captions))
+    row = {c: i for i, c in enumerate(distinct)}
+    return tokenizer(distinct)[torch.tensor([row[c] for c in captions], dtype=torch.long)]
+
+
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """[0, 1] float images -> the model's input (CLIP's mean / std).
 

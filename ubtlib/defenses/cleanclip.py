@@ -20,7 +20,7 @@ from torchvision.transforms import v2
 
 from ubtlib.checks import check_range
 from ubtlib.clip import distributed
-from ubtlib.clip.model import normalize, to_unit
+from ubtlib.clip.model import normalize, to_unit, tokenize
 from ubtlib.clip.train import TrainConfig, batches, epoch_steps, optimize
 
 # WordNet is not available offline; EDA's synonym replacement uses this table of the pocket
@@ -137,7 +137,7 @@ def cleanclip(
     rng = random.Random(seed)
     torch.manual_seed(seed)  # AutoAugment draws from torch's global generator
     augment = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
-    tokens = tokenizer(captions)
+    tokens = tokenize(tokenizer, captions)
     steps = epoch_steps(cfg.epochs, len(images), cfg.batch_size)
     order = batches(len(images), cfg.batch_size, steps, torch.Generator().manual_seed(seed))
 

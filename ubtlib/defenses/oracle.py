@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ubtlib.checks import check_choice, check_range
-from ubtlib.clip.model import normalize, to_unit
+from ubtlib.clip.model import normalize, to_unit, tokenize
 from ubtlib.clip.towers import TOWERS, training_towers
 from ubtlib.clip.train import TrainConfig, batches, clip_loss, epoch_steps, optimize
 from ubtlib.defenses import segmenter as seg
@@ -526,7 +526,7 @@ def rectify(
     pasted = torch.zeros(len(positions), dtype=torch.bool)
     pasted[n_victims : n_victims + len(parts["pasted"])] = True
     retain = torch.arange(n_victims, len(positions))  # rows whose images are clean
-    set_images, tokens = images[positions], tokenizer([captions[int(i)] for i in positions])
+    set_images, tokens = images[positions], tokenize(tokenizer, [captions[int(i)] for i in positions])
     tc = cfg.train_config()
     steps = epoch_steps(tc.epochs, len(positions), tc.batch_size)
     order = batches(len(positions), tc.batch_size, steps, torch.Generator().manual_seed(seed))

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from ubtlib.checks import check_choice, check_range
 from ubtlib.clip import distributed
-from ubtlib.clip.model import autocast, normalize, to_unit
+from ubtlib.clip.model import autocast, normalize, to_unit, tokenize
 from ubtlib.clip.towers import TOWERS, training_towers
 from ubtlib.clip.train import TrainConfig, clip_loss, optimize
 
@@ -732,7 +732,7 @@ def run_ubt(
     """
     n = len(data.images)
     cfg.validate(n)
-    tokens = tokenizer(data.captions)
+    tokens = tokenize(tokenizer, data.captions)
     if found is None:
         found = find_poison(
             poisoned_model, clean_model, data, tokens, cfg, device, seed, progress, relevance=token_level

@@ -34,7 +34,7 @@ def abl_losses(profile: Profile, attack: str | None = None, progress: bool = Tru
 
     def compute(folder):
         clean = pretrained(prof, progress=progress)
-        tokens = clean.tokenizer(data.captions)
+        tokens = modellib.tokenize(clean.tokenizer, data.captions)
         model = copy.deepcopy(clean.model)
         abl.lga_train(model, data.images, tokens, training, device, data.image_hook, prof.seed, progress)
         losses = abl.per_pair_loss(model, data.images, tokens, device, data.image_hook, seed=prof.seed)

@@ -86,7 +86,7 @@ def poisoned(profile: Profile, attack: str | None = None, progress: bool = True)
         curve = train_clip(
             model,
             data.images,
-            base.tokenizer(data.captions),
+            modellib.tokenize(base.tokenizer, data.captions),
             prof.finetune,
             device,
             seed=prof.seed,

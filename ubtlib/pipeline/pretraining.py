@@ -55,7 +55,7 @@ def pretrained(profile: Profile, progress: bool = True) -> Trained:
         torch.manual_seed(seed)
         model, tokenizer = modellib.create(profile.model, device=device)
         idx = w.indices("train")
-        tokens = tokenizer([w.captions[i] for i in idx])
+        tokens = modellib.tokenize(tokenizer, [w.captions[i] for i in idx])
         start = time.perf_counter()
         curve = train_clip(
             model,

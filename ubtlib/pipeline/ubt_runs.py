@@ -51,7 +51,7 @@ def ubt_detection(profile: Profile, attack: str | None = None, progress: bool = 
             attacked.model,
             clean.model,
             data,
-            attacked.tokenizer(data.captions),
+            modellib.tokenize(attacked.tokenizer, data.captions),
             UBTConfig(**detection),
             device,
             seed=prof.seed,
