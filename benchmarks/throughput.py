@@ -3,8 +3,9 @@
 Both train the same model (same initial weights) on the same batch, held on the device:
 
 * library: `train.optimize` with a loss_step that turns the uint8 batch into [0, 1] floats,
-  normalises it and returns `train.clip_loss` (exactly what every stage of the book runs,
-  with its schedule, temperature clamp, loss logging and bf16 autocast on CUDA);
+  normalises it and returns `train.clip_loss`, given the batch's tokens as its vocabulary
+  (exactly what every stage of the book runs, with its schedule, temperature clamp, loss
+  logging and bf16 autocast on CUDA);
 * bare: model(images, tokens) -> open_clip.ClipLoss -> backward -> AdamW step, on images
   already normalised (what a plain open_clip script does after its DataLoader), with open_clip's
   own tower forwards, which compute every token (`ubtlib.clip.pooled` computes only the tokens
@@ -17,8 +18,9 @@ reach on a large fp32 matrix product (measured here), so CPU MFU says how far th
 the machine's own best. Data loading is not timed: this measures the training loop itself.
 
 `--candidates` also times changes to the step that keep its recipe, each alone on the bare
-loop, for deciding whether the library should adopt them: the pooled-token towers and AdamW's
-fused kernel (both of which the library uses, so "library" includes them),
+loop, for deciding whether the library should adopt them: the pooled-token towers, training
+only the token-embedding rows the captions use, and AdamW's fused kernel (all three of which the
+library uses, so "library" includes them),
 torch.compile of the forward pass and loss (its compile time is reported apart, since every
 process of a build would pay it again), the two together ("both") and, on a CPU, bf16 autocast
 (which changes the numbers by more than float rounding, and which a CPU without bf16 matrix
@@ -45,6 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ubtlib.clip import model as modellib
 from ubtlib.clip import pooled
 from ubtlib.clip.train import TrainConfig, adamw, clip_loss, optimize
+from ubtlib.clip.vocabulary import trained_rows
 from ubtlib.paper_scale import weights
 
 CAPTIONS = ["a photo of a banana.", "a red car parked on a street.", "a dog on a lawn.", "a man smiling."]
@@ -62,7 +65,7 @@ def library_loop(model, images_u8, tokens, steps, device) -> float:
     loss_step = lambda: clip_loss(model, modellib.to_unit(images_u8, device), tokens, loss_fn)  # noqa: E731
     sync(device)
     start = time.perf_counter()
-    optimize(model, loss_step, steps, cfg, device, progress=False)
+    optimize(model, loss_step, steps, cfg, device, progress=False, vocabulary=tokens)
     sync(device)
     return time.perf_counter() - start
 
@@ -77,24 +80,30 @@ def bare_step(model, opt, loss_fn, images, tokens, device, bf16=False):
     opt.step()
 
 
-def bare_loop(model, images, tokens, steps, device, fused=False, forward=None, bf16=False) -> float:
+def bare_loop(
+    model, images, tokens, steps, device, fused=False, forward=None, bf16=False, rows=False
+) -> float:
     """Seconds for `steps` steps of a plain open_clip forward / backward / AdamW loop.
 
     fused: AdamW's fused kernel; forward: a replacement for model's forward (a compiled one);
-    bf16: the forward and loss in bf16 autocast (on a CPU too)."""
+    bf16: the forward and loss in bf16 autocast (on a CPU too); rows: the token embedding
+    trains only the rows `tokens` use (`vocabulary.trained_rows`)."""
     loss_fn = open_clip.ClipLoss()
     model.train()
-    opt = adamw(model, 1e-5, 0.1)
-    if fused:  # same groups and hyper-parameters, one kernel per group instead of per tensor
-        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in opt.param_groups]
-        d = opt.defaults
-        opt = torch.optim.AdamW(groups, lr=d["lr"], betas=d["betas"], eps=d["eps"], fused=True)
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        bare_step(model if forward is None else forward, opt, loss_fn, images, tokens, device, bf16)
-    sync(device)
-    return time.perf_counter() - start
+    with trained_rows(model, tokens if rows else None) as trained:
+        opt = adamw(model, 1e-5, 0.1)
+        if fused:  # same groups and hyper-parameters, one kernel per group instead of per tensor
+            groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in opt.param_groups]
+            d = opt.defaults
+            opt = torch.optim.AdamW(groups, lr=d["lr"], betas=d["betas"], eps=d["eps"], fused=True)
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            bare_step(model if forward is None else forward, opt, loss_fn, images, tokens, device, bf16)
+            if trained is not None:
+                trained.stepped(opt)
+        sync(device)
+        return time.perf_counter() - start
 
 
 def matmul_peak(device, n: int = 2048, repeats: int = 10) -> float:
@@ -154,6 +163,8 @@ def main(argv=None) -> None:
     if args.candidates:
         models["pooled tokens"] = copy.deepcopy(model)  # the library's towers, on the bare loop
         run["pooled tokens"] = lambda m, n: bare_loop(m, images, tokens, n, device)
+        models["trained rows"] = copy.deepcopy(plain)  # the library's token-embedding update
+        run["trained rows"] = lambda m, n: bare_loop(m, images, tokens, n, device, rows=True)
         models["fused AdamW"] = copy.deepcopy(plain)
         run["fused AdamW"] = lambda m, n: bare_loop(m, images, tokens, n, device, fused=True)
         models["compiled"] = copy.deepcopy(plain)

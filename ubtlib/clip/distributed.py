@@ -154,9 +154,10 @@ def averaged_gradients(model: torch.nn.Module, ranks: Ranks):
     if ranks.world == 1:
         yield
         return
-    mine = {id(p) for p in model.parameters()}
 
     def average(optimizer, args, kwargs):
+        # looked up at each step: a run may swap a parameter in (`vocabulary.trained_rows`)
+        mine = {id(p) for p in model.parameters()}
         params = [p for g in optimizer.param_groups for p in g["params"] if id(p) in mine]
         if not params:
             return

@@ -9,11 +9,14 @@ block, and two parts of that work are never read:
 * in the text tower, the positions after the batch's last end-of-text token: under the causal
   mask no earlier position attends to them.
 
-`install` gives a model forwards that skip both. The features are the same function of the
-weights, so training follows the same recipe and results move by float rounding only
-(tests/test_pooled.py compares features, gradients and a few training steps with open_clip's
-forward). A transformer whose `every_token` is set computes all tokens again, for the callers
-that read them (token relevance reads every attention map).
+`install` gives a model forwards that skip both. Their blocks also compute attention from one
+packed projection viewed as heads (`_attention`), without nn.MultiheadAttention's moves of the
+batch axis and its three selections of q, k and v, whose gradients are zero-filled copies; the
+products are the same. The features are the same function of the weights, so training follows
+the same recipe and results move by float rounding only (tests/test_pooled.py compares
+features, gradients and a few training steps with open_clip's forward). A transformer whose
+`every_token` is set computes all tokens again, for the callers that read them (token relevance
+reads every attention map).
 """
 
 from __future__ import annotations
@@ -24,20 +27,48 @@ import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock, Transformer, VisionTransformer
 
 
-def _pooled_block(block: ResidualAttentionBlock, x: torch.Tensor, rows: torch.Tensor, key_padding_mask=None):
+def _attention(attn: torch.nn.MultiheadAttention, x: torch.Tensor, rows=None, mask=None) -> torch.Tensor:
+    """`attn` over x (N x L x D, batch first), at every token or at one per sequence (`rows`);
+    `mask` as scaled_dot_product_attention takes it. nn.MultiheadAttention's own forward moves
+    the batch to the second axis and back, and splits q, k and v by three selections, each of
+    whose gradients is a zero-filled copy: here one packed projection is viewed as heads."""
+    n, length, width = x.shape
+    heads = attn.num_heads
+    w, b = attn.in_proj_weight, attn.in_proj_bias
+    if rows is None:
+        qkv = F.linear(x, w, b).view(n, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+    else:
+        at = x[torch.arange(n, device=x.device), rows]
+        q = F.linear(at, w[:width], None if b is None else b[:width]).view(n, heads, 1, width // heads)
+        kv = F.linear(x, w[width:], None if b is None else b[width:])
+        k, v = kv.view(n, length, 2, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask.to(q.dtype)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return attn.out_proj(out.transpose(1, 2).reshape(n, -1, width))
+
+
+def _block(block: ResidualAttentionBlock, x: torch.Tensor, attn_mask=None) -> torch.Tensor:
+    """`block` at every token of x (N x L x D)."""
+    x = x + block.ls_1(_attention(block.attn, block.ln_1(x), mask=attn_mask))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def _pooled_block(block: ResidualAttentionBlock, x: torch.Tensor, rows: torch.Tensor, hidden=None):
     """`block` at one token per sequence (`rows`), attending to every token of `x` (N x L x D)
-    but those `key_padding_mask` hides; returns N x D."""
-    n = torch.arange(len(x), device=x.device)
-    h = block.ln_1(x)
-    attended = block.attn(h[n, rows][:, None], h, h, need_weights=False, key_padding_mask=key_padding_mask)[0]
-    y = x[n, rows][:, None] + block.ls_1(attended)
-    return (y + block.ls_2(block.mlp(block.ln_2(y))))[:, 0]
+    but those `hidden` (N x L, True where hidden) hides; returns N x D."""
+    mask = None if hidden is None else ~hidden[:, None, None, :]
+    y = x[torch.arange(len(x), device=x.device), rows] + block.ls_1(
+        _attention(block.attn, block.ln_1(x), rows, mask)[:, 0]
+    )
+    return y + block.ls_2(block.mlp(block.ln_2(y)))
 
 
-def _pooled_transformer(transformer: Transformer, x, rows, attn_mask=None, key_padding_mask=None):
+def _pooled_transformer(transformer: Transformer, x, rows, attn_mask=None, hidden=None):
     for block in transformer.resblocks[:-1]:
-        x = block(x, attn_mask=attn_mask)
-    return _pooled_block(transformer.resblocks[-1], x, rows, key_padding_mask)
+        x = _block(block, x, attn_mask)
+    return _pooled_block(transformer.resblocks[-1], x, rows, hidden)
 
 
 def _skips(transformer: Transformer) -> bool:
@@ -88,7 +119,14 @@ def _plain_blocks(transformer) -> bool:
         isinstance(transformer, Transformer)
         and transformer.batch_first
         and all(
-            type(b) is ResidualAttentionBlock and not hasattr(b, "ln_1_kv") for b in transformer.resblocks
+            type(b) is ResidualAttentionBlock
+            and not hasattr(b, "ln_1_kv")
+            and type(b.attn) is torch.nn.MultiheadAttention
+            and b.attn._qkv_same_embed_dim
+            and b.attn.bias_k is None
+            and not b.attn.add_zero_attn
+            and b.attn.dropout == 0
+            for b in transformer.resblocks
         )
     )
 

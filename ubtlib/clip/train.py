@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ubtlib.checks import check_range
 from ubtlib.clip.model import autocast, normalize, to_unit
+from ubtlib.clip.vocabulary import Tokens, trained_rows
 
 
 @dataclass(frozen=True)
@@ -90,43 +91,50 @@ def optimize(
     desc: str = "training",
     progress: bool = True,
     pairs_per_step: int = 0,
+    vocabulary: Optional[Tokens] = None,
 ) -> list:
     """Run `steps` AdamW steps (warm-up + cosine) on the loss that `loss_step()` returns.
 
     The one training loop of the library: pre-training, poisoned fine-tuning and every defense
     call it with their own `loss_step`, which draws its batch and computes its loss. bf16
-    autocast on CUDA; CLIP's temperature stays capped at 100. Returns the training curve, a
-    list of {"step", "loss", "lr", "seconds"} every `cfg.log_every` steps, with "pairs" (the
-    pairs drawn so far) when the caller says how many a step draws.
+    autocast on CUDA; CLIP's temperature stays capped at 100. Given `vocabulary` (the token
+    tensors of every caption the losses encode, when they are known in advance), the token
+    embedding trains only those rows, which is the same update (`vocabulary.trained_rows`).
+    Returns the training curve, a list of {"step", "loss", "lr", "seconds"} every
+    `cfg.log_every` steps, with "pairs" (the pairs drawn so far) when the caller says how many a
+    step draws.
     """
-    opt = adamw(model, cfg.lr, cfg.weight_decay)
-    sched = warmup_cosine(opt, cfg.warmup_steps, steps)
     model.train()
     curve, start, running = [], time.perf_counter(), []
     bar = tqdm(range(1, steps + 1), desc=desc, disable=not progress, mininterval=2.0)
-    for step in bar:
-        with autocast(device):
-            loss = loss_step()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if hasattr(model, "logit_scale"):
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, math.log(100))
-        running.append(loss.item())
-        if step % cfg.log_every == 0 or step == steps:
-            curve.append(
-                {
-                    "step": step,
-                    "loss": float(np.mean(running)),
-                    "lr": opt.param_groups[0]["lr"],
-                    "seconds": time.perf_counter() - start,
-                    **({"pairs": step * pairs_per_step} if pairs_per_step else {}),
-                }
-            )
-            bar.set_postfix(loss=f"{curve[-1]['loss']:.3f}")
-            running = []
+    with trained_rows(model, vocabulary) as rows:
+        opt = adamw(model, cfg.lr, cfg.weight_decay)  # over the parameter trained_rows swapped in
+        sched = warmup_cosine(opt, cfg.warmup_steps, steps)
+        for step in bar:
+            with autocast(device):
+                loss = loss_step()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if rows is not None:
+                rows.stepped(opt)
+            sched.step()
+            if hasattr(model, "logit_scale"):
+                with torch.no_grad():
+                    model.logit_scale.clamp_(0, math.log(100))
+            running.append(loss.item())
+            if step % cfg.log_every == 0 or step == steps:
+                curve.append(
+                    {
+                        "step": step,
+                        "loss": float(np.mean(running)),
+                        "lr": opt.param_groups[0]["lr"],
+                        "seconds": time.perf_counter() - start,
+                        **({"pairs": step * pairs_per_step} if pairs_per_step else {}),
+                    }
+                )
+                bar.set_postfix(loss=f"{curve[-1]['loss']:.3f}")
+                running = []
     model.eval()
     return curve
 
@@ -171,4 +179,4 @@ def train_clip(
             x = image_hook(x, idx)
         return clip_loss(model, x, tokens[idx].to(device, non_blocking=True), loss_fn)
 
-    return optimize(model, loss_step, steps, cfg, device, desc, progress, min(cfg.batch_size, n))
+    return optimize(model, loss_step, steps, cfg, device, desc, progress, min(cfg.batch_size, n), tokens)

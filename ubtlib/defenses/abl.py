@@ -76,7 +76,9 @@ def lga_train(
         log_every=10,
     )
     per_step = min(cfg.batch_size, len(images))
-    return optimize(model, loss_step, steps, train_cfg, device, "ABL: isolation training", progress, per_step)
+    return optimize(
+        model, loss_step, steps, train_cfg, device, "ABL: isolation training", progress, per_step, tokens
+    )
 
 
 @torch.no_grad()

@@ -89,6 +89,13 @@ def eda(caption: str, rng: random.Random, alpha: float = 0.1) -> str:
     return " ".join(words)
 
 
+def synonym_tokens(tokenizer) -> torch.Tensor:
+    """The tokens of every synonym EDA can put in. EDA only moves, drops and repeats a caption's
+    words or puts in synonyms, and CLIP's BPE encodes each word alone, so with the caption's own
+    tokens these are all the tokens an augmented caption can hold."""
+    return tokenizer(sorted({s for words in SYNONYMS.values() for s in words}))
+
+
 @dataclass(frozen=True)
 class CleanCLIPConfig:
     clean_pairs: int = 5824  # the defender's clean subset (paper: 100K, 20 % of the 500K)
@@ -169,5 +176,13 @@ def cleanclip(
     per_step = min(cfg.batch_size, len(images))
     with distributed.averaged_gradients(model, ranks):
         return optimize(
-            model, loss_step, steps, train_cfg, device, "CleanCLIP", progress and ranks.main, per_step
+            model,
+            loss_step,
+            steps,
+            train_cfg,
+            device,
+            "CleanCLIP",
+            progress and ranks.main,
+            per_step,
+            [tokens, synonym_tokens(tokenizer)],
         )

@@ -561,6 +561,7 @@ def rectify(
             "oracle-guided rectification",
             progress,
             min(tc.batch_size, len(positions)),
+            tokens,
         )
 
 

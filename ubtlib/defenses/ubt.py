@@ -41,6 +41,7 @@ from ubtlib.clip import distributed
 from ubtlib.clip.model import autocast, normalize, to_unit, tokenize
 from ubtlib.clip.towers import TOWERS, training_towers
 from ubtlib.clip.train import TrainConfig, clip_loss, optimize
+from ubtlib.evaluation.zeroshot import classifier, encode_images
 
 # How token-level captions are written: the kept tokens alone (the paper's reading), or set
 # into CLIP's first prompt template, closer to the prompts a zero-shot classifier averages.
@@ -195,7 +196,7 @@ def pair_similarity(
     device,
     image_hook: Optional[Callable] = None,
     positions: Optional[torch.Tensor] = None,
-    batch_size: int = 1024,
+    batch_size: int = 512,
 ) -> torch.Tensor:
     """cos(I_i, T_i) for the pairs at `positions` (default: all). The hook (the data's trigger
     for its poisoned rows) sees the pairs' positions in the data. Each distinct caption is
@@ -208,15 +209,9 @@ def pair_similarity(
     for s in range(0, len(distinct), batch_size):
         with autocast(device):
             text.append(model.encode_text(distinct[s : s + batch_size].to(device), normalize=True).float())
-    text = torch.cat(text)
-    out = []
-    for s in range(0, len(positions), batch_size):
-        idx = positions[s : s + batch_size]
-        x = _images(images, idx, device, image_hook)
-        with autocast(device):
-            fi = model.encode_image(normalize(x), normalize=True)
-        out.append((fi.float() * text[which[s : s + batch_size].to(device)]).sum(-1).cpu())
-    return torch.cat(out)
+    hook = None if image_hook is None else (lambda x, i: image_hook(x, positions[i]))
+    image = encode_images(model, images[positions], device, batch_size, hook)
+    return (image * torch.cat(text)[which.to(device)]).sum(-1).cpu()
 
 
 def suspicious_split(similarity: torch.Tensor, fraction: float) -> tuple:
@@ -295,6 +290,7 @@ def overfit(
             "UBT: overfitting D_susp",
             progress and ranks.main,
             per_step,
+            tokens,
         )
 
 
@@ -535,9 +531,21 @@ def unlearn(
         per_step += min(cfg.unlearn_batch_size, len(retain[1]))
     # With the text tower frozen, the similarity can only fall by moving the triggered images:
     # otherwise the cheapest way down is to move the unlearning captions' embeddings instead.
+    # every caption the losses encode (restoring targets are captions for restore_to "class")
+    vocabulary = [unlearn_tokens] + ([retain[0]] if retain is not None else [])
+    if restore is not None and cfg.restore_to == "class":
+        vocabulary.append(restore)
     with training_towers(model, cfg.unlearn_towers), distributed.averaged_gradients(model, ranks):
         curve = optimize(
-            model, loss_step, steps, train_cfg, device, "UBT: unlearning", progress and ranks.main, per_step
+            model,
+            loss_step,
+            steps,
+            train_cfg,
+            device,
+            "UBT: unlearning",
+            progress and ranks.main,
+            per_step,
+            vocabulary,
         )
     if on_step is not None:
         on_step(model, done[0])
@@ -592,13 +600,10 @@ def find_poison(
     )
     op = copy.deepcopy(poisoned_model)
     overfit_curve = overfit(op, data.images, tokens, susp, safe, cfg, device, data.image_hook, seed, progress)
-    op_sim = distributed.same_on_all(
-        pair_similarity(op, data.images, tokens, device, data.image_hook, positions=susp), ranks
-    )
-    candidate_gain = distributed.same_on_all(
-        pair_similarity(op, data.images, tokens, device, data.image_hook, positions=candidates) - before,
-        ranks,
-    )
+    after = pair_similarity(op, data.images, tokens, device, data.image_hook, torch.cat([susp, candidates]))
+    after[len(susp) :] -= before
+    after = distributed.same_on_all(after, ranks)
+    op_sim, candidate_gain = after[: len(susp)], after[len(susp) :]
     top = detect(op_sim, susp, cfg.top_k)
     t_detect = time.perf_counter()
     # only token-level UBT reads it: its seconds are charged to that variant alone
@@ -678,8 +683,6 @@ def restoring_targets(
     clean model's unit embedding of the image ("clean_image"); an all-zero row where c is named
     in the pair's unlearning caption (the target). Returns (targets, the classes, a boolean
     tensor of the pairs left out)."""
-    from ubtlib.evaluation.zeroshot import classifier, encode_images
-
     positions = pairs["images"]
     weights = classifier(clean_model, tokenizer, classnames, templates, device)
     hook = None if data.image_hook is None else (lambda x, i: data.image_hook(x, positions[i]))
