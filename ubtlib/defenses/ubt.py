@@ -196,7 +196,7 @@ def pair_similarity(
     device,
     image_hook: Optional[Callable] = None,
     positions: Optional[torch.Tensor] = None,
-    batch_size: int = 512,
+    batch_size: int = 256,
 ) -> torch.Tensor:
     """cos(I_i, T_i) for the pairs at `positions` (default: all). The hook (the data's trigger
     for its poisoned rows) sees the pairs' positions in the data. Each distinct caption is
