@@ -529,12 +529,12 @@ def unlearn(
     per_step = min(cfg.unlearn_batch_size, len(unlearn_images))
     if retain is not None and cfg.retain_weight > 0:
         per_step += min(cfg.unlearn_batch_size, len(retain[1]))
-    # With the text tower frozen, the similarity can only fall by moving the triggered images:
-    # otherwise the cheapest way down is to move the unlearning captions' embeddings instead.
     # every caption the losses encode (restoring targets are captions for restore_to "class")
     vocabulary = [unlearn_tokens] + ([retain[0]] if retain is not None else [])
     if restore is not None and cfg.restore_to == "class":
         vocabulary.append(restore)
+    # With the text tower frozen, the similarity can only fall by moving the triggered images:
+    # otherwise the cheapest way down is to move the unlearning captions' embeddings instead.
     with training_towers(model, cfg.unlearn_towers), distributed.averaged_gradients(model, ranks):
         curve = optimize(
             model,
